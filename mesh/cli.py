@@ -1,0 +1,122 @@
+"""The ``mesh`` command line: one entry point for the worker, registry, dev stack and checks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh import __version__
+from mesh.errors import ConfigError, MeshError
+from mesh.settings import Settings, load_settings
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.worker import run_worker
+
+    return run_worker(settings)
+
+
+def _cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.registry import serve_registry
+
+    data = args.data or settings.state_dir / "registry" / "registry.db"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    print(f"schema registry on http://{args.host}:{args.port} (storage {data})", flush=True)
+    asyncio.run(serve_registry(args.host, args.port, data))
+    return 0
+
+
+def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.dev.stack import run_dev_stack
+
+    return run_dev_stack(settings)
+
+
+def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.domain import load_domain
+    from mesh.schemas import load_event_schemas
+
+    domain = load_domain(settings.domain_config)
+    load_event_schemas(domain, settings.schemas_dir)
+    print(f"{settings.domain_config}: ok ({len(domain.entities)} entity types)")
+    for entity_type in domain.entities:
+        print(f"  {entity_type:<14} topic {domain.topic(entity_type)}")
+    return 0
+
+
+def _cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.domain import load_domain
+    from mesh.schemas import load_event_schemas, write_after_schemas
+
+    domain = load_domain(settings.domain_config)
+    if args.write:
+        changed = write_after_schemas(domain, settings.schemas_dir)
+        for path in changed:
+            print(f"wrote {path}")
+        if not changed:
+            print("schemas already match the domain config")
+        return 0
+    load_event_schemas(domain, settings.schemas_dir)
+    print("schemas match the domain config")
+    return 0
+
+
+def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    for name, value in settings.model_dump().items():
+        print(f"{name} = {value}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh", description="DictaMesh: change capture, entity catalog, federated GraphQL."
+    )
+    parser.add_argument("--version", action="version", version=f"mesh {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("worker", help="run one worker of the fleet").set_defaults(run=_cmd_worker)
+    registry = sub.add_parser("registry", help="run the Confluent-compatible schema registry")
+    registry.add_argument("--host", default="127.0.0.1")
+    registry.add_argument("--port", type=int, default=8081)
+    registry.add_argument("--data", type=Path, default=None, help="SQLite file for schemas")
+    registry.set_defaults(run=_cmd_registry)
+    sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
+        run=_cmd_dev
+    )
+    sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
+        run=_cmd_check
+    )
+    schemas = sub.add_parser("schemas", help="check (or --write) the Avro after records")
+    schemas.add_argument("--write", action="store_true", help="regenerate from the domain config")
+    schemas.set_defaults(run=_cmd_schemas)
+    sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
+        run=_cmd_config
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mesh`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return int(args.run(settings, args))
+    except ConfigError as exc:
+        print(f"mesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MeshError as exc:
+        print(f"mesh: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The Faust codec for change events: fastavro bodies in the Confluent wire format."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from faust.serializers.codecs import Codec
+
+from mesh.codec.registry import SchemaStore
+from mesh.codec.wire import pack, unpack
+from mesh.domain import DomainConfig
+from mesh.errors import CodecError, MeshError
+
+
+class AvroEventCodec(Codec):  # type: ignore[misc]
+    """Encodes dicts with one entity type's event schema; decodes any registered writer.
+
+    The schema is registered under ``subject`` on first use. Decoding resolves the
+    message's writer schema (fetched by id) to this codec's schema, so consumers see one
+    shape even when producers write older or newer compatible versions.
+    """
+
+    def __init__(self, store: SchemaStore, subject: str, schema: dict[str, Any]) -> None:
+        super().__init__()
+        self.store = store
+        self.subject = subject
+        self.schema = schema
+        self._parsed = parse_schema(schema)
+        self._schema_id: int | None = None
+
+    @property
+    def schema_id(self) -> int:
+        """The registry id of this codec's schema (registered on first access)."""
+        if self._schema_id is None:
+            self._schema_id = self.store.register(self.subject, self.schema)
+        return self._schema_id
+
+    def _dumps(self, obj: Any) -> bytes:
+        buffer = io.BytesIO()
+        try:
+            schemaless_writer(buffer, self._parsed, obj)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CodecError(
+                f"event does not fit schema '{self.subject}': {type(exc).__name__}: {exc}"
+            ) from exc
+        return pack(self.schema_id, buffer.getvalue())
+
+    def _loads(self, s: bytes) -> Any:
+        schema_id, body = unpack(s)
+        writer = self.store.writer_schema(schema_id)
+        try:
+            return schemaless_reader(io.BytesIO(body), writer, self._parsed)
+        except MeshError:
+            raise
+        except Exception as exc:  # fastavro raises many types on corrupt bodies
+            raise CodecError(
+                f"cannot decode a message with schema id {schema_id} as '{self.subject}': "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def build_codecs(
+    domain: DomainConfig, schemas: dict[str, dict[str, Any]], store: SchemaStore
+) -> dict[str, AvroEventCodec]:
+    """One codec per entity type, each bound to the ``<topic>-value`` subject."""
+    return {
+        entity_type: AvroEventCodec(store, f"{domain.topic(entity_type)}-value", schema)
+        for entity_type, schema in schemas.items()
+    }

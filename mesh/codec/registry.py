@@ -1,0 +1,97 @@
+"""Schema registry access for the codec: register on first use, fetch writers by id.
+
+Faust codecs are synchronous, so this uses the blocking client; each call happens once
+per schema per process thanks to the caches, not once per event.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+from fastavro import parse_schema
+from schema_registry.client import SchemaRegistryClient
+from schema_registry.client.errors import ClientError
+from schema_registry.client.schema import AvroSchema
+
+from mesh.errors import RegistryError, UnknownSchemaError
+
+ParsedSchema = Any  # fastavro's parsed schema is a plain dict/list/str
+
+
+class SchemaStore:
+    """Caching access to one schema registry (Confluent API)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self._client = SchemaRegistryClient(url=url, timeout=timeout)
+        self._ids: dict[tuple[str, str], int] = {}
+        self._by_id: dict[int, ParsedSchema] = {}
+        self._lock = threading.Lock()
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        """Register ``schema`` under ``subject`` (idempotent) and return its global id."""
+        key = (subject, json.dumps(schema, sort_keys=True))
+        with self._lock:
+            cached = self._ids.get(key)
+            if cached is not None:
+                return cached
+            try:
+                schema_id = int(self._client.register(subject, AvroSchema(schema)))
+            except ClientError as exc:
+                status = exc.http_code or 0
+                raise RegistryError(
+                    f"registering a schema under '{subject}' at {self.url} failed "
+                    f"(HTTP {status}): {exc.server_traceback or exc.message}",
+                    status=status,
+                    error_code=_error_code(exc),
+                ) from None
+            except httpx.HTTPError as exc:
+                raise _unreachable(self.url, exc) from None
+            self._ids[key] = schema_id
+            self._by_id.setdefault(schema_id, parse_schema(schema))
+            return schema_id
+
+    def writer_schema(self, schema_id: int) -> ParsedSchema:
+        """The parsed schema with global id ``schema_id`` (a message's writer schema)."""
+        with self._lock:
+            cached = self._by_id.get(schema_id)
+            if cached is not None:
+                return cached
+            try:
+                found = self._client.get_by_id(schema_id)
+            except ClientError as exc:
+                raise RegistryError(
+                    f"fetching schema {schema_id} from {self.url} failed (HTTP {exc.http_code})",
+                    status=exc.http_code or 0,
+                    error_code=_error_code(exc),
+                ) from None
+            except httpx.HTTPError as exc:
+                raise _unreachable(self.url, exc) from None
+            if found is None:
+                raise UnknownSchemaError(
+                    f"schema id {schema_id} is not known to the registry at {self.url}; the "
+                    "message was written against another registry or its schema was deleted"
+                )
+            parsed = parse_schema(found.raw_schema)
+            self._by_id[schema_id] = parsed
+            return parsed
+
+
+def _error_code(exc: ClientError) -> int:
+    body = exc.server_traceback
+    if isinstance(body, dict) and isinstance(body.get("error_code"), int):
+        return int(body["error_code"])
+    return exc.http_code or 0
+
+
+def _unreachable(url: str, exc: Exception) -> RegistryError:
+    return RegistryError(
+        f"the schema registry at {url} is unreachable ({type(exc).__name__}: {exc}); "
+        "check MESH_SCHEMA_REGISTRY_URL and that the registry runs",
+        status=0,
+        error_code=0,
+        retriable=True,
+    )

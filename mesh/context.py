@@ -1,0 +1,40 @@
+"""What every agent, table and view of one worker shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from mesh.domain import DomainConfig
+from mesh.settings import Settings
+
+
+@dataclass
+class MeshContext:
+    """The worker's settings, domain, metrics registry and registered tables.
+
+    One is built per app by :func:`mesh.app.create_app`; nothing here is global, so
+    tests can build several apps in one process.
+    """
+
+    settings: Settings
+    domain: DomainConfig
+    app: faust.App
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    def table_options(self) -> dict[str, Any]:
+        """Store options for a new table: RocksDB with the block cache capped.
+
+        A fresh dict each call: Faust's RocksDB store pops keys out of the dict it is given.
+        """
+        if self.settings.store != "rocksdb":
+            return {}
+        return {
+            "driver": "rocksdict",
+            "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
+            "block_cache_compressed_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
+        }

@@ -1,0 +1,1 @@
+"""The local dev stack: broker, schema registry, Postgres, Directus and a worker."""

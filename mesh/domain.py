@@ -1,0 +1,209 @@
+"""The domain config file: sources, entity types, their fields, keys and relations.
+
+It is the one place a domain is declared. Avro ``after`` records, GraphQL types and
+Postgres mirror columns are all derived from it, so it is validated as a whole at
+start: a bad file stops the process with :class:`~mesh.errors.ConfigError` naming the
+file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mesh.errors import ConfigError
+
+_SNAKE = r"^[a-z][a-z0-9_]*$"
+_PASCAL = r"^[A-Z][A-Za-z0-9]*$"
+SnakeName = Annotated[str, Field(pattern=_SNAKE)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldType(StrEnum):
+    """Logical field types a domain can use; each maps to Avro, GraphQL and SQL."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    LONG = "long"
+    FLOAT = "float"
+    BOOLEAN = "boolean"
+    DECIMAL = "decimal"
+    TIMESTAMP = "timestamp"
+
+
+class FieldSpec(_Model):
+    """One field of an entity type."""
+
+    type: FieldType
+    nullable: bool = False
+    precision: int | None = Field(default=None, ge=1, le=38)
+    scale: int | None = Field(default=None, ge=0, le=38)
+    references: SnakeName | None = None
+    """Forward (many-to-one) relation: the entity type this field holds the id of."""
+
+    @model_validator(mode="after")
+    def _decimal_has_precision(self) -> Self:
+        if self.type is FieldType.DECIMAL:
+            if self.precision is None or self.scale is None:
+                raise ValueError("a decimal field needs both 'precision' and 'scale'")
+            if self.scale > self.precision:
+                raise ValueError("'scale' cannot be larger than 'precision'")
+        elif self.precision is not None or self.scale is not None:
+            raise ValueError("'precision' and 'scale' only apply to decimal fields")
+        return self
+
+
+class ReverseRelation(_Model):
+    """A one-to-many relation seen from the referenced side (``customer.invoices``)."""
+
+    entity: SnakeName
+    field: SnakeName
+
+
+class EntitySpec(_Model):
+    """An entity type: where it comes from, its key, fields and reverse relations."""
+
+    graphql_name: Annotated[str, Field(pattern=_PASCAL)]
+    source: str
+    collection: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+    key: SnakeName = "id"
+    fields: dict[SnakeName, FieldSpec] = Field(min_length=1)
+    reverse_relations: dict[SnakeName, ReverseRelation] = Field(default_factory=dict)
+
+
+class SourceSpec(_Model):
+    """A source instance the adapters poll."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+    kind: Annotated[str, Field(pattern=_SNAKE)]
+    url: str
+    token_env: str | None = None
+    poll_interval_ms: int = Field(default=250, ge=10, le=600_000)
+
+
+class DomainConfig(_Model):
+    """The whole domain config file."""
+
+    version: int = Field(ge=1, le=1)
+    tenant: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    sources: list[SourceSpec] = Field(min_length=1)
+    entities: dict[SnakeName, EntitySpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Self:
+        source_names = [s.name for s in self.sources]
+        if len(set(source_names)) != len(source_names):
+            raise ValueError(f"source names must be unique, got {source_names}")
+        seen_graphql: dict[str, str] = {}
+        seen_topics: dict[str, str] = {}
+        for name, entity in self.entities.items():
+            where = f"entities.{name}"
+            if entity.source not in source_names:
+                raise _CrossRefError(
+                    f"{where}.source", f"unknown source '{entity.source}' (known: {source_names})"
+                )
+            if entity.key not in entity.fields:
+                raise _CrossRefError(f"{where}.key", f"key field '{entity.key}' is not in fields")
+            if entity.fields[entity.key].nullable:
+                raise _CrossRefError(f"{where}.fields.{entity.key}", "the key cannot be nullable")
+            if entity.graphql_name in seen_graphql:
+                raise _CrossRefError(
+                    f"{where}.graphql_name",
+                    f"'{entity.graphql_name}' is already used by {seen_graphql[entity.graphql_name]}",
+                )
+            seen_graphql[entity.graphql_name] = name
+            topic = self.topic(name)
+            if topic in seen_topics:
+                raise _CrossRefError(
+                    f"{where}.collection", f"topic '{topic}' is already used by {seen_topics[topic]}"
+                )
+            seen_topics[topic] = name
+            for field_name, spec in entity.fields.items():
+                if spec.references is not None and spec.references not in self.entities:
+                    raise _CrossRefError(
+                        f"{where}.fields.{field_name}.references",
+                        f"unknown entity type '{spec.references}'",
+                    )
+            for rel_name, rel in entity.reverse_relations.items():
+                rwhere = f"{where}.reverse_relations.{rel_name}"
+                if rel_name in entity.fields:
+                    raise _CrossRefError(rwhere, "the name clashes with a field of the same entity")
+                target = self.entities.get(rel.entity)
+                if target is None:
+                    raise _CrossRefError(f"{rwhere}.entity", f"unknown entity type '{rel.entity}'")
+                ref_field = target.fields.get(rel.field)
+                if ref_field is None or ref_field.references != name:
+                    raise _CrossRefError(
+                        f"{rwhere}.field",
+                        f"'{rel.entity}.{rel.field}' must be a field with 'references: {name}'",
+                    )
+        return self
+
+    def source(self, name: str) -> SourceSpec:
+        """The source named ``name`` (validated to exist for every entity)."""
+        return next(s for s in self.sources if s.name == name)
+
+    def topic(self, entity_type: str) -> str:
+        """The change topic of an entity type: ``<collection>.<source kind>.entity_changed``."""
+        entity = self.entities[entity_type]
+        return f"{entity.collection}.{self.source(entity.source).kind}.entity_changed"
+
+    def urn(self, entity_type: str, entity_id: str) -> str:
+        """The entity's URN: ``urn:dictamesh:<tenant>:<entity_type>:<id>``."""
+        return f"urn:dictamesh:{self.tenant}:{entity_type}:{entity_id}"
+
+
+class _CrossRefError(ValueError):
+    """A cross-reference problem, carrying the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_domain(data: Any, *, source: str = "<domain config>") -> DomainConfig:
+    """Validate already-parsed YAML data; raise :class:`ConfigError` on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError("the file must hold a mapping at the top level", source=source)
+    try:
+        return DomainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_error = err.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _CrossRefError):
+            raise ConfigError(ctx_error.message, source=source, key=ctx_error.key) from None
+        message = re.sub(r"^Value error, ", "", err["msg"])
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and indentation)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        raise ConfigError(message, source=source, key=_dotted(err["loc"])) from None
+
+
+def load_domain(path: Path) -> DomainConfig:
+    """Read and validate the domain config file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{problem}{where}", source=str(path)) from None
+    return parse_domain(data, source=str(path))

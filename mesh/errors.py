@@ -1,0 +1,86 @@
+"""The DictaMesh exception tree.
+
+Every error the project raises on purpose derives from :class:`MeshError`; the CLI
+turns one into a single clear message and a non-zero exit instead of a traceback.
+
+    MeshError
+    ├── ConfigError            bad settings or domain config (names file, key, problem)
+    ├── StackError             the local dev stack could not start a service
+    │   └── PortInUseError     a port the stack needs is already taken
+    ├── RegistryError          a schema registry call failed (carries HTTP status + error code)
+    │   └── SchemaIncompatibleError
+    └── CodecError             an event could not be encoded or decoded
+        └── UnknownSchemaError the wire format names a schema id the registry does not know
+
+``retriable`` tells retry logic whether trying again may succeed.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Root of every error DictaMesh raises on purpose."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retriable is not None:
+            self.retriable = retriable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MeshError):
+    """Settings or the domain config file are invalid; the process cannot start."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        where = ", ".join(p for p in (source, f"key '{key}'" if key else None) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.source = source
+        self.key = key
+
+
+class StackError(MeshError):
+    """A service of the local dev stack could not be installed or started."""
+
+
+class PortInUseError(StackError):
+    """A port the dev stack needs is already bound by another process."""
+
+    def __init__(self, service: str, host: str, port: int) -> None:
+        super().__init__(
+            f"{service} cannot listen on {host}:{port}: the port is already in use. "
+            f"Stop whatever holds it (e.g. `ss -ltnp 'sport = :{port}'`) or set another port."
+        )
+        self.service = service
+        self.port = port
+
+
+class RegistryError(MeshError):
+    """A schema registry request failed.
+
+    ``status`` is the HTTP status, ``error_code`` the Confluent error code
+    (e.g. 40401 subject not found, 42201 invalid schema).
+    """
+
+    def __init__(
+        self, message: str, *, status: int, error_code: int, retriable: bool | None = None
+    ) -> None:
+        super().__init__(message, retriable=retriable if retriable is not None else status >= 500)
+        self.status = status
+        self.error_code = error_code
+
+
+class SchemaIncompatibleError(RegistryError):
+    """The schema is not compatible with earlier versions under the subject's mode."""
+
+
+class CodecError(MeshError):
+    """An event could not be encoded to or decoded from the Confluent wire format."""
+
+
+class UnknownSchemaError(CodecError):
+    """The message names a schema id that the registry does not know."""

@@ -1,0 +1,98 @@
+"""The one typed settings model, read from the environment (``MESH_*`` variables).
+
+Secrets (database and Redis URLs, passwords) are :class:`~pydantic.SecretStr`: they
+print as ``**********`` and are only unwrapped where a connection is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mesh.errors import ConfigError
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything a DictaMesh process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
+
+    # --- the fleet -------------------------------------------------------------
+    app_id: str = Field(default="dictamesh", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Kafka consumer group and topic prefix of Faust's internal topics."""
+    broker_url: str = "kafka://127.0.0.1:9092"
+    schema_registry_url: str = Field(
+        default="http://127.0.0.1:8081",
+        validation_alias=AliasChoices("MESH_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"),
+    )
+    domain_config: Path = _PROJECT_ROOT / "config" / "domain.yaml"
+    schemas_dir: Path = _PROJECT_ROOT / "schemas"
+    state_dir: Path = _PROJECT_ROOT / ".state"
+    """Local state: worker tables, registry storage, the dev stack's services."""
+    worker_name: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names this worker's data directory (a StatefulSet pod name in production)."""
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    rocksdb_block_cache_mb: int = Field(default=64, ge=1, le=65536)
+    """Block cache per table partition; RocksDB's default (2 GiB each) exhausts memory."""
+    topic_partitions: int = Field(default=8, ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=10)
+    rebalance_timeout_s: float = Field(default=10.0, gt=0)
+    """Kept short: the first group join waits for it on the dev broker."""
+
+    # --- web ---------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+
+    # --- connected services -------------------------------------------------------
+    database_url: SecretStr | None = None
+    """Postgres for the mirror (and the dev stack's Directus); unset: a throwaway cluster."""
+    redis_url: SecretStr | None = None
+    """Redis for the query cache; unset: an in-process cache."""
+
+    # --- the dev stack ------------------------------------------------------------------
+    dev_host: str = "127.0.0.1"
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    registry_port: int = Field(default=8081, ge=1, le=65535)
+    directus_port: int = Field(default=8055, ge=1, le=65535)
+    postgres_port: int = Field(default=55432, ge=1, le=65535)
+    """Port of the throwaway Postgres cluster (used only when MESH_DATABASE_URL is unset)."""
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "dictamesh",
+        validation_alias=AliasChoices("MESH_CACHE_DIR"),
+    )
+    """Downloads reused across runs and clones (the Directus install)."""
+    directus_admin_email: str = Field(
+        default="admin@dictamesh.local",
+        validation_alias=AliasChoices("MESH_DIRECTUS_ADMIN_EMAIL", "DIRECTUS_ADMIN_EMAIL"),
+    )
+    directus_admin_password: SecretStr = Field(
+        default=SecretStr("dictamesh"),
+        validation_alias=AliasChoices("MESH_DIRECTUS_ADMIN_PASSWORD", "DIRECTUS_ADMIN_PASSWORD"),
+    )
+    seed_rows: bool = True
+    """Seed sample rows into the dev stack's Directus."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def worker_dir(self) -> Path:
+        """Faust's data directory for this worker (tables live below it)."""
+        return self.state_dir / "workers" / self.worker_name
+
+
+def load_settings() -> Settings:
+    """Read :class:`Settings` from the environment; raise :class:`ConfigError` if invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        env = field if field.isupper() else f"MESH_{field.upper()}"
+        secret = any(word in field.lower() for word in ("password", "url", "token"))
+        shown = "" if secret else f" (got {err.get('input')!r})"
+        raise ConfigError(f"{err['msg']}{shown}", source="environment", key=env) from None

@@ -1,0 +1,48 @@
+"""``/metrics`` in the Prometheus text format, from the worker's own registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from mesh import __version__
+from mesh.context import MeshContext
+from mesh.web.health import readiness
+
+
+class _WorkerCollector(Collector):
+    """Reads the worker's state at scrape time instead of tracking it on every change."""
+
+    def __init__(self, context: MeshContext) -> None:
+        self.context = context
+
+    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        settings = self.context.settings
+        info = InfoMetricFamily("dictamesh_build", "DictaMesh version and worker identity.")
+        info.add_metric([], {"version": __version__, "worker": settings.worker_name})
+        yield info
+        state = readiness(self.context.app)
+        yield GaugeMetricFamily(
+            "dictamesh_worker_ready", "1 once tables are recovered and no rebalance runs.",
+            value=1.0 if state["ready"] else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "dictamesh_worker_active_partitions",
+            "Partitions this worker actively owns.",
+            value=float(state["active_partitions"]),
+        )
+
+
+def register_metrics_view(context: MeshContext) -> None:
+    """Register ``/metrics`` and the collector describing the worker."""
+    context.metrics.register(_WorkerCollector(context))
+    registry = context.metrics
+
+    @context.app.page("/metrics")
+    class Metrics(View):  # type: ignore[misc]
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
