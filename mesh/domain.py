@@ -102,6 +102,13 @@ class DomainConfig(_Model):
         source_names = [s.name for s in self.sources]
         if len(set(source_names)) != len(source_names):
             raise ValueError(f"source names must be unique, got {source_names}")
+        for name, entity in self.entities.items():
+            for field_name, spec in entity.fields.items():
+                if spec.references is not None and spec.references not in self.entities:
+                    raise _CrossRefError(
+                        f"entities.{name}.fields.{field_name}.references",
+                        f"unknown entity type '{spec.references}'",
+                    )
         seen_graphql: dict[str, str] = {}
         seen_topics: dict[str, str] = {}
         for name, entity in self.entities.items():
@@ -126,12 +133,6 @@ class DomainConfig(_Model):
                     f"{where}.collection", f"topic '{topic}' is already used by {seen_topics[topic]}"
                 )
             seen_topics[topic] = name
-            for field_name, spec in entity.fields.items():
-                if spec.references is not None and spec.references not in self.entities:
-                    raise _CrossRefError(
-                        f"{where}.fields.{field_name}.references",
-                        f"unknown entity type '{spec.references}'",
-                    )
             for rel_name, rel in entity.reverse_relations.items():
                 rwhere = f"{where}.reverse_relations.{rel_name}"
                 if rel_name in entity.fields:

@@ -66,8 +66,10 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.stop_signal = stop_signal
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
@@ -139,11 +141,11 @@ class ManagedProcess:
         return await self._proc.wait()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the child's process group, then SIGKILL it after ``grace`` seconds."""
+        """Signal the child's process group to stop, then SIGKILL it after ``grace`` seconds."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        self._signal_group(proc.pid, signal.SIGTERM)
+        self._signal_group(proc.pid, self.stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), grace)
         except asyncio.TimeoutError:

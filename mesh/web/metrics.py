@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh import __version__
 from mesh.context import MeshContext
 from mesh.web.health import readiness
+
+# aiohttp refuses a charset inside content_type; Prometheus reads UTF-8 by default.
+_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class _WorkerCollector(Collector):
@@ -45,4 +48,4 @@ def register_metrics_view(context: MeshContext) -> None:
     @context.app.page("/metrics")
     class Metrics(View):  # type: ignore[misc]
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+            return self.bytes(generate_latest(registry), content_type=_CONTENT_TYPE)

@@ -1,0 +1,296 @@
+"""``mesh dev``: the whole local stack in the foreground.
+
+Starts, in order: the Kafka-compatible broker, the schema registry, Postgres (the server
+at ``MESH_DATABASE_URL`` or a throwaway cluster), Directus (installed from npm on first
+run, bootstrapped and seeded) and one worker. Prints every URL and credential, then waits.
+Ctrl-C (or SIGTERM, or any child dying) stops every child in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+
+from mesh.dev.broker import start_broker
+from mesh.dev.directus import DirectusService, DirectusSettings, ensure_installed
+from mesh.dev.postgres import ensure_database, redact_url, start_throwaway_postgres
+from mesh.dev.process import ManagedProcess, require_free_port
+from mesh.dev.seed import seed_directus
+from mesh.domain import DomainConfig, load_domain
+from mesh.errors import MeshError, StackError
+from mesh.schemas import load_event_schemas
+from mesh.settings import Settings
+
+Stoppable = Callable[[], Awaitable[None]]
+
+
+def say(message: str) -> None:
+    """One progress line on stdout."""
+    print(f"==> {message}", flush=True)
+
+
+class DevStack:
+    """The running stack: what was started, so that all of it can be stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.logs = settings.state_dir / "logs"
+        self.children: list[tuple[str, ManagedProcess]] = []
+        self._stops: list[Stoppable] = []
+        self.summary: list[tuple[str, str]] = []
+
+    def _track(self, name: str, proc: ManagedProcess) -> None:
+        self.children.append((name, proc))
+        self._stops.append(proc.stop)
+
+    def preflight(self, domain: DomainConfig) -> None:
+        """Fail before starting anything when a port is taken or the config is broken."""
+        s = self.settings
+        load_event_schemas(domain, s.schemas_dir)
+        ports = [
+            ("the Kafka broker", s.broker_port),
+            ("the schema registry", s.registry_port),
+            ("Directus", s.directus_port),
+            ("the worker's web server", s.web_port),
+        ]
+        if s.database_url is None:
+            ports.append(("the throwaway Postgres", s.postgres_port))
+        for service, port in ports:
+            require_free_port(service, s.dev_host, port)
+
+    async def start(self) -> None:
+        """Start every service; on failure the caller's :meth:`stop` cleans up."""
+        s = self.settings
+        host = s.dev_host
+        domain = load_domain(s.domain_config)
+        self.preflight(domain)
+        started = time.monotonic()
+
+        say(f"starting the Kafka broker (Tansu, memory storage) on {host}:{s.broker_port}")
+        self._track("broker", await start_broker(host, s.broker_port, self.logs))
+        broker_url = f"kafka://{host}:{s.broker_port}"
+
+        say(f"starting the schema registry on http://{host}:{s.registry_port}")
+        registry_url = await self._start_registry(host, s.registry_port)
+
+        database_url = await self._postgres(host)
+        directus_db = ensure_database(database_url, "dictamesh_directus")
+        mirror_db = ensure_database(database_url, "dictamesh")
+
+        redis = await self._redis()
+
+        install_dir = await ensure_installed(s.cache_dir, progress=say)
+        directus = DirectusService(
+            DirectusSettings(
+                install_dir=install_dir,
+                database_url=directus_db,
+                state_dir=s.state_dir / "directus",
+                admin_email=s.directus_admin_email,
+                admin_password=s.directus_admin_password.get_secret_value(),
+                host=host,
+                port=s.directus_port,
+            )
+        )
+        say("bootstrapping Directus 10.10.0 on Postgres (first run: ~30 s)")
+        await directus.bootstrap()
+        say(f"starting Directus on {directus.url}")
+        self._stops.append(directus.stop)
+        await directus.start()
+        token = self._service_token()
+        say("seeding Directus with the sample domain")
+        seeded = await seed_directus(
+            directus.url,
+            s.directus_admin_email,
+            s.directus_admin_password.get_secret_value(),
+            domain,
+            service_token=token,
+            rows=s.seed_rows,
+            progress=say,
+        )
+
+        say(f"starting a worker (web on http://{s.web_host}:{s.web_port})")
+        # The broker keeps nothing across restarts, so local tables from an earlier run
+        # would hold offsets the new broker never had: start the worker from a clean slate.
+        shutil.rmtree(s.state_dir / "workers", ignore_errors=True)
+        source_env = {src.token_env: token for src in domain.sources if src.token_env}
+        await self._start_worker(
+            {
+                "MESH_BROKER_URL": broker_url,
+                "MESH_SCHEMA_REGISTRY_URL": registry_url,
+                "MESH_DATABASE_URL": mirror_db,
+                "MESH_STATE_DIR": str(s.state_dir),
+                "MESH_WEB_PORT": str(s.web_port),
+                "MESH_WEB_HOST": s.web_host,
+                **({"MESH_REDIS_URL": redis} if redis else {}),
+                **source_env,
+            }
+        )
+        self.summary = [
+            ("Kafka broker", f"{broker_url}  (bootstrap servers {host}:{s.broker_port})"),
+            ("Schema registry", registry_url),
+            ("Postgres", f"{redact_url(database_url)}  (databases dictamesh, dictamesh_directus)"),
+            ("Redis", redis or "in-process cache (set MESH_REDIS_URL to use Redis)"),
+            ("Directus", f"{directus.url}/admin"),
+            (
+                "  admin login",
+                f"{s.directus_admin_email} / {s.directus_admin_password.get_secret_value()}",
+            ),
+            ("  adapter token", f"{token}  (user {seeded.service_email})"),
+            ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
+            ("Worker", f"http://{s.web_host}:{s.web_port}/healthz  /readyz  /metrics"),
+            ("Logs", str(self.logs)),
+        ]
+        say(f"stack ready in {time.monotonic() - started:.0f} s")
+
+    async def _start_registry(self, host: str, port: int) -> str:
+        data = self.settings.state_dir / "registry" / "registry.db"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "mesh", "registry", "--host", host, "--port", str(port)]
+        proc = ManagedProcess(
+            "schema registry", [*argv, "--data", str(data)], log_path=self.logs / "registry.log"
+        )
+        await proc.start()
+        self._track("schema registry", proc)
+        url = f"http://{host}:{port}"
+        await proc.wait_ready(lambda: _http_ok(f"{url}/subjects"), timeout=30)
+        return url
+
+    async def _postgres(self, host: str) -> str:
+        s = self.settings
+        if s.database_url is not None:
+            url = s.database_url.get_secret_value()
+            say(f"using Postgres at {redact_url(url)} (MESH_DATABASE_URL)")
+            return url
+        say(f"starting a throwaway Postgres on {host}:{s.postgres_port} ({s.state_dir}/postgres)")
+        proc = await start_throwaway_postgres(host, s.postgres_port, s.state_dir)
+        self._track("postgres", proc)
+        return f"postgresql://postgres@{host}:{s.postgres_port}/postgres"
+
+    async def _redis(self) -> str | None:
+        if self.settings.redis_url is None:
+            return None
+        url = self.settings.redis_url.get_secret_value()
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        client = aioredis.from_url(url, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            raise StackError(
+                f"Redis at MESH_REDIS_URL does not answer ({exc}); start it or unset the variable"
+            ) from None
+        finally:
+            await client.aclose()
+        say("using Redis at MESH_REDIS_URL")
+        return url
+
+    def _service_token(self) -> str:
+        """The adapters' static Directus token: made once, kept in the state directory."""
+        path = self.settings.state_dir / "directus" / "service-token"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        path.write_text(token)
+        path.chmod(0o600)
+        return token
+
+    async def _start_worker(self, env: dict[str, str]) -> None:
+        s = self.settings
+        proc = ManagedProcess(
+            "worker",
+            [sys.executable, "-m", "mesh", "worker"],
+            log_path=self.logs / "worker.log",
+            env=env,
+            stop_signal=signal.SIGTERM,
+        )
+        await proc.start()
+        self._track("worker", proc)
+        await proc.wait_ready(
+            lambda: _http_ok(f"http://{s.web_host}:{s.web_port}/readyz"), timeout=120
+        )
+
+    def print_summary(self) -> None:
+        """Every URL and credential the stack made."""
+        width = max(len(name) for name, _ in self.summary)
+        print("\nDictaMesh dev stack is up:", flush=True)
+        for name, value in self.summary:
+            print(f"  {name:<{width}}  {value}")
+        print("\nPress Ctrl-C to stop everything.\n", flush=True)
+
+    async def wait_for_exit(self) -> ManagedProcess:
+        """Return the first child that exits on its own."""
+        waits = {asyncio.create_task(proc.wait()): proc for _, proc in self.children}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return waits[done.pop()]
+
+    async def stop(self) -> None:
+        """Stop everything started so far, newest first."""
+        while self._stops:
+            stop = self._stops.pop()
+            with contextlib.suppress(Exception):
+                await stop()
+
+
+async def _http_ok(url: str) -> bool:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+        return resp.status == 200
+
+
+async def _run(settings: Settings) -> int:
+    stack = DevStack(settings)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    startup = asyncio.create_task(stack.start())
+    interrupted = asyncio.create_task(stopping.wait())
+    code = 0
+    try:
+        await asyncio.wait({startup, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        if not startup.done():
+            say("interrupted during start-up")
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MeshError):
+                await startup
+            return 130
+        startup.result()  # raises the start-up error, if any
+        stack.print_summary()
+        died = asyncio.create_task(stack.wait_for_exit())
+        await asyncio.wait({died, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        if died.done():
+            proc = died.result()
+            print(
+                f"mesh: error: {proc.name} exited unexpectedly (code {proc.returncode}); "
+                f"last lines of {proc.log_path}:\n{proc.log_tail()}",
+                file=sys.stderr,
+            )
+            code = 1
+        else:
+            died.cancel()
+    finally:
+        interrupted.cancel()
+        say("stopping the stack")
+        await stack.stop()
+        say("stopped")
+    return code
+
+
+def run_dev_stack(settings: Settings) -> int:
+    """Run the stack until Ctrl-C; return the process exit code."""
+    return asyncio.run(_run(settings))

@@ -1,0 +1,81 @@
+"""Shared fixtures: real services, started once per test session.
+
+The broker (Tansu) and the schema registry are started here on free ports. Postgres is
+the server on 127.0.0.1:5432 when one answers there (CI and dev machines), otherwise a
+throwaway cluster. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from mesh.dev.broker import start_broker
+from mesh.dev.postgres import can_connect, start_throwaway_postgres
+from mesh.dev.process import ManagedProcess, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[Path]:
+    """A session-wide scratch directory that the 'postgres' user can traverse."""
+    with tempfile.TemporaryDirectory(prefix="dictamesh-tests-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def broker(session_dir: Path) -> AsyncIterator[str]:
+    """``host:port`` of a real Kafka-protocol broker (Tansu, memory storage)."""
+    port = free_port()
+    proc = await start_broker("127.0.0.1", port, session_dir / "logs")
+    yield f"127.0.0.1:{port}"
+    await proc.stop()
+
+
+async def start_registry(data: Path, log_dir: Path) -> tuple[ManagedProcess, str]:
+    """Run ``mesh registry`` as a user would, on a free port, storing into ``data``."""
+    port = free_port()
+    proc = ManagedProcess(
+        "schema registry",
+        [sys.executable, "-m", "mesh", "registry", "--port", str(port), "--data", str(data)],
+        log_path=log_dir / f"registry-{port}.log",
+    )
+    await proc.start()
+    url = f"http://127.0.0.1:{port}"
+
+    async def probe() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/subjects") as resp:
+            return resp.status == 200
+
+    await proc.wait_ready(probe, timeout=30)
+    return proc, url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def registry_url(session_dir: Path) -> AsyncIterator[str]:
+    """Base URL of the project's schema registry, run through the ``mesh`` CLI."""
+    proc, url = await start_registry(session_dir / "registry.db", session_dir / "logs")
+    yield url
+    await proc.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def postgres_url(session_dir: Path) -> AsyncIterator[str]:
+    """A Postgres server URL: the local server when reachable, else a throwaway cluster."""
+    if can_connect(LOCAL_POSTGRES):
+        yield LOCAL_POSTGRES
+        return
+    port = free_port()
+    proc = await start_throwaway_postgres("127.0.0.1", port, session_dir)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    await proc.stop()

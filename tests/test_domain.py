@@ -1,0 +1,123 @@
+"""The domain config: the shipped file is valid; bad files give one clear message."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mesh.domain import load_domain, parse_domain
+from mesh.errors import ConfigError
+from mesh.settings import Settings
+
+SHIPPED = Settings().domain_config
+
+
+@pytest.fixture
+def raw() -> dict[str, Any]:
+    data = yaml.safe_load(SHIPPED.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_shipped_config_declares_the_sample_domain() -> None:
+    domain = load_domain(SHIPPED)
+    assert sorted(domain.entities) == ["customer", "invoice", "invoice_item", "product"]
+    assert domain.topic("customer") == "customers.directus.entity_changed"
+    assert domain.urn("invoice", "7") == "urn:dictamesh:default:invoice:7"
+    assert domain.entities["invoice"].fields["customer"].references == "customer"
+    assert domain.entities["customer"].reverse_relations["invoices"].entity == "invoice"
+    assert domain.entities["invoice"].reverse_relations["items"].field == "invoice"
+    names = {e.graphql_name for e in domain.entities.values()}
+    assert names == {"Customer", "Product", "Invoice", "InvoiceItem"}
+
+
+def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(raw)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "message"),
+    [
+        ("entities.invoice.fields.customer.references", "client", "references", "unknown entity"),
+        ("entities.customer.source", "nowhere", "entities.customer.source", "unknown source"),
+        ("entities.customer.key", "uuid", "entities.customer.key", "not in fields"),
+        ("entities.product.fields.price.scale", KeyError, "price", "precision' and 'scale"),
+        ("entities.product.fields.price.type", "money", "price.type", "Input should be"),
+        ("entities.customer.colour", "blue", "entities.customer.colour", "unknown key"),
+        ("entities.customer.graphql_name", "Product", "graphql_name", "already used"),
+        ("entities.customer.reverse_relations.invoices.field", "status", "invoices.field", "must be"),
+        ("tenant", KeyError, "tenant", "required key is missing"),
+    ],
+)
+def test_bad_config_names_the_key_and_the_problem(
+    raw: dict[str, Any], path: str, value: Any, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_domain(_broken(raw, path, value), source="domain.yaml")
+    text = str(info.value)
+    assert text.startswith("domain.yaml, key '")
+    assert key in text
+    assert message in text
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "domain.yaml"
+    path.write_text("version: 1\nentities: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"domain\.yaml: .* at line 3"):
+        load_domain(path)
+
+
+def test_cli_reports_bad_config_without_a_traceback(tmp_path: Path, raw: dict[str, Any]) -> None:
+    path = tmp_path / "domain.yaml"
+    path.write_text(yaml.safe_dump(_broken(raw, "entities.customer.key", "uuid")))
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh", "check"],
+        env={"MESH_DOMAIN_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"mesh: configuration error: {path}, key 'entities.customer.key': "
+        "key field 'uuid' is not in fields"
+    )
+
+
+def test_cli_reports_bad_settings_without_echoing_secrets() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh", "config"],
+        env={"MESH_WEB_PORT": "eighty", "MESH_REDIS_URL": "redis://:hunter2@x", "PATH": "/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "key 'MESH_WEB_PORT'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "mesh", "config"],
+        env={"MESH_REDIS_URL": "redis://:hunter2@x", "PATH": "/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "redis_url = **********" in shown.stdout
+    assert "hunter2" not in shown.stdout + shown.stderr
