@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@echo "==> creating the virtualenv in $(VENV) and installing DictaMesh (first run: ~1 min)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,13 @@ from mesh.domain import DomainConfig, load_domain
 from mesh.settings import Settings
 
 
-def create_app(settings: Settings, domain: DomainConfig | None = None) -> faust.App:
+class MeshApp(faust.App):  # type: ignore[misc]
+    """A Faust app that carries its :class:`~mesh.context.MeshContext` as ``mesh``."""
+
+    mesh: MeshContext
+
+
+def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshApp:
     """Build a Faust app for ``settings`` and register DictaMesh's tables, agents and views.
 
     ``domain`` defaults to the file at ``settings.domain_config``. The app's
@@ -22,7 +28,7 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> faust.
 
     domain = domain or load_domain(settings.domain_config)
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = MeshApp(
         settings.app_id,
         broker=settings.broker_url,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",

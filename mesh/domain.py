@@ -121,16 +121,17 @@ class DomainConfig(_Model):
                 raise _CrossRefError(f"{where}.key", f"key field '{entity.key}' is not in fields")
             if entity.fields[entity.key].nullable:
                 raise _CrossRefError(f"{where}.fields.{entity.key}", "the key cannot be nullable")
-            if entity.graphql_name in seen_graphql:
+            other = seen_graphql.get(entity.graphql_name)
+            if other is not None:
                 raise _CrossRefError(
-                    f"{where}.graphql_name",
-                    f"'{entity.graphql_name}' is already used by {seen_graphql[entity.graphql_name]}",
+                    f"{where}.graphql_name", f"'{entity.graphql_name}' is already used by {other}"
                 )
             seen_graphql[entity.graphql_name] = name
             topic = self.topic(name)
             if topic in seen_topics:
                 raise _CrossRefError(
-                    f"{where}.collection", f"topic '{topic}' is already used by {seen_topics[topic]}"
+                    f"{where}.collection",
+                    f"topic '{topic}' is already used by {seen_topics[topic]}",
                 )
             seen_topics[topic] = name
             for rel_name, rel in entity.reverse_relations.items():

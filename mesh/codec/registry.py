@@ -26,7 +26,7 @@ class SchemaStore:
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
-        self._client = SchemaRegistryClient(url=url, timeout=timeout)
+        self._client = SchemaRegistryClient(url=url, timeout=httpx.Timeout(timeout))
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, ParsedSchema] = {}
         self._lock = threading.Lock()

@@ -148,7 +148,7 @@ class ManagedProcess:
         self._signal_group(proc.pid, self.stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
         # Grandchildren (npx → node) may outlive the leader; make sure the group is gone.

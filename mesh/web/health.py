@@ -13,7 +13,8 @@ from mesh.context import MeshContext
 
 def readiness(app: faust.App) -> dict[str, Any]:
     """The worker's readiness and the facts it is decided from."""
-    recovered = app.tables.recovery.completed.is_set()
+    # TableManager has `recovery` at run time; its declared interface omits it.
+    recovered = bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
     rebalancing = bool(app.rebalancing)
     assigned = len(app.assignor.assigned_actives()) if recovered else 0
     return {

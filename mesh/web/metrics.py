@@ -30,7 +30,8 @@ class _WorkerCollector(Collector):
         yield info
         state = readiness(self.context.app)
         yield GaugeMetricFamily(
-            "dictamesh_worker_ready", "1 once tables are recovered and no rebalance runs.",
+            "dictamesh_worker_ready",
+            "1 once tables are recovered and no rebalance runs.",
             value=1.0 if state["ready"] else 0.0,
         )
         yield GaugeMetricFamily(

@@ -1,0 +1,189 @@
+"""``mesh dev`` (what ``make dev`` runs) driven the way a user drives it: start it, read
+what it prints, use every URL it names, press Ctrl-C, and check nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from mesh.dev.process import free_port, port_is_free
+
+pytestmark = [pytest.mark.stack, pytest.mark.directus]
+
+
+@dataclass
+class Stack:
+    proc: asyncio.subprocess.Process
+    output: list[str]
+    ports: dict[str, int]
+    state: Path
+
+    def line(self, label: str) -> str:
+        """The value the summary printed after ``label``."""
+        for text in self.output:
+            match = re.match(rf"^\s+{re.escape(label)}\s{{2,}}(.*)$", text)
+            if match:
+                return match.group(1).strip()
+        raise AssertionError(f"no '{label}' line in:\n" + "\n".join(self.output))
+
+
+def _env(ports: dict[str, int], state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env.update(
+        MESH_STATE_DIR=str(state),
+        MESH_BROKER_PORT=str(ports["broker"]),
+        MESH_REGISTRY_PORT=str(ports["registry"]),
+        MESH_DIRECTUS_PORT=str(ports["directus"]),
+        MESH_WEB_PORT=str(ports["web"]),
+        MESH_POSTGRES_PORT=str(ports["postgres"]),
+        MESH_REBALANCE_TIMEOUT_S="3",
+    )
+    return env
+
+
+async def _start(ports: dict[str, int], state: Path) -> Stack:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "dev",
+        env=_env(ports, state),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    output: list[str] = []
+
+    async def read_until_ready() -> None:
+        assert proc.stdout is not None
+        while True:
+            raw = await proc.stdout.readline()
+            if not raw:
+                raise AssertionError("mesh dev exited:\n" + "\n".join(output))
+            output.append(raw.decode().rstrip())
+            if "Press Ctrl-C" in output[-1]:
+                return
+
+    try:
+        await asyncio.wait_for(read_until_ready(), 900)
+    except BaseException:
+        proc.kill()
+        raise
+    return Stack(proc, output, ports, state)
+
+
+async def _interrupt(stack: Stack) -> int:
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.stdout is not None
+    rest = await asyncio.wait_for(stack.proc.stdout.read(), 120)
+    stack.output.extend(rest.decode().splitlines())
+    return await stack.proc.wait()
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text in cmdline or text.encode() in environ:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest_asyncio.fixture(scope="module")
+async def first_run(session_dir: Path) -> AsyncIterator[Stack]:
+    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    stack = await _start(ports, session_dir / "dev-stack")
+    yield stack
+    if stack.proc.returncode is None:
+        await _interrupt(stack)
+
+
+async def test_every_printed_url_answers(first_run: Stack) -> None:
+    stack = first_run
+    assert stack.line("Kafka broker").startswith(f"kafka://127.0.0.1:{stack.ports['broker']}")
+    with socket.create_connection(("127.0.0.1", stack.ports["broker"]), timeout=5):
+        pass
+    registry = stack.line("Schema registry")
+    directus = stack.line("Directus").removesuffix("/admin")
+    email, password = stack.line("admin login").split(" / ")
+    token = stack.line("adapter token").split()[0]
+    worker = stack.line("Worker").split()[0].removesuffix("/healthz")
+    assert email == "admin@dictamesh.local"
+    assert password == "dictamesh"
+    assert "throwaway" not in stack.line("Postgres")  # the URL, not a description
+    assert stack.line("Redis").startswith("in-process cache")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{registry}/subjects") as resp:
+            assert resp.status == 200
+            assert isinstance(await resp.json(content_type=None), list)
+        async with http.post(
+            f"{directus}/auth/login", json={"email": email, "password": password}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(
+            f"{directus}/items/customers", params={"limit": "5"}, headers=headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert len((await resp.json())["data"]) == 5
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(f"{worker}{path}") as resp:
+                assert resp.status == 200, path
+
+
+async def test_ctrl_c_stops_everything(first_run: Stack) -> None:
+    code = await _interrupt(first_run)
+    assert code == 0, "\n".join(first_run.output)
+    assert first_run.output[-1] == "==> stopped"
+    for name, port in first_run.ports.items():
+        assert port_is_free("127.0.0.1", port), f"{name} still listening on {port}"
+    assert _processes_mentioning(str(first_run.state)) == []
+
+
+async def test_a_second_run_reuses_everything(first_run: Stack) -> None:
+    if first_run.proc.returncode is None:
+        await _interrupt(first_run)
+    first_rows = first_run.line("sample rows")
+    stack = await _start(first_run.ports, first_run.state)
+    try:
+        assert not any("installing Directus" in line for line in stack.output)
+        assert stack.line("sample rows") == first_rows  # seeding again added nothing
+        assert stack.line("adapter token") == first_run.line("adapter token")
+        ready = next(line for line in stack.output if "stack ready in" in line)
+        print(f"second start: {ready}")
+    finally:
+        assert await _interrupt(stack) == 0
+
+
+async def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["registry"]))
+        squatter.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mesh", "dev",
+            env=_env(ports, tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert f"the schema registry cannot listen on 127.0.0.1:{ports['registry']}" in err.decode()
+    assert "Traceback" not in err.decode()
+    for name, port in ports.items():
+        if name != "registry":
+            assert port_is_free("127.0.0.1", port), name
