@@ -22,7 +22,8 @@ def timestamps_ms() -> st.SearchStrategy[datetime]:
 
 
 def _decimals(spec: FieldSpec) -> st.SearchStrategy[Decimal]:
-    assert spec.precision is not None and spec.scale is not None
+    assert spec.precision is not None
+    assert spec.scale is not None
     bound = Decimal(10) ** (spec.precision - spec.scale) - Decimal(1).scaleb(-spec.scale)
     return st.decimals(
         min_value=-bound, max_value=bound, places=spec.scale, allow_nan=False, allow_infinity=False

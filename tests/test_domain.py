@@ -60,7 +60,12 @@ def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("entities.product.fields.price.type", "money", "price.type", "Input should be"),
         ("entities.customer.colour", "blue", "entities.customer.colour", "unknown key"),
         ("entities.customer.graphql_name", "Product", "graphql_name", "already used"),
-        ("entities.customer.reverse_relations.invoices.field", "status", "invoices.field", "must be"),
+        (
+            "entities.customer.reverse_relations.invoices.field",
+            "status",
+            "invoices.field",
+            "must be",
+        ),
         ("tenant", KeyError, "tenant", "required key is missing"),
     ],
 )
