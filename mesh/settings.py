@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     )
     """Downloads reused across runs and clones (the Directus install)."""
     directus_admin_email: str = Field(
-        default="admin@dictamesh.local",
+        default="admin@example.com",
         validation_alias=AliasChoices("MESH_DIRECTUS_ADMIN_EMAIL", "DIRECTUS_ADMIN_EMAIL"),
     )
     directus_admin_password: SecretStr = Field(

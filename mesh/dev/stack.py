@@ -99,7 +99,7 @@ class DevStack:
                 port=s.directus_port,
             )
         )
-        say("bootstrapping Directus 10.10.0 on Postgres (first run: ~30 s)")
+        say("bootstrapping Directus 10.10.0 on Postgres")
         await directus.bootstrap()
         say(f"starting Directus on {directus.url}")
         self._stops.append(directus.stop)

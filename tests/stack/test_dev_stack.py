@@ -122,7 +122,7 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
     email, password = stack.line("admin login").split(" / ")
     token = stack.line("adapter token").split()[0]
     worker = stack.line("Worker").split()[0].removesuffix("/healthz")
-    assert email == "admin@dictamesh.local"
+    assert email == "admin@example.com"
     assert password == "dictamesh"
     assert "throwaway" not in stack.line("Postgres")  # the URL, not a description
     assert stack.line("Redis").startswith("in-process cache")
