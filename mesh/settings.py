@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     broker_port: int = Field(default=9092, ge=1, le=65535)
     registry_port: int = Field(default=8081, ge=1, le=65535)
     directus_port: int = Field(default=8055, ge=1, le=65535)
-    postgres_port: int = Field(default=55432, ge=1, le=65535)
+    postgres_port: int = Field(default=15432, ge=1, le=65535)
     """Port of the throwaway Postgres cluster (used only when MESH_DATABASE_URL is unset)."""
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "dictamesh",
