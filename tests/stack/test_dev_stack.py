@@ -180,7 +180,7 @@ async def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert f"the schema registry cannot listen on 127.0.0.1:{ports['registry']}" in err.decode()
     assert "Traceback" not in err.decode()
