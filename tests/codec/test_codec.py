@@ -139,11 +139,10 @@ def test_unknown_schema_id_is_reported(codecs: dict[str, AvroEventCodec]) -> Non
 
 
 def test_unreachable_registry_is_a_retriable_error(schemas: dict[str, dict[str, Any]]) -> None:
-    codec = AvroEventCodec(
-        SchemaStore("http://127.0.0.1:9", timeout=2), "x-value", schemas["customer"]
-    )
+    store = SchemaStore("http://127.0.0.1:9", timeout=2)  # nothing listens on port 9
+    codec = AvroEventCodec(store, "invoices.directus.entity_changed-value", schemas["invoice"])
     with pytest.raises(RegistryError, match="unreachable") as info:
-        codec.dumps({})
+        codec.dumps(_invoice())
     assert info.value.retriable
 
 
