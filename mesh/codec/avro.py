@@ -8,7 +8,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from faust.serializers.codecs import Codec
 
-from mesh.codec.registry import SchemaStore
+from mesh.codec.registry import RegistryClient
 from mesh.codec.wire import pack, unpack
 from mesh.domain import DomainConfig
 from mesh.errors import CodecError, MeshError
@@ -22,9 +22,9 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
     shape even when producers write older or newer compatible versions.
     """
 
-    def __init__(self, store: SchemaStore, subject: str, schema: dict[str, Any]) -> None:
+    def __init__(self, registry: RegistryClient, subject: str, schema: dict[str, Any]) -> None:
         super().__init__()
-        self.store = store
+        self.registry = registry
         self.subject = subject
         self.schema = schema
         self._parsed = parse_schema(schema)
@@ -34,7 +34,7 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
     def schema_id(self) -> int:
         """The registry id of this codec's schema (registered on first access)."""
         if self._schema_id is None:
-            self._schema_id = self.store.register(self.subject, self.schema)
+            self._schema_id = self.registry.register(self.subject, self.schema)
         return self._schema_id
 
     def _dumps(self, obj: Any) -> bytes:
@@ -49,7 +49,7 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
 
     def _loads(self, s: bytes) -> Any:
         schema_id, body = unpack(s)
-        writer = self.store.writer_schema(schema_id)
+        writer = self.registry.writer_schema(schema_id)
         try:
             return schemaless_reader(io.BytesIO(body), writer, self._parsed)
         except MeshError:
@@ -62,10 +62,10 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
 
 
 def build_codecs(
-    domain: DomainConfig, schemas: dict[str, dict[str, Any]], store: SchemaStore
+    domain: DomainConfig, schemas: dict[str, dict[str, Any]], registry: RegistryClient
 ) -> dict[str, AvroEventCodec]:
     """One codec per entity type, each bound to the ``<topic>-value`` subject."""
     return {
-        entity_type: AvroEventCodec(store, f"{domain.topic(entity_type)}-value", schema)
+        entity_type: AvroEventCodec(registry, f"{domain.topic(entity_type)}-value", schema)
         for entity_type, schema in schemas.items()
     }

@@ -21,7 +21,7 @@ from mesh.errors import RegistryError, UnknownSchemaError
 ParsedSchema = Any  # fastavro's parsed schema is a plain dict/list/str
 
 
-class SchemaStore:
+class RegistryClient:
     """Caching access to one schema registry (Confluent API)."""
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:

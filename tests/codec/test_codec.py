@@ -17,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.codec import AvroEventCodec, SchemaStore, build_codecs, unpack
+from mesh.codec import AvroEventCodec, RegistryClient, build_codecs, unpack
 from mesh.domain import DomainConfig
 from mesh.errors import CodecError, RegistryError, UnknownSchemaError
 from mesh.schemas import load_event_schemas
@@ -43,7 +43,7 @@ def schemas(domain: DomainConfig) -> dict[str, dict[str, Any]]:
 def codecs(
     registry_url: str, domain: DomainConfig, schemas: dict[str, dict[str, Any]]
 ) -> dict[str, AvroEventCodec]:
-    return build_codecs(domain, schemas, SchemaStore(registry_url))
+    return build_codecs(domain, schemas, RegistryClient(registry_url))
 
 
 def _invoice(**overrides: Any) -> dict[str, Any]:
@@ -139,8 +139,8 @@ def test_unknown_schema_id_is_reported(codecs: dict[str, AvroEventCodec]) -> Non
 
 
 def test_unreachable_registry_is_a_retriable_error(schemas: dict[str, dict[str, Any]]) -> None:
-    store = SchemaStore("http://127.0.0.1:9", timeout=2)  # nothing listens on port 9
-    codec = AvroEventCodec(store, "invoices.directus.entity_changed-value", schemas["invoice"])
+    registry = RegistryClient("http://127.0.0.1:9", timeout=2)  # nothing listens on port 9
+    codec = AvroEventCodec(registry, "invoices.directus.entity_changed-value", schemas["invoice"])
     with pytest.raises(RegistryError, match="unreachable") as info:
         codec.dumps(_invoice())
     assert info.value.retriable
