@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import shutil
 import signal
 import sys
@@ -20,10 +19,15 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from mesh.dev.broker import start_broker
-from mesh.dev.directus import DirectusService, DirectusSettings, ensure_installed
+from mesh.dev.directus import (
+    DirectusService,
+    DirectusSettings,
+    ensure_installed,
+    load_or_create_token,
+    seed_directus,
+)
 from mesh.dev.postgres import ensure_database, redact_url, start_throwaway_postgres
 from mesh.dev.process import ManagedProcess, require_free_port
-from mesh.dev.seed import seed_directus
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import MeshError, StackError
 from mesh.schemas import load_event_schemas
@@ -104,7 +108,8 @@ class DevStack:
         say(f"starting Directus on {directus.url}")
         self._stops.append(directus.stop)
         await directus.start()
-        token = self._service_token()
+        # The adapters' static token: made once, kept in the state directory.
+        token = load_or_create_token(s.state_dir / "directus", name="service-token")
         say("seeding Directus with the sample domain")
         seeded = await seed_directus(
             directus.url,
@@ -192,17 +197,6 @@ class DevStack:
             await client.aclose()
         say("using Redis at MESH_REDIS_URL")
         return url
-
-    def _service_token(self) -> str:
-        """The adapters' static Directus token: made once, kept in the state directory."""
-        path = self.settings.state_dir / "directus" / "service-token"
-        if path.exists():
-            return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        path.write_text(token)
-        path.chmod(0o600)
-        return token
 
     async def _start_worker(self, env: dict[str, str]) -> None:
         s = self.settings

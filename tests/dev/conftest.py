@@ -20,9 +20,15 @@ import pytest
 import pytest_asyncio
 from psycopg2 import sql
 
-from mesh.dev.directus import DirectusService, DirectusSettings, ensure_installed
+from mesh.dev.directus import (
+    DirectusService,
+    DirectusSettings,
+    SeedResult,
+    ensure_installed,
+    generate_service_token,
+    seed_directus,
+)
 from mesh.dev.process import free_port
-from mesh.dev.seed import SeedResult, generate_service_token, seed_directus
 from mesh.domain import DomainConfig, load_domain
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

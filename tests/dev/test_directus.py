@@ -19,9 +19,16 @@ import psycopg2
 import pytest
 import pytest_asyncio
 
-from mesh.dev.directus import DirectusService, DirectusSettings, ensure_installed, is_installed
+from mesh.dev.directus import (
+    DEFAULT_ROWS,
+    DirectusClient,
+    DirectusService,
+    DirectusSettings,
+    ensure_installed,
+    is_installed,
+    seed_directus,
+)
 from mesh.dev.process import free_port
-from mesh.dev.seed import DEFAULT_ROWS, DirectusClient, seed_directus
 from mesh.domain import DomainConfig, FieldType
 from mesh.errors import PortInUseError, StackError
 from tests.dev.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TIMINGS, DirectusHandle, cache_dir
