@@ -8,6 +8,7 @@ throwaway cluster. Nothing is mocked.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from mesh.dev.broker import start_broker
 from mesh.dev.postgres import can_connect, start_throwaway_postgres
@@ -23,6 +26,7 @@ from mesh.dev.process import ManagedProcess, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +69,37 @@ async def start_registry(data: Path, log_dir: Path) -> tuple[ManagedProcess, str
 async def registry_url(session_dir: Path) -> AsyncIterator[str]:
     """Base URL of the project's schema registry, run through the ``mesh`` CLI."""
     proc, url = await start_registry(session_dir / "registry.db", session_dir / "logs")
+    yield url
+    await proc.stop()
+
+
+async def _redis_answers(url: str) -> bool:
+    client = aioredis.from_url(url, socket_connect_timeout=2)
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def redis_url(session_dir: Path) -> AsyncIterator[str]:
+    """A Redis URL: the local server when reachable, else a redis-server of our own."""
+    if await _redis_answers(LOCAL_REDIS):
+        yield LOCAL_REDIS
+        return
+    binary = shutil.which("redis-server")
+    assert binary, "no Redis answers on 127.0.0.1:6379 and redis-server is not installed"
+    port = free_port()
+    proc = ManagedProcess(
+        "redis",
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        log_path=session_dir / "logs" / "redis.log",
+    )
+    await proc.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    await proc.wait_ready(lambda: _redis_answers(url), timeout=30)
     yield url
     await proc.stop()
 

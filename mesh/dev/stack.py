@@ -76,6 +76,7 @@ class DevStack:
         host = s.dev_host
         domain = load_domain(s.domain_config)
         self.preflight(domain)
+        redis = await self._redis()
         started = time.monotonic()
 
         say(f"starting the Kafka broker (Tansu, memory storage) on {host}:{s.broker_port}")
@@ -88,8 +89,6 @@ class DevStack:
         database_url = await self._postgres(host)
         directus_db = ensure_database(database_url, "dictamesh_directus")
         mirror_db = ensure_database(database_url, "dictamesh")
-
-        redis = await self._redis()
 
         install_dir = await ensure_installed(s.cache_dir, progress=say)
         directus = DirectusService(
@@ -142,7 +141,12 @@ class DevStack:
             ("Kafka broker", f"{broker_url}  (bootstrap servers {host}:{s.broker_port})"),
             ("Schema registry", registry_url),
             ("Postgres", f"{redact_url(database_url)}  (databases dictamesh, dictamesh_directus)"),
-            ("Redis", redis or "in-process cache (set MESH_REDIS_URL to use Redis)"),
+            (
+                "Redis",
+                redact_url(redis)
+                if redis
+                else "in-process cache (set MESH_REDIS_URL to use Redis)",
+            ),
             ("Directus", f"{directus.url}/admin"),
             (
                 "  admin login",

@@ -38,7 +38,7 @@ class Stack:
         raise AssertionError(f"no '{label}' line in:\n" + "\n".join(self.output))
 
 
-def _env(ports: dict[str, int], state: Path) -> dict[str, str]:
+def _env(ports: dict[str, int], state: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update(
         MESH_STATE_DIR=str(state),
@@ -48,14 +48,15 @@ def _env(ports: dict[str, int], state: Path) -> dict[str, str]:
         MESH_WEB_PORT=str(ports["web"]),
         MESH_POSTGRES_PORT=str(ports["postgres"]),
         MESH_REBALANCE_TIMEOUT_S="3",
+        **extra,
     )
     return env
 
 
-async def _start(ports: dict[str, int], state: Path) -> Stack:
+async def _start(ports: dict[str, int], state: Path, **extra: str) -> Stack:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "dev",
-        env=_env(ports, state),
+        env=_env(ports, state, **extra),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -154,12 +155,15 @@ async def test_ctrl_c_stops_everything(first_run: Stack) -> None:
     assert _processes_mentioning(str(first_run.state)) == []
 
 
-async def test_a_second_run_reuses_everything(first_run: Stack) -> None:
+async def test_a_second_run_reuses_everything_and_uses_redis_when_set(
+    first_run: Stack, redis_url: str
+) -> None:
     if first_run.proc.returncode is None:
         await _interrupt(first_run)
     first_rows = first_run.line("sample rows")
-    stack = await _start(first_run.ports, first_run.state)
+    stack = await _start(first_run.ports, first_run.state, MESH_REDIS_URL=redis_url)
     try:
+        assert stack.line("Redis") == redis_url
         assert not any("installing Directus" in line for line in stack.output)
         assert stack.line("sample rows") == first_rows  # seeding again added nothing
         assert stack.line("adapter token") == first_run.line("adapter token")
@@ -187,3 +191,20 @@ async def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None
     for name, port in ports.items():
         if name != "registry":
             assert port_is_free("127.0.0.1", port), name
+
+
+async def test_an_unreachable_redis_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "dev",
+        env=_env(ports, tmp_path, MESH_REDIS_URL="redis://:s3cret@127.0.0.1:9/0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "Redis at MESH_REDIS_URL does not answer" in err.decode()
+    assert "s3cret" not in (out + err).decode()
+    assert "starting the Kafka broker" not in out.decode()
+    for port in ports.values():
+        assert port_is_free("127.0.0.1", port)
