@@ -86,7 +86,24 @@ class SourceSpec(_Model):
     kind: Annotated[str, Field(pattern=_SNAKE)]
     url: str
     token_env: str | None = None
+    """Env var holding a static token."""
+    email_env: str | None = None
+    """Env vars holding a login (used when no static token is set); tokens are refreshed."""
+    password_env: str | None = None
     poll_interval_ms: int = Field(default=250, ge=10, le=600_000)
+    page_size: int = Field(default=500, ge=1, le=10_000)
+    """Activity rows per page and item ids per batch read."""
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    backoff_base_ms: int = Field(default=200, ge=1)
+    backoff_max_ms: int = Field(default=30_000, ge=1)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.token_env is None and (self.email_env is None or self.password_env is None):
+            raise ValueError("set 'token_env', or both 'email_env' and 'password_env'")
+        if self.backoff_max_ms < self.backoff_base_ms:
+            raise ValueError("'backoff_max_ms' must be at least 'backoff_base_ms'")
+        return self
 
 
 class DomainConfig(_Model):

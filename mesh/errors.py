@@ -9,8 +9,11 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     │   └── PortInUseError     a port the stack needs is already taken
     ├── RegistryError          a schema registry call failed (carries HTTP status + error code)
     │   └── SchemaIncompatibleError
-    └── CodecError             an event could not be encoded or decoded
-        └── UnknownSchemaError the wire format names a schema id the registry does not know
+    ├── CodecError             an event could not be encoded or decoded
+    │   └── UnknownSchemaError the wire format names a schema id the registry does not know
+    └── SourceError            a source system (e.g. Directus) failed or refused a request
+        ├── SourceAuthError    credentials were rejected (not retriable without new ones)
+        └── SourceDataError    an item does not fit its entity's schema (dead-lettered)
 
 ``retriable`` tells retry logic whether trying again may succeed.
 """
@@ -84,3 +87,31 @@ class CodecError(MeshError):
 
 class UnknownSchemaError(CodecError):
     """The message names a schema id that the registry does not know."""
+
+
+class SourceError(MeshError):
+    """A source system failed or refused a request.
+
+    ``retriable`` is true for timeouts, connection errors, 5xx and 429; ``retry_after``
+    carries the server's Retry-After (seconds) when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retriable=retriable)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class SourceAuthError(SourceError):
+    """The source rejected the adapter's credentials; fix the token or login and restart."""
+
+
+class SourceDataError(SourceError):
+    """An item's data does not fit its entity's schema; it goes to the dead-letter topic."""

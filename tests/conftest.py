@@ -25,6 +25,8 @@ from mesh.dev.postgres import can_connect, start_throwaway_postgres
 from mesh.dev.process import ManagedProcess, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.fixtures.directus"]
+
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 

@@ -31,7 +31,7 @@ from mesh.dev.directus import (
 from mesh.dev.process import free_port
 from mesh.domain import DomainConfig, FieldType
 from mesh.errors import PortInUseError, StackError
-from tests.dev.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TIMINGS, DirectusHandle, cache_dir
+from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, TIMINGS, DirectusHandle, cache_dir
 
 pytestmark = [pytest.mark.directus, pytest.mark.asyncio(loop_scope="session")]
 
