@@ -1,13 +1,11 @@
-"""Faust agents. Each module registers its agents on the app of a MeshContext."""
+"""Faust agents and services. Each module registers what it runs on a MeshContext's app."""
 
+from agents.sources import register_source_agents
 from mesh.context import MeshContext
 
 __all__ = ["register_agents"]
 
 
 def register_agents(context: MeshContext) -> None:
-    """Register every agent of DictaMesh on ``context.app``.
-
-    The foundation registers none yet: source adapters and catalog agents add theirs here.
-    """
-    del context
+    """Register every agent and service of DictaMesh on ``context.app``."""
+    register_source_agents(context)

@@ -8,10 +8,11 @@ file, the key and what is wrong.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,7 +84,7 @@ class SourceSpec(_Model):
     """A source instance the adapters poll."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
-    kind: Annotated[str, Field(pattern=_SNAKE)]
+    kind: Literal["directus"]
     url: str
     token_env: str | None = None
     """Env var holding a static token."""
@@ -212,8 +213,32 @@ def parse_domain(data: Any, *, source: str = "<domain config>") -> DomainConfig:
         raise ConfigError(message, source=source, key=_dotted(err["loc"])) from None
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, *, source: str) -> Any:
+    """``data`` with ``${VAR}`` and ``${VAR:-default}`` in its strings read from the environment."""
+    if isinstance(data, dict):
+        return {key: expand_env(value, source=source) for key, value in data.items()}
+    if isinstance(data, list):
+        return [expand_env(value, source=source) for value in data]
+    if not isinstance(data, str):
+        return data
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None:
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(f"${{{name}}} is used but the variable is not set", source=source)
+
+    return _ENV_REF.sub(value, data)
+
+
 def load_domain(path: Path) -> DomainConfig:
-    """Read and validate the domain config file at ``path``."""
+    """Read and validate the domain config file at ``path`` (``${VAR:-default}`` expanded)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -225,4 +250,4 @@ def load_domain(path: Path) -> DomainConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{problem}{where}", source=str(path)) from None
-    return parse_domain(data, source=str(path))
+    return parse_domain(expand_env(data, source=str(path)), source=str(path))

@@ -134,6 +134,7 @@ class DevStack:
                 "MESH_WEB_PORT": str(s.web_port),
                 "MESH_WEB_HOST": s.web_host,
                 **({"MESH_REDIS_URL": redis} if redis else {}),
+                "MESH_DIRECTUS_URL": directus.url,
                 **source_env,
             }
         )

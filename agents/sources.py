@@ -1,0 +1,133 @@
+"""Source adapters on the fleet: each source is polled by exactly one worker at a time.
+
+A source belongs to the worker that actively owns its cursor's changelog partition, so
+Kafka's group assignment decides, a dead worker's sources move with its partitions, and
+three workers never triple the events. On revocation the runner finishes its round and
+the producer is flushed before the partition changes hands, so the next owner recovers
+the newest cursor from the changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import mode
+from faust.types import TP
+
+from mesh.codec import RegistryClient, build_codecs
+from mesh.context import MeshContext
+from mesh.deadletter import dead_letter_topic
+from mesh.schemas import load_event_schemas
+from mesh.sources.kinds import create_adapter
+from mesh.sources.metrics import AdapterState, SourceMetrics
+from mesh.sources.publish import EventPublisher
+from mesh.sources.runner import SourceRunner
+from tables.cursors import CursorStore, cursor_partition
+
+log = logging.getLogger(__name__)
+
+RESTART_AFTER_S = 10.0
+"""How long an owned source whose loop stopped on an error waits before it starts again."""
+
+
+class SourceSupervisor(mode.Service):  # type: ignore[misc]
+    """Starts a runner for every source this worker owns and stops those it loses."""
+
+    context: ClassVar[MeshContext]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ctx = self.context
+        self.metrics = SourceMetrics(ctx.metrics)
+        self.cursors = CursorStore(ctx)
+        self.runners: dict[str, SourceRunner] = {}
+        self._not_before: dict[str, float] = {}
+        schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
+        self.codecs = build_codecs(
+            ctx.domain, schemas, RegistryClient(ctx.settings.schema_registry_url)
+        )
+        for spec in ctx.domain.sources:
+            self.metrics.set_state(spec.name, AdapterState.STOPPED)
+
+    async def on_start(self) -> None:
+        self.context.app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def on_stop(self) -> None:
+        await self._stop(list(self.runners))
+
+    @mode.Service.task  # type: ignore[misc]
+    async def _reconcile_forever(self) -> None:
+        while not self.should_stop:
+            await self._reconcile()
+            await self.sleep(0.25)
+
+    def _owned(self) -> set[str]:
+        app = self.context.app
+        recovered = app.tables.recovery.completed.is_set()
+        if app.rebalancing or app.in_recovery or not recovered:
+            return set()
+        actives = app.assignor.assigned_actives()
+        topic = self.cursors.changelog_topic
+        partitions = self.context.settings.topic_partitions
+        return {
+            spec.name
+            for spec in self.context.domain.sources
+            if TP(topic, cursor_partition(spec.name, partitions)) in actives
+        }
+
+    async def _reconcile(self) -> None:
+        owned = self._owned()
+        now = time.monotonic()
+        for name, runner in list(self.runners.items()):
+            if runner.done and name in owned:
+                self._not_before[name] = now + RESTART_AFTER_S
+            if runner.done or name not in owned:
+                await self._stop([name])
+        for name in sorted(owned - set(self.runners)):
+            if now >= self._not_before.get(name, 0.0):
+                self._start(name)
+
+    def _start(self, name: str) -> None:
+        ctx = self.context
+        spec = ctx.domain.source(name)
+        adapter = create_adapter(spec, ctx.domain)
+        codecs = {t: self.codecs[t] for t in adapter.entities}
+        publisher = EventPublisher(
+            ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics
+        )
+        runner = SourceRunner(adapter, publisher, self.cursors, self.metrics)
+        log.info("polling source %s on this worker", name)
+        self.runners[name] = runner
+        runner.start()
+
+    async def _stop(self, names: list[str]) -> None:
+        for name in names:
+            runner = self.runners.pop(name, None)
+            if runner is not None:
+                await runner.stop()
+        if names:
+            # The next owner recovers cursors from the changelog: get them there first.
+            await self.context.app.producer.flush()
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        topic = self.cursors.changelog_topic
+        partitions = self.context.settings.topic_partitions
+        await self._stop(
+            [
+                name
+                for name in self.runners
+                if TP(topic, cursor_partition(name, partitions)) in revoked
+            ]
+        )
+
+
+def register_source_agents(context: MeshContext) -> None:
+    """Run the source supervisor as a service of ``context.app``."""
+
+    class _Supervisor(SourceSupervisor):
+        pass
+
+    _Supervisor.context = context
+    context.app.service(_Supervisor)

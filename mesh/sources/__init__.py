@@ -1,0 +1,1 @@
+"""Source adapters: capture every change in a source system as change events."""

@@ -1,0 +1,1 @@
+"""The Directus source: tail ``/activity``, read items in batches, emit change events."""
