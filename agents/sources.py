@@ -24,6 +24,7 @@ from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
 from mesh.sources.runner import SourceRunner
+from mesh.web.health import readiness
 from tables.cursors import CursorStore, cursor_partition
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
 
     async def on_start(self) -> None:
-        self.context.app.on_partitions_revoked.connect(self._on_revoked)
+        self.context.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
@@ -65,8 +66,7 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
 
     def _owned(self) -> set[str]:
         app = self.context.app
-        recovered = app.tables.recovery.completed.is_set()
-        if app.rebalancing or app.in_recovery or not recovered:
+        if not readiness(app)["ready"] or app.in_recovery:
             return set()
         actives = app.assignor.assigned_actives()
         topic = self.cursors.changelog_topic
@@ -111,7 +111,8 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
             # The next owner recovers cursors from the changelog: get them there first.
             await self.context.app.producer.flush()
 
-    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         topic = self.cursors.changelog_topic
         partitions = self.context.settings.topic_partitions
         await self._stop(

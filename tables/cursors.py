@@ -1,9 +1,7 @@
 """Source cursors: where each source adapter resumes (e.g. the last Directus activity id).
 
 Changelogged, so a restarted or moved adapter picks up exactly where the last one stopped.
-Written by the adapter's runner outside any stream, hence the producer's partitioner
-(``use_partitioner``) and the in-memory store, which accepts such writes; the table holds
-one small record per source and is rebuilt from its changelog at start.
+Written by the adapter's runner outside any stream: see :class:`CursorTable`.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import faust
 from aiokafka.partitioner import murmur2
 
 from mesh.context import MeshContext
@@ -18,26 +17,44 @@ from mesh.context import MeshContext
 CURSOR_TABLE = "source_cursors"
 
 
-def declare_cursor_table(context: MeshContext) -> None:
-    """Declare the cursor table: key = source name (bytes), value = JSON cursor (bytes)."""
-    context.tables[CURSOR_TABLE] = context.app.Table(
-        CURSOR_TABLE,
-        default=None,
-        partitions=context.settings.topic_partitions,
-        key_type=bytes,
-        value_type=bytes,
-        store="memory://",
-        use_partitioner=True,
-        help="Adapter cursors per source.",
-    )
-
-
 def cursor_partition(source: str, partitions: int) -> int:
-    """The changelog partition of ``source``'s cursor (Kafka's default partitioner).
+    """The changelog partition of ``source``'s cursor (Kafka's murmur2 partitioning).
 
     The worker that actively owns this partition is the one that polls the source.
     """
-    return (murmur2(source.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(source.encode()) & 0x7FFFFFFF) % partitions
+
+
+class CursorTable(faust.Table[bytes, bytes]):  # type: ignore[misc]
+    """A table whose keys name their changelog partition themselves.
+
+    Faust derives a key's partition from the event being processed; cursors are written
+    by the source runner, outside any stream, so the partition comes from the key.
+    """
+
+    def partition_for_key(self, key: Any) -> int:
+        return cursor_partition(bytes(key).decode(), self.partitions or 1)
+
+
+def declare_cursor_table(context: MeshContext) -> None:
+    """Declare the cursor table: key = source name (bytes), value = JSON cursor (bytes)."""
+    app = context.app
+    context.tables[CURSOR_TABLE] = app.tables.add(
+        CursorTable(
+            app,
+            name=CURSOR_TABLE,
+            beacon=app.tables.beacon,
+            default=None,
+            partitions=context.settings.topic_partitions,
+            key_type=bytes,
+            value_type=bytes,
+            # The RocksDB store only accepts writes inside stream iteration; this table
+            # holds one small record per source and is rebuilt from its changelog.
+            # ("memory://" alone parses to an empty, falsy URL: it needs a host part.)
+            store="memory://cursors",
+            help="Adapter cursors per source.",
+        )
+    )
 
 
 class CursorStore:

@@ -33,12 +33,12 @@ def auth_from_env(spec: SourceSpec) -> DirectusAuth:
     if spec.token_env:
         token = os.environ.get(spec.token_env, "").strip()
         if token:
-            return DirectusAuth.static(SecretStr(token))
+            return DirectusAuth.static(SecretStr(token), from_env=spec.token_env)
     if spec.email_env and spec.password_env:
         email = os.environ.get(spec.email_env, "").strip()
         password = os.environ.get(spec.password_env, "")
         if email and password:
-            return DirectusAuth.login(email, SecretStr(password))
+            return DirectusAuth.login(email, SecretStr(password), from_env=spec.email_env)
     wanted = spec.token_env or f"{spec.email_env} and {spec.password_env}"
     raise SourceAuthError(f"source '{spec.name}': no credentials; set {wanted}")
 
@@ -98,7 +98,8 @@ class DirectusAdapter(SourceAdapter):
 
     async def _snapshot_page(self, cursor: Cursor) -> PollResult:
         position = int(cursor["position"])
-        snapshot = dict(cursor["snapshot"])
+        snapshot: dict[str, Any] | None = dict(cursor["snapshot"])
+        assert snapshot is not None
         collection = self.collections[snapshot["index"]]
         name, entity = self.by_collection[collection]
         page_size = self.spec.page_size
