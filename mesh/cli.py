@@ -36,6 +36,12 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return run_dev_stack(settings)
 
 
+def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.bench.freshness import run_freshness
+
+    return run_freshness(settings, args.items, args.bulk)
+
+
 def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from mesh.domain import load_domain
     from mesh.schemas import load_event_schemas
@@ -86,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
         run=_cmd_dev
     )
+    bench = sub.add_parser("bench", help="benchmarks against the local stack")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    freshness = benches.add_parser("freshness", help="Directus write → Kafka event delay")
+    freshness.add_argument("--items", type=int, default=200, help="single writes (p50/p99)")
+    freshness.add_argument("--bulk", type=int, default=10_000, help="items in the bulk load")
+    freshness.set_defaults(run=_cmd_bench)
     sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
         run=_cmd_check
     )
@@ -107,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # One line per HTTP request drowns what the commands say.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         return int(args.run(settings, args))
     except ConfigError as exc:
         print(f"mesh: configuration error: {exc}", file=sys.stderr)
