@@ -42,7 +42,7 @@ def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     *parents, last = path.split(".")
     node = data
     for part in parents:
-        node = node[part]
+        node = node[int(part)] if isinstance(node, list) else node[part]
     if value is KeyError:
         del node[last]
     else:
@@ -126,3 +126,32 @@ def test_cli_reports_bad_settings_without_echoing_secrets() -> None:
     )
     assert "redis_url = **********" in shown.stdout
     assert "hunter2" not in shown.stdout + shown.stderr
+
+
+def test_env_references_are_expanded_in_values_not_comments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = SHIPPED.read_text()
+    assert "${MESH_DIRECTUS_URL:-http://127.0.0.1:8055}" in text
+    path = tmp_path / "domain.yaml"
+    path.write_text("# ${NOT_SET_ANYWHERE} in a comment is left alone\n" + text)
+    monkeypatch.delenv("MESH_DIRECTUS_URL", raising=False)
+    assert load_domain(path).sources[0].url == "http://127.0.0.1:8055"
+    monkeypatch.setenv("MESH_DIRECTUS_URL", "http://directus.internal:8055")
+    assert load_domain(path).sources[0].url == "http://directus.internal:8055"
+
+
+def test_an_unset_env_reference_without_default_is_named(
+    tmp_path: Path, raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DIRECTUS_PROD_URL", raising=False)
+    path = tmp_path / "domain.yaml"
+    path.write_text(yaml.safe_dump(_broken(raw, "sources.0.url", "${DIRECTUS_PROD_URL}")))
+    with pytest.raises(ConfigError, match=r"\$\{DIRECTUS_PROD_URL\} is used but the variable"):
+        load_domain(path)
+
+
+def test_a_source_needs_credentials(raw: dict[str, Any]) -> None:
+    data = _broken(raw, "sources.0.token_env", KeyError)
+    with pytest.raises(ConfigError, match="set 'token_env', or both 'email_env'"):
+        parse_domain(data, source="domain.yaml")
