@@ -394,14 +394,17 @@ class DirectusClient:
         self.refreshes += 1
         return fresh
 
-    @staticmethod
-    def _tokens_from(data: Any, sent: float) -> _Tokens:
-        ttl = float(data["expires"]) / 1000  # milliseconds
-        return _Tokens(
-            access=SecretStr(str(data["access_token"])),
-            refresh=SecretStr(str(data["refresh_token"])),
-            refresh_at=sent + ttl - min(_REFRESH_MARGIN_S, ttl * 0.2),
-        )
+    def _tokens_from(self, data: Any, sent: float) -> _Tokens:
+        """Tokens from a login/refresh answer; ``sent`` is when the request left."""
+        try:
+            ttl = float(data["expires"]) / 1000  # milliseconds
+            access, refresh = str(data["access_token"]), str(data["refresh_token"])
+        except (KeyError, TypeError, ValueError):
+            raise SourceError(
+                f"Directus at {self.base_url} sent no tokens; check the URL"
+            ) from None
+        margin = min(_REFRESH_MARGIN_S, ttl * 0.2)
+        return _Tokens(SecretStr(access), SecretStr(refresh), refresh_at=sent + ttl - margin)
 
     def _auth_error(self, reply: _Reply) -> SourceAuthError:
         what = "static token" if self.auth.email is None else f"login of {self.auth.email}"
