@@ -53,7 +53,7 @@ class SourceAdapter(ABC):
         self.on_retry: RetryHook | None = None
         """Set by the runner: reports backoff to the metrics."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open connections and authenticate; called once before the first poll."""
 
     @abstractmethod
@@ -64,5 +64,5 @@ class SourceAdapter(ABC):
         """Newest feed position per collection, for lag metrics (may be empty)."""
         return {}
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 (optional hook)
         """Close connections; called once, also after a failed start."""

@@ -31,7 +31,8 @@ def _integer(spec: FieldSpec, value: Any) -> int:
 
 
 def _decimal(spec: FieldSpec, value: Any) -> Decimal:
-    assert spec.precision is not None and spec.scale is not None
+    assert spec.precision is not None
+    assert spec.scale is not None
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"expected a decimal, got {type(value).__name__}")
     try:

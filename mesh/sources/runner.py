@@ -72,7 +72,7 @@ class SourceRunner:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("source %s did not stop within %.0f s; cancelling it", self.name, timeout)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

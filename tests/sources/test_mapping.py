@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from mesh.domain import FieldSpec, FieldType, load_domain
 from mesh.errors import SourceDataError
-from mesh.sources.mapping import map_item, map_value
 from mesh.settings import Settings
+from mesh.sources.mapping import map_item, map_value
 
 DOMAIN = load_domain(Settings().domain_config)
 PRICE = DOMAIN.entities["product"].fields["price"]
