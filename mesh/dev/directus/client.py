@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from mesh.errors import StackError
+from mesh.sources.directus.client import error_text
 
 __all__ = ["DirectusClient"]
 
@@ -58,7 +59,7 @@ class DirectusClient:
                 body: Any = await resp.json(content_type=None)
                 if resp.status >= 400:
                     raise StackError(
-                        f"Directus {method} {path} failed ({resp.status}): {_error_text(body)}",
+                        f"Directus {method} {path} failed ({resp.status}): {error_text(body)}",
                         retriable=resp.status >= 500 or resp.status == 429,
                     )
         except aiohttp.ClientError as exc:
@@ -69,12 +70,3 @@ class DirectusClient:
         except ValueError:
             raise StackError(f"Directus {method} {path} did not answer JSON") from None
         return body.get("data") if isinstance(body, dict) else body
-
-
-def _error_text(body: Any) -> str:
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if not errors:
-        return str(body)[:500]
-    return "; ".join(
-        f"{e.get('message')} [{e.get('extensions', {}).get('code', '?')}]" for e in errors
-    )

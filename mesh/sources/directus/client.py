@@ -28,7 +28,6 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from pydantic import SecretStr
 
-from mesh.dev.directus.client import _error_text
 from mesh.errors import SourceAuthError, SourceError
 from mesh.sources.retry import RetryHook, RetryPolicy, parse_retry_after
 
@@ -110,6 +109,16 @@ class _Tokens:
     refresh: SecretStr
     refresh_at: float
     """``time.monotonic()`` after which the access token is refreshed before use."""
+
+
+def error_text(body: Any) -> str:
+    """Directus' error messages (with their codes) from an error response body."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not errors:
+        return str(body)[:500]
+    return "; ".join(
+        f"{e.get('message')} [{e.get('extensions', {}).get('code', '?')}]" for e in errors
+    )
 
 
 def _utc(text: str) -> datetime:
@@ -340,7 +349,7 @@ class DirectusClient:
             if not isinstance(reply.body, dict):
                 raise SourceError(f"{where}: the answer is not Directus JSON; check the URL")
             return reply.body.get("data")
-        message = _error_text(reply.body)
+        message = error_text(reply.body)
         if reply.status == 403 and reply.code == "FORBIDDEN":
             message += " (the collection does not exist, or the role may not read it)"
         retriable = reply.status >= 500 or reply.status in (408, 429)
@@ -413,6 +422,6 @@ class DirectusClient:
         )
         return SourceAuthError(
             f"Directus at {self.base_url} rejected the {what} ({reply.status}: "
-            f"{_error_text(reply.body)}); set valid credentials in {fix} and restart",
+            f"{error_text(reply.body)}); set valid credentials in {fix} and restart",
             status=reply.status,
         )
