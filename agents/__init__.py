@@ -1,5 +1,6 @@
 """Faust agents and services. Each module registers what it runs on a MeshContext's app."""
 
+from agents.catalog import register_catalog_agents
 from agents.sources import register_source_agents
 from mesh.context import MeshContext
 
@@ -9,3 +10,4 @@ __all__ = ["register_agents"]
 def register_agents(context: MeshContext) -> None:
     """Register every agent and service of DictaMesh on ``context.app``."""
     register_source_agents(context)
+    register_catalog_agents(context)

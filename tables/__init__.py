@@ -1,6 +1,8 @@
 """Table declarations. Each module declares its tables on the app of a MeshContext."""
 
+from mesh.catalog.fold import reverse_relations
 from mesh.context import MeshContext
+from tables.catalog import declare_catalog_tables
 from tables.cursors import declare_cursor_table
 
 __all__ = ["register_tables"]
@@ -9,3 +11,4 @@ __all__ = ["register_tables"]
 def register_tables(context: MeshContext) -> None:
     """Declare every table of DictaMesh on ``context.app``."""
     declare_cursor_table(context)
+    declare_catalog_tables(context, reverse_relations(context.domain))

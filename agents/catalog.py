@@ -1,0 +1,53 @@
+"""The catalog on the fleet: every worker folds the events of the partitions it owns."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import mode
+
+from mesh.catalog.fold import reverse_relations
+from mesh.catalog.ingest import CatalogIngestor
+from mesh.catalog.metrics import CatalogMetrics
+from mesh.codec import RegistryClient, build_codecs
+from mesh.context import MeshContext
+from mesh.deadletter import dead_letter_topic
+from mesh.schemas import load_event_schemas
+
+
+class CatalogService(mode.Service):  # type: ignore[misc]
+    """Runs the catalog ingestor for as long as the worker runs."""
+
+    ingestor: ClassVar[CatalogIngestor]
+
+    async def on_start(self) -> None:
+        await self.ingestor.start()
+
+    async def on_stop(self) -> None:
+        await self.ingestor.stop()
+
+    @mode.Service.task  # type: ignore[misc]
+    async def _ingest(self) -> None:
+        await self.ingestor.run(lambda: self.should_stop)
+
+
+def register_catalog_agents(context: MeshContext) -> None:
+    """Subscribe the catalog topics and run the ingestor on ``context.app``."""
+    relations = reverse_relations(context.domain)
+    registry = RegistryClient(context.settings.schema_registry_url)
+    schemas = load_event_schemas(context.domain, context.settings.schemas_dir)
+    ingestor = CatalogIngestor(
+        context,
+        relations,
+        build_codecs(context.domain, schemas, registry),
+        registry,
+        dead_letter_topic(context.settings.app_id),
+        CatalogMetrics(context.metrics),
+    )
+    ingestor.subscribe()
+
+    class _Catalog(CatalogService):
+        pass
+
+    _Catalog.ingestor = ingestor
+    context.app.service(_Catalog)

@@ -1,0 +1,1 @@
+"""The catalog: entity state, metadata and relation indexes folded from change events."""

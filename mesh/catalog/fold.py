@@ -1,0 +1,150 @@
+"""Folding change events into entity records and relation indexes: pure functions.
+
+Every write is guarded by the entity version (the source position): an event that is not
+newer than what is stored changes nothing, so duplicates and replays are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mesh.catalog.record import EntityRecord, RelationIndex
+from mesh.domain import DomainConfig
+
+
+@dataclass(frozen=True)
+class RelationOp:
+    """Add or remove ``member`` in the ``relation`` index of the entity ``parent`` (a URN)."""
+
+    relation: str
+    parent: str
+    member: str
+    version: int
+    present: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The op as sent on the relations topic (keyed by ``parent``)."""
+        return {
+            "relation": self.relation,
+            "member": self.member,
+            "version": self.version,
+            "present": self.present,
+        }
+
+
+@dataclass(frozen=True)
+class ReverseRelation:
+    """``<parent type>.<name>``: children of ``child_type`` whose ``field`` holds the parent id."""
+
+    name: str
+    parent_type: str
+    child_type: str
+    field: str
+
+
+def reverse_relations(domain: DomainConfig) -> list[ReverseRelation]:
+    """Every reverse relation of the domain config."""
+    return [
+        ReverseRelation(f"{parent}.{name}", parent, rel.entity, rel.field)
+        for parent, entity in domain.entities.items()
+        for name, rel in entity.reverse_relations.items()
+    ]
+
+
+def fold(
+    existing: EntityRecord | None,
+    event: dict[str, Any],
+    urn: str,
+    schema: dict[str, Any],
+) -> EntityRecord | None:
+    """The record after ``event``, or ``None`` when the event is not newer than ``existing``."""
+    source = event["source"]
+    version = int(source["position"])
+    if existing is not None and version <= int(existing["version"]):
+        return None
+    deleted = event["op"] == "DELETE"
+    if deleted:
+        state = existing["state"] if existing is not None else {}
+    else:
+        state = dict(event["after"] or {})
+    changed_at: datetime = source.get("timestamp") or event["occurred_at"]
+    return {
+        "urn": urn,
+        "tenant": event["tenant"],
+        "type": event["entity_type"],
+        "id": event["entity_id"],
+        "version": version,
+        "deleted": deleted,
+        "op": event["op"],
+        "event_id": event["event_id"],
+        "first_seen": existing["first_seen"] if existing is not None else changed_at,
+        "last_changed": changed_at,
+        "source": {
+            "system": source["system"],
+            "instance": source["instance"],
+            "collection": source["collection"],
+            "position": version,
+            "timestamp": source.get("timestamp"),
+        },
+        "schema": schema,
+        "changed_fields": list(event.get("changed_fields") or []),
+        "state": state,
+    }
+
+
+def _parent_of(record: EntityRecord | None, field: str) -> Any:
+    if record is None or record["deleted"]:
+        return None
+    return record["state"].get(field)
+
+
+def relation_ops(
+    domain: DomainConfig,
+    relations: list[ReverseRelation],
+    before: EntityRecord | None,
+    after: EntityRecord,
+) -> list[RelationOp]:
+    """Index changes implied by ``before`` → ``after`` of one child entity.
+
+    A child re-pointed to another parent leaves the old parent's index and joins the new
+    one; a deleted child leaves its parent's index.
+    """
+    ops: list[RelationOp] = []
+    version = int(after["version"])
+    member = str(after["id"])
+    for rel in relations:
+        if rel.child_type != after["type"]:
+            continue
+        old, new = _parent_of(before, rel.field), _parent_of(after, rel.field)
+        if old == new:
+            continue
+        if old is not None:
+            parent = domain.urn(rel.parent_type, str(old))
+            ops.append(RelationOp(rel.name, parent, member, version, False))
+        if new is not None:
+            parent = domain.urn(rel.parent_type, str(new))
+            ops.append(RelationOp(rel.name, parent, member, version, True))
+    return ops
+
+
+def apply_op(index: RelationIndex | None, op: dict[str, Any]) -> RelationIndex | None:
+    """``index`` with ``op`` applied, or ``None`` when the op is not newer for its member.
+
+    Removed members stay as ``[version, false]`` so an older add arriving late cannot
+    bring them back.
+    """
+    members = dict(index or {})
+    member, version = str(op["member"]), int(op["version"])
+    current = members.get(member)
+    if current is not None and version <= int(current[0]):
+        return None
+    members[member] = [version, bool(op["present"])]
+    return members
+
+
+def present_members(index: RelationIndex | None) -> list[str]:
+    """Ids currently in the relation, in a stable order."""
+    members = [m for m, (_, present) in (index or {}).items() if present]
+    return sorted(members, key=lambda m: (len(m), m))

@@ -1,0 +1,40 @@
+"""How entity records and relation indexes are stored: JSON bytes in the tables.
+
+Values that JSON lacks are written as strings (decimals exactly, timestamps in ISO 8601
+UTC), so a record decodes the same on every worker and in every language.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+EntityRecord = dict[str, Any]
+"""``urn, tenant, type, id, version, deleted, first_seen, last_changed, op, event_id,
+source{system, instance, collection, position, timestamp}, schema{subject, id, version},
+state{...}``."""
+
+RelationIndex = dict[str, list[Any]]
+"""Members of one relation of one entity: ``{member id: [version, present]}``."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a record or index for a table."""
+    return json.dumps(value, default=_plain, separators=(",", ":"), sort_keys=True).encode()
+
+
+def loads(raw: bytes | None) -> Any:
+    """Decode what :func:`dumps` wrote (``None`` stays ``None``)."""
+    return None if raw is None else json.loads(raw)
