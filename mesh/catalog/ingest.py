@@ -110,7 +110,7 @@ class CatalogIngestor:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
             self.metrics.batch_size.observe(len(batch))
 
-    async def apply(self, events: list[faust.EventT]) -> None:
+    async def apply(self, events: list[faust.EventT[Any]]) -> None:
         """Fold, publish, then store and ack one batch of events."""
         writes: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
         dead: list[tuple[Any, str, Exception]] = []
@@ -136,7 +136,11 @@ class CatalogIngestor:
     # -- folding -------------------------------------------------------------------------
 
     def _current(
-        self, table: faust.Table, partition: int, key: bytes, writes: dict[bytes, bytes]
+        self,
+        table: faust.Table[bytes, bytes],
+        partition: int,
+        key: bytes,
+        writes: dict[bytes, bytes],
     ) -> Any:
         if key in writes:
             return record.loads(writes[key])
@@ -153,7 +157,7 @@ class CatalogIngestor:
         table = self.entity_tables[entity_type]
         try:
             event = self.codecs[entity_type].loads(message.value)
-            schema = self._schema_info(message.value)
+            schema = self._schema_info(message.value, f"{message.topic}-value")
         except (CodecError, RegistryError) as exc:
             dead.append((message, "catalog-decode", exc))
             return
@@ -186,16 +190,15 @@ class CatalogIngestor:
         if index is not None:
             table_writes[message.key] = record.dumps(index)
 
-    def _schema_info(self, value: bytes) -> dict[str, Any]:
+    def _schema_info(self, value: bytes, subject: str) -> dict[str, Any]:
         schema_id = int.from_bytes(value[1:5], "big")
         info = self._schemas.get(schema_id)
         if info is None:
-            found = self.registry.subject_version(schema_id)
-            subject, version = found if found else (None, None)
+            found = self.registry.subject_version(schema_id, subject=subject)
             info = self._schemas[schema_id] = {
                 "id": schema_id,
-                "subject": subject,
-                "version": version,
+                "subject": found[0] if found else None,
+                "version": found[1] if found else None,
             }
         return info
 
@@ -210,9 +213,10 @@ class CatalogIngestor:
                      "offset": message.offset},
         )  # fmt: skip
         assert self.producer is not None
-        return await self.producer.send(
+        sent: Awaitable[Any] = await self.producer.send(
             self.dead_letter_topic, message.value, key=message.key, headers=headers
         )
+        return sent
 
     async def _publish(
         self, writes: dict[tuple[str, int], dict[bytes, bytes]], pending: list[Awaitable[Any]]
@@ -240,10 +244,10 @@ class CatalogIngestor:
             table.data.set_persisted_offset(TP(changelog, partition), offsets[(name, partition)])
 
 
-def _db(table: faust.Table, partition: int) -> Any:
+def _db(table: faust.Table[bytes, bytes], partition: int) -> Any:
     """The RocksDB database of one table partition.
 
     Faust's store API resolves partitions from the event being processed; batches span
     events, so the partition's database is addressed directly.
     """
-    return table.data._db_for_partition(partition)
+    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
