@@ -37,6 +37,10 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "ingest":
+        from mesh.bench.ingest import run_ingest
+
+        return run_ingest(settings, args.events)
     from mesh.bench.freshness import run_freshness
 
     return run_freshness(settings, args.items, args.bulk)
@@ -98,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     freshness.add_argument("--items", type=int, default=200, help="single writes (p50/p99)")
     freshness.add_argument("--bulk", type=int, default=10_000, help="items in the bulk load")
     freshness.set_defaults(run=_cmd_bench)
+    ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
+    ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
+    ingest.set_defaults(run=_cmd_bench)
     sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
         run=_cmd_check
     )

@@ -10,9 +10,9 @@ import json
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 
 from mesh.context import MeshContext
+from mesh.partitioning import key_partition
 
 CURSOR_TABLE = "source_cursors"
 
@@ -22,7 +22,7 @@ def cursor_partition(source: str, partitions: int) -> int:
 
     The worker that actively owns this partition is the one that polls the source.
     """
-    return int(murmur2(source.encode()) & 0x7FFFFFFF) % partitions
+    return key_partition(source.encode(), partitions)
 
 
 class CursorTable(faust.Table[bytes, bytes]):  # type: ignore[misc]

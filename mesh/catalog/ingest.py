@@ -16,10 +16,12 @@ standbys. Per batch:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -27,17 +29,32 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from mesh.catalog import record
+from mesh.catalog.delivery import install_fast_delivery
 from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
+from mesh.partitioning import key_partition
 from tables.catalog import entity_table_name, relation_table_name
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 5000
+IN_FLIGHT = 8
+"""Batches sent but not yet acknowledged; bounds memory and replay after a crash."""
+
+
+@dataclass
+class _Flight:
+    """A folded batch on its way: acked by Kafka, then stored and acked to Faust."""
+
+    events: list[Any]
+    writes: dict[tuple[str, int], dict[bytes, bytes]]
+    changelogs: dict[tuple[str, int], list[tuple[int, int, Awaitable[Any]]]]
+    pending: list[Awaitable[Any]]
+    started: float
 
 
 def relations_topic_name(app_id: str) -> str:
@@ -80,15 +97,21 @@ class CatalogIngestor:
         )
         self.producer: AIOKafkaProducer | None = None
         self._schemas: dict[int, dict[str, Any]] = {}
+        # Values sent but not yet in RocksDB, per (table, partition): later batches read them.
+        self._overlay: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
+        self._inflight: asyncio.Queue[_Flight] = asyncio.Queue(maxsize=IN_FLIGHT)
 
     def subscribe(self) -> None:
         """Have Faust's consumer deliver the catalog topics to :attr:`channel`."""
         self.context.app.topics.add(self.channel)
+        install_fast_delivery(self.context.app, self.channel.queue)
 
     async def start(self) -> None:
         """Open the producer the batches are written with."""
         servers = self.context.settings.broker_url.removeprefix("kafka://")
-        self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=2)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=servers, acks="all", linger_ms=2, max_batch_size=512 * 1024
+        )
         await self.producer.start()
 
     async def stop(self) -> None:
@@ -98,40 +121,92 @@ class CatalogIngestor:
             self.producer = None
 
     async def run(self, should_stop: Any) -> None:
-        """Handle batches until ``should_stop()``."""
-        queue = self.channel.queue
-        while not should_stop():
-            first = await queue.get()
-            batch = [first]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            started = time.monotonic()
-            await self.apply(batch)
-            self.metrics.batch_seconds.observe(time.monotonic() - started)
-            self.metrics.batch_size.observe(len(batch))
+        """Handle batches until ``should_stop()``.
 
-    async def apply(self, events: list[faust.EventT[Any]]) -> None:
-        """Fold, publish, then store and ack one batch of events."""
+        Batches are pipelined: while Kafka acknowledges one batch, the next is folded
+        (reading the values still in flight from :attr:`_overlay`). A committer task
+        finishes batches strictly in order.
+        """
+        queue = self.channel.queue
+        committer = asyncio.create_task(self._commit_forever())
+        try:
+            while not should_stop():
+                first = await queue.get()
+                batch = [first]
+                while len(batch) < MAX_BATCH and not queue.empty():
+                    batch.append(queue.get_nowait())
+                self.metrics.batch_size.observe(len(batch))
+                await self._inflight.put(await self.apply(batch))
+        finally:
+            await self._inflight.join()
+            committer.cancel()
+
+    async def apply(self, events: list[faust.EventT[Any]]) -> _Flight:
+        """Fold one batch and send what it changed; the returned flight finishes it."""
+        started = time.monotonic()
         writes: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
         dead: list[tuple[Any, str, Exception]] = []
         ops: list[RelationOp] = []
+        counts: Counter[tuple[str, str]] = Counter()
         for event in events:
             message = event.message
             if message.topic == self.relations_topic:
                 self._fold_relation(message, writes)
             else:
-                self._fold_entity(message, writes, ops, dead)
-        assert self.producer is not None
-        pending = [
-            await self.producer.send(
-                self.relations_topic, record.dumps(op.as_json()), key=op.parent.encode()
+                self._fold_entity(message, writes, ops, dead, counts)
+        for (entity_type, result), n in counts.items():
+            self.metrics.events.labels(entity_type, result).inc(n)
+        relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        partitions = self.context.settings.topic_partitions
+        for op in ops:
+            key = op.parent.encode()
+            relation_records[key_partition(key, partitions)].append(
+                (key, record.dumps(op.as_json()))
             )
-            for op in ops
+        pending = [await self._dead(message, stage, error) for message, stage, error in dead]
+        pending += [
+            fut for *_, fut in await self._send_batches(self.relations_topic, relation_records)
         ]
-        pending += [await self._dead(message, stage, error) for message, stage, error in dead]
-        await self._publish(writes, pending)
-        for event in events:
+        for table_partition, values in writes.items():
+            self._overlay[table_partition].update(values)
+        changelogs = {
+            (name, partition): await self._send_batches(
+                self.context.tables[name].changelog_topic.get_topic_name(),
+                {partition: list(values.items())},
+            )
+            for (name, partition), values in writes.items()
+        }
+        return _Flight(events, dict(writes), changelogs, pending, started)
+
+    async def _commit_forever(self) -> None:
+        while True:
+            flight = await self._inflight.get()
+            try:
+                await self._commit(flight)
+            finally:
+                self._inflight.task_done()
+
+    async def _commit(self, flight: _Flight) -> None:
+        """Wait for Kafka's acks, then write the local stores and ack the events."""
+        for fut in flight.pending:
+            await fut
+        for (name, partition), batches in flight.changelogs.items():
+            table = self.context.tables[name]
+            last = -1
+            for _, count, fut in batches:
+                metadata = await fut
+                last = max(last, metadata.offset + count - 1)
+            db = _db(table, partition)
+            overlay = self._overlay[(name, partition)]
+            for key, value in flight.writes[(name, partition)].items():
+                db.put(key, value)
+                if overlay.get(key) is value:  # not overwritten by a later batch
+                    del overlay[key]
+            changelog = table.changelog_topic.get_topic_name()
+            table.data.set_persisted_offset(TP(changelog, partition), last)
+        for event in flight.events:
             event.ack()
+        self.metrics.batch_seconds.observe(time.monotonic() - flight.started)
 
     # -- folding -------------------------------------------------------------------------
 
@@ -144,6 +219,9 @@ class CatalogIngestor:
     ) -> Any:
         if key in writes:
             return record.loads(writes[key])
+        in_flight = self._overlay[(table.name, partition)].get(key)
+        if in_flight is not None:
+            return record.loads(in_flight)
         return record.loads(_db(table, partition).get(key))
 
     def _fold_entity(
@@ -152,6 +230,7 @@ class CatalogIngestor:
         writes: dict[tuple[str, int], dict[bytes, bytes]],
         ops: list[RelationOp],
         dead: list[tuple[Any, str, Exception]],
+        counts: Counter[tuple[str, str]],
     ) -> None:
         entity_type = self.by_topic[message.topic]
         table = self.entity_tables[entity_type]
@@ -174,11 +253,11 @@ class CatalogIngestor:
         before = self._current(table, message.partition, message.key, table_writes)
         after = fold(before, event, urn, schema)
         if after is None:
-            self.metrics.events.labels(entity_type, "stale").inc()
+            counts[(entity_type, "stale")] += 1
             return
         table_writes[message.key] = record.dumps(after)
         ops.extend(relation_ops(self.domain, self.relations, before, after))
-        self.metrics.events.labels(entity_type, "applied").inc()
+        counts[(entity_type, "applied")] += 1
 
     def _fold_relation(
         self, message: Any, writes: dict[tuple[str, int], dict[bytes, bytes]]
@@ -218,30 +297,33 @@ class CatalogIngestor:
         )
         return sent
 
-    async def _publish(
-        self, writes: dict[tuple[str, int], dict[bytes, bytes]], pending: list[Awaitable[Any]]
-    ) -> None:
-        assert self.producer is not None
-        sends: list[tuple[str, int, Awaitable[Any]]] = []
-        for (name, partition), values in writes.items():
-            table = self.context.tables[name]
-            changelog = table.changelog_topic.get_topic_name()
-            for key, value in values.items():
-                fut = await self.producer.send(changelog, value, key=key, partition=partition)
-                sends.append((name, partition, fut))
-        for fut in pending:
-            await fut
-        offsets: dict[tuple[str, int], int] = {}
-        for name, partition, fut in sends:
-            metadata = await fut
-            offsets[(name, partition)] = max(offsets.get((name, partition), -1), metadata.offset)
-        for (name, partition), values in writes.items():
-            table = self.context.tables[name]
-            db = _db(table, partition)
-            for key, value in values.items():
-                db.put(key, value)
-            changelog = table.changelog_topic.get_topic_name()
-            table.data.set_persisted_offset(TP(changelog, partition), offsets[(name, partition)])
+    async def _send_batches(
+        self, topic: str, records: dict[int, list[tuple[bytes, bytes]]]
+    ) -> list[tuple[int, int, Awaitable[Any]]]:
+        """Send ``records`` per partition as whole batches (cheaper than one send each);
+        returns ``(partition, records in batch, future)`` per batch sent."""
+        producer = self.producer
+        assert producer is not None
+        sent: list[tuple[int, int, Awaitable[Any]]] = []
+        for partition, items in records.items():
+            batch, count = producer.create_batch(), 0
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    sent.append(
+                        (
+                            partition,
+                            count,
+                            await producer.send_batch(batch, topic, partition=partition),
+                        )
+                    )
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)
+                count += 1
+            if count:
+                sent.append(
+                    (partition, count, await producer.send_batch(batch, topic, partition=partition))
+                )
+        return sent
 
 
 def _db(table: faust.Table[bytes, bytes], partition: int) -> Any:
