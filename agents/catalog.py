@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import mode
 
@@ -22,6 +22,11 @@ class CatalogService(mode.Service):  # type: ignore[misc]
 
     async def on_start(self) -> None:
         await self.ingestor.start()
+        revoked = self.ingestor.context.app.on_partitions_revoked
+        revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        await self.ingestor.revoke()
 
     async def on_stop(self) -> None:
         await self.ingestor.stop()

@@ -17,6 +17,7 @@ standbys. Per batch:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, defaultdict
@@ -27,9 +28,10 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from mesh.catalog import record
-from mesh.catalog.delivery import install_fast_delivery
+from mesh.catalog.delivery import MessageBuffer, install_fast_delivery
 from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import AvroEventCodec, RegistryClient
@@ -42,6 +44,8 @@ from tables.catalog import entity_table_name, relation_table_name
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 5000
+BUFFER = 20_000
+"""Messages fetched but not yet folded."""
 IN_FLIGHT = 8
 """Batches sent but not yet acknowledged; bounds memory and replay after a crash."""
 
@@ -50,11 +54,17 @@ IN_FLIGHT = 8
 class _Flight:
     """A folded batch on its way: acked by Kafka, then stored and acked to Faust."""
 
-    events: list[Any]
+    messages: list[Any]
     writes: dict[tuple[str, int], dict[bytes, bytes]]
     changelogs: dict[tuple[str, int], list[tuple[int, int, Awaitable[Any]]]]
     pending: list[Awaitable[Any]]
     started: float
+
+
+@functools.lru_cache(maxsize=65536)
+def _partition_of(key: bytes, partitions: int) -> int:
+    # murmur2 is pure Python in aiokafka; parents repeat across events, so remember them.
+    return key_partition(key, partitions)
 
 
 def relations_topic_name(app_id: str) -> str:
@@ -95,6 +105,7 @@ class CatalogIngestor:
             partitions=context.settings.topic_partitions,
             internal=True,  # Faust creates missing topics with the fleet's partition count
         )
+        self.buffer = MessageBuffer({*self.by_topic, self.relations_topic}, BUFFER)
         self.producer: AIOKafkaProducer | None = None
         self._schemas: dict[int, dict[str, Any]] = {}
         # Values sent but not yet in RocksDB, per (table, partition): later batches read them.
@@ -104,7 +115,7 @@ class CatalogIngestor:
     def subscribe(self) -> None:
         """Have Faust's consumer deliver the catalog topics to :attr:`channel`."""
         self.context.app.topics.add(self.channel)
-        install_fast_delivery(self.context.app, self.channel.queue)
+        install_fast_delivery(self.context.app, self.buffer)
 
     async def start(self) -> None:
         """Open the producer the batches are written with."""
@@ -127,29 +138,34 @@ class CatalogIngestor:
         (reading the values still in flight from :attr:`_overlay`). A committer task
         finishes batches strictly in order.
         """
-        queue = self.channel.queue
         committer = asyncio.create_task(self._commit_forever())
         try:
             while not should_stop():
-                first = await queue.get()
-                batch = [first]
-                while len(batch) < MAX_BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
+                batch = await self.buffer.take(MAX_BATCH)
                 self.metrics.batch_size.observe(len(batch))
-                await self._inflight.put(await self.apply(batch))
+                flight = await self.apply(batch)
+                put = asyncio.ensure_future(self._inflight.put(flight))
+                await asyncio.wait({put, committer}, return_when=asyncio.FIRST_COMPLETED)
+                if committer.done():
+                    put.cancel()
+                    committer.result()  # a failed commit stops the worker, loudly
         finally:
             await self._inflight.join()
             committer.cancel()
 
-    async def apply(self, events: list[faust.EventT[Any]]) -> _Flight:
+    async def revoke(self) -> None:
+        """Before partitions move: drop what is buffered, finish what is in flight."""
+        self.buffer.clear()
+        await self._inflight.join()
+
+    async def apply(self, messages: list[Any]) -> _Flight:
         """Fold one batch and send what it changed; the returned flight finishes it."""
         started = time.monotonic()
         writes: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
         dead: list[tuple[Any, str, Exception]] = []
         ops: list[RelationOp] = []
         counts: Counter[tuple[str, str]] = Counter()
-        for event in events:
-            message = event.message
+        for message in messages:
             if message.topic == self.relations_topic:
                 self._fold_relation(message, writes)
             else:
@@ -160,7 +176,7 @@ class CatalogIngestor:
         partitions = self.context.settings.topic_partitions
         for op in ops:
             key = op.parent.encode()
-            relation_records[key_partition(key, partitions)].append(
+            relation_records[_partition_of(key, partitions)].append(
                 (key, record.dumps(op.as_json()))
             )
         pending = [await self._dead(message, stage, error) for message, stage, error in dead]
@@ -173,10 +189,11 @@ class CatalogIngestor:
             (name, partition): await self._send_batches(
                 self.context.tables[name].changelog_topic.get_topic_name(),
                 {partition: list(values.items())},
+                last_alone=True,
             )
             for (name, partition), values in writes.items()
         }
-        return _Flight(events, dict(writes), changelogs, pending, started)
+        return _Flight(messages, dict(writes), changelogs, pending, started)
 
     async def _commit_forever(self) -> None:
         while True:
@@ -198,14 +215,17 @@ class CatalogIngestor:
                 last = max(last, metadata.offset + count - 1)
             db = _db(table, partition)
             overlay = self._overlay[(name, partition)]
+            batch = WriteBatch(raw_mode=True)
             for key, value in flight.writes[(name, partition)].items():
-                db.put(key, value)
+                batch.put(key, value)
                 if overlay.get(key) is value:  # not overwritten by a later batch
                     del overlay[key]
+            db.write(batch)
             changelog = table.changelog_topic.get_topic_name()
             table.data.set_persisted_offset(TP(changelog, partition), last)
-        for event in flight.events:
-            event.ack()
+        ack = self.context.app.consumer.ack
+        for message in flight.messages:
+            ack(message)
         self.metrics.batch_seconds.observe(time.monotonic() - flight.started)
 
     # -- folding -------------------------------------------------------------------------
@@ -298,31 +318,38 @@ class CatalogIngestor:
         return sent
 
     async def _send_batches(
-        self, topic: str, records: dict[int, list[tuple[bytes, bytes]]]
+        self,
+        topic: str,
+        records: dict[int, list[tuple[bytes, bytes]]],
+        *,
+        last_alone: bool = False,
     ) -> list[tuple[int, int, Awaitable[Any]]]:
         """Send ``records`` per partition as whole batches (cheaper than one send each);
-        returns ``(partition, records in batch, future)`` per batch sent."""
+        returns ``(partition, records in batch, future)`` per batch sent.
+
+        ``last_alone`` sends each partition's last record as a batch of its own. Changelogs
+        need it on Tansu (0.6), which answers ListOffsets(latest) with the last *batch's*
+        base offset + 1: Faust's recovery trusts that end offset, so after a multi-record
+        batch it stops reading early and finds the persisted offset ahead of the log
+        (``ConsistencyError``, the worker crashes on the next rebalance).
+        """
         producer = self.producer
         assert producer is not None
         sent: list[tuple[int, int, Awaitable[Any]]] = []
-        for partition, items in records.items():
-            batch, count = producer.create_batch(), 0
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    sent.append(
-                        (
-                            partition,
-                            count,
-                            await producer.send_batch(batch, topic, partition=partition),
-                        )
-                    )
-                    batch, count = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None)
-                count += 1
-            if count:
-                sent.append(
-                    (partition, count, await producer.send_batch(batch, topic, partition=partition))
-                )
+        for partition, all_items in records.items():
+            split = last_alone and len(all_items) > 1
+            for items in (all_items[:-1], all_items[-1:]) if split else (all_items,):
+                batch, count = producer.create_batch(), 0
+                for key, value in items:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        fut = await producer.send_batch(batch, topic, partition=partition)
+                        sent.append((partition, count, fut))
+                        batch, count = producer.create_batch(), 0
+                        batch.append(key=key, value=value, timestamp=None)
+                    count += 1
+                if count:
+                    fut = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append((partition, count, fut))
         return sent
 
 
