@@ -29,7 +29,8 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
         self.schema = schema
         self._parsed = parse_schema(schema)
         self._schema_id: int | None = None
-        self._same_as_reader: dict[int, bool] = {}
+        # Writer schema per id, and whether it is this codec's own schema.
+        self._writers: dict[int, tuple[Any, bool]] = {}
 
     @property
     def schema_id(self) -> int:
@@ -50,10 +51,11 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
 
     def _loads(self, s: bytes) -> Any:
         schema_id, body = unpack(s)
-        writer = self.registry.writer_schema(schema_id)
-        same = self._same_as_reader.get(schema_id)
-        if same is None:
-            same = self._same_as_reader[schema_id] = writer == self._parsed
+        known = self._writers.get(schema_id)
+        if known is None:
+            writer = self.registry.writer_schema(schema_id)
+            known = self._writers[schema_id] = (writer, writer == self._parsed)
+        writer, same = known
         try:
             # Resolving a writer schema against the reader costs a third of a decode;
             # skip it when the message was written with this very schema.

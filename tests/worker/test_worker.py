@@ -71,11 +71,13 @@ async def test_health_readiness_and_metrics(worker: dict[str, object]) -> None:
 async def test_tables_use_rocksdb_with_the_block_cache_capped(worker: dict[str, object]) -> None:
     state = worker["state"]
     assert isinstance(state, Path)
-    table_dir = state / "workers" / "worker-0" / "v1" / "tables" / "source_cursors-0.db"
-    assert (table_dir / "rocksdict-config.json").exists()
-    log = (table_dir / "LOG").read_text(errors="replace")
-    # RocksDB logs its block cache settings; 8 MiB as configured, not the 2 GiB default.
-    assert re.search(r"capacity\s*:\s*8388608\b", log), "block cache not capped"
+    tables = state / "workers" / "worker-0" / "v1" / "tables"
+    logs = sorted(tables.glob("entities_*.db/LOG"))
+    assert logs, f"no RocksDB catalog table under {tables}: {list(tables.iterdir())}"
+    for log in logs:
+        # RocksDB logs its block cache settings; 8 MiB as configured, not the 2 GiB default.
+        text = log.read_text(errors="replace")
+        assert re.search(r"capacity\s*:\s*8388608\b", text), f"block cache not capped: {log}"
 
 
 async def test_sigterm_stops_the_worker_and_frees_its_port(worker: dict[str, object]) -> None:
