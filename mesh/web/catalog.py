@@ -1,0 +1,240 @@
+"""What the catalog holds: ``/api/v1/catalog/types`` and the fleet-wide entity counts.
+
+``GET /api/v1/catalog/types``::
+
+    {"types": [{"name", "graphql_name", "collection", "source", "topic",
+                "key": {"field", "type"},
+                "schema": {"subject", "latest_version", "latest_id"},
+                "relations": {"forward": {field: type}, "reverse": {name: {"type", "field"}}},
+                "counts": {"live", "deleted"}}],
+     "counts": {"complete", "partitions", "counted_partitions", "workers": {name: [p…]}},
+     "warnings": [...]}
+
+The latest schema version is asked of the registry; when it cannot answer, the version is
+``null`` and ``warnings`` says why (the rest of the answer does not depend on it).
+
+Counts cover the whole fleet. Each worker counts the records in the local RocksDB
+databases of the partitions it actively owns (``GET /api/v1/internal/counts``); the worker
+answering asks every worker the assignor knows (``app.assignor.tables_metadata()``, the
+web URL of every group member) and adds the answers up per partition, each partition
+counted once. Partitions nobody reported (a worker down or the fleet rebalancing) make
+``counts.complete`` false and add a warning. Counting reads every record: O(entities).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from faust.web import Request, Response, View
+
+from mesh.catalog import record
+from mesh.catalog.ingest import _db
+from mesh.context import MeshContext
+from mesh.web.entities import (
+    WORKER_HEADER,
+    CatalogReader,
+    json_response,
+    register_entity_views,
+)
+
+COUNTS_PATH = "/api/v1/internal/counts"
+PEER_TIMEOUT_S = 5.0
+REGISTRY_TIMEOUT_S = 3.0
+
+PartitionCounts = dict[int, tuple[int, int]]
+"""Per partition: (live, deleted) records."""
+
+
+def count_local(reader: CatalogReader) -> dict[str, PartitionCounts]:
+    """Per entity type, the records of each partition this worker actively owns."""
+    counts: dict[str, PartitionCounts] = {}
+    actives = reader.app.assignor.assigned_actives()
+    for entity_type in reader.domain.entities:
+        table = reader.table(entity_type)
+        topic = table.changelog_topic.get_topic_name()
+        offset_key = table.data.offset_key  # Faust keeps its changelog offset in the DB
+        per_partition: PartitionCounts = {}
+        for tp in sorted(tp for tp in actives if tp.topic == topic):
+            live = deleted = 0
+            for key, value in _db(table, tp.partition).items():
+                if key == offset_key:
+                    continue
+                if record.loads(value).get("deleted"):
+                    deleted += 1
+                else:
+                    live += 1
+            per_partition[tp.partition] = (live, deleted)
+        counts[entity_type] = per_partition
+    return counts
+
+
+def counts_report(reader: CatalogReader) -> dict[str, Any]:
+    """This worker's counts as ``/api/v1/internal/counts`` answers them."""
+    if reader.recovering():  # partial DBs would undercount: report nothing instead
+        return {"worker": reader.worker, "recovering": True, "counts": {}}
+    counts = count_local(reader)
+    return {
+        "worker": reader.worker,
+        "recovering": False,
+        "counts": {
+            entity_type: {str(p): list(pair) for p, pair in per.items()}
+            for entity_type, per in counts.items()
+        },
+    }
+
+
+async def _peer_report(reader: CatalogReader, url: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+    async with reader.app.http_client.get(url.rstrip("/") + COUNTS_PATH, timeout=timeout) as resp:
+        if resp.status != 200:
+            raise aiohttp.ClientResponseError(
+                resp.request_info, resp.history, status=resp.status, message="counts refused"
+            )
+        return dict(json.loads(await resp.read()))
+
+
+async def fleet_counts(reader: CatalogReader) -> tuple[dict[str, Any], list[str]]:
+    """Counts per entity type summed over the fleet, the coverage, and warnings."""
+    urls = [str(u) for u in reader.app.assignor.tables_metadata()]
+    peers = [u for u in urls if not reader.is_self(u)]
+    reports: list[dict[str, Any]] = [counts_report(reader)]
+    warnings: list[str] = []
+    answers = await asyncio.gather(
+        *(_peer_report(reader, u) for u in peers), return_exceptions=True
+    )
+    for url, answer in zip(peers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            warnings.append(f"worker at {url} did not report counts: {type(answer).__name__}")
+        else:
+            reports.append(answer)
+    totals: dict[str, list[int]] = {t: [0, 0] for t in reader.domain.entities}
+    seen: dict[str, set[int]] = {t: set() for t in reader.domain.entities}
+    workers: dict[str, list[int]] = {}
+    for report in reports:
+        if report.get("recovering"):
+            warnings.append(f"worker {report['worker']} is recovering; its partitions are missing")
+        owned: set[int] = set()
+        for entity_type, per in report["counts"].items():
+            if entity_type not in totals:
+                continue  # a worker on another domain config version
+            for part, (live, deleted) in per.items():
+                partition = int(part)
+                owned.add(partition)
+                if partition in seen[entity_type]:
+                    continue  # reported twice mid-rebalance: count it once
+                seen[entity_type].add(partition)
+                totals[entity_type][0] += live
+                totals[entity_type][1] += deleted
+        workers[report["worker"]] = sorted(owned)
+    expected = reader.context.settings.topic_partitions
+    counted = min((len(s) for s in seen.values()), default=0)
+    if counted < expected:
+        missing = sorted(set(range(expected)) - set().union(*seen.values()))
+        warnings.append(f"counts are incomplete: partitions {missing} were not reported")
+    coverage = {
+        "complete": counted >= expected,
+        "partitions": expected,
+        "counted_partitions": counted,
+        "workers": workers,
+    }
+    return {"totals": totals, "coverage": coverage}, warnings
+
+
+async def latest_schemas(
+    reader: CatalogReader, subjects: list[str]
+) -> tuple[dict[str, tuple[int | None, int | None]], list[str]]:
+    """``(version, id)`` of the latest schema of each subject; ``(None, None)`` + a warning
+    when the registry does not know the subject or cannot be reached."""
+    base = reader.context.settings.schema_registry_url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=REGISTRY_TIMEOUT_S)
+    warnings: list[str] = []
+
+    async def one(subject: str) -> tuple[int | None, int | None]:
+        url = f"{base}/subjects/{quote(subject, safe='')}/versions/latest"
+        async with reader.app.http_client.get(url, timeout=timeout) as resp:
+            if resp.status == 404:
+                warnings.append(f"schema subject {subject} is not registered yet")
+                return None, None
+            if resp.status != 200:
+                warnings.append(f"schema registry answered {resp.status} for {subject}")
+                return None, None
+            found = json.loads(await resp.read())
+            return int(found["version"]), int(found["id"])
+
+    answers = await asyncio.gather(*(one(s) for s in subjects), return_exceptions=True)
+    result: dict[str, tuple[int | None, int | None]] = {}
+    unreachable: BaseException | None = None
+    for subject, answer in zip(subjects, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, aiohttp.ClientError | TimeoutError | ValueError | KeyError):
+                raise answer
+            unreachable = answer
+            result[subject] = (None, None)
+        else:
+            result[subject] = answer
+    if unreachable is not None:
+        warnings.append(
+            f"the schema registry at {base} cannot be reached "
+            f"({type(unreachable).__name__}): latest schema versions are unknown"
+        )
+    return result, warnings
+
+
+async def types_body(reader: CatalogReader) -> dict[str, Any]:
+    """The body of ``/api/v1/catalog/types``."""
+    domain = reader.domain
+    topics = {t: domain.topic(t) for t in domain.entities}
+    (counts, count_warnings), (schemas, schema_warnings) = await asyncio.gather(
+        fleet_counts(reader), latest_schemas(reader, [f"{t}-value" for t in topics.values()])
+    )
+    types = []
+    for name, spec in domain.entities.items():
+        subject = f"{topics[name]}-value"
+        version, schema_id = schemas[subject]
+        live, deleted = counts["totals"][name]
+        types.append(
+            {
+                "name": name,
+                "graphql_name": spec.graphql_name,
+                "collection": spec.collection,
+                "source": spec.source,
+                "topic": topics[name],
+                "key": {"field": spec.key, "type": spec.fields[spec.key].type.value},
+                "schema": {"subject": subject, "latest_version": version, "latest_id": schema_id},
+                "relations": {
+                    "forward": {f: s.references for f, s in spec.fields.items() if s.references},
+                    "reverse": {
+                        r: {"type": rel.entity, "field": rel.field}
+                        for r, rel in spec.reverse_relations.items()
+                    },
+                },
+                "counts": {"live": live, "deleted": deleted},
+            }
+        )
+    return {
+        "types": types,
+        "counts": counts["coverage"],
+        "warnings": schema_warnings + count_warnings,
+    }
+
+
+def register_catalog_views(context: MeshContext) -> None:
+    """Register the catalog's REST API: entities, relations, types and internal counts."""
+    register_entity_views(context)
+    app = context.app
+    reader = CatalogReader(context)
+    headers = {WORKER_HEADER: reader.worker}
+
+    @app.page("/api/v1/catalog/types")
+    class Types(View):  # type: ignore[misc]
+        async def get(self, request: Request) -> Response:
+            return json_response(self, await types_body(reader), headers=headers)
+
+    @app.page(COUNTS_PATH)
+    class Counts(View):  # type: ignore[misc]
+        async def get(self, request: Request) -> Response:
+            return json_response(self, counts_report(reader), headers=headers)

@@ -1,0 +1,319 @@
+"""The entity REST API, answered by whichever worker receives the request.
+
+``GET /api/v1/entities/{type}/{id}`` → ``{"urn", "type", "id", "tenant", "version",
+"deleted", "first_seen", "last_changed", "op", "event_id", "changed_fields", "source":
+{"system", "instance", "collection", "position", "timestamp"}, "schema": {"subject", "id",
+"version"}, "data": {...}}``. ``id`` is the id as in the URN (a string); ``data`` is the
+typed state: decimals as strings (exact), timestamps in ISO 8601. A deleted entity answers
+200 with ``"deleted": true`` and its last state, so "deleted" differs from "never seen".
+
+``GET /api/v1/entities/{type}/{id}/relations`` → ``{"urn", "type", "id", "version",
+"deleted", "forward": {field: {"type", "id", "urn"} | null}, "reverse": {name: {"type",
+"field", "count", "members": [{"id", "urn"}]}}}``: forward relations from the entity's
+fields with ``references`` (none once deleted, as in the index), reverse ones from its
+relation indexes.
+
+Errors are ``{"error": {"code", "message", ...}}``: 404 ``unknown_type`` (with
+``known_types``), 404 ``not_found``, 400 ``invalid_id``, 503 ``unavailable`` (rebalancing,
+recovering or owner unreachable: retry after ``Retry-After``).
+
+Routing: the key is the URN's bytes, as the ingestor stores it; its partition is what the
+producers' default partitioner (murmur2) picks for the entity topic, computed by Faust's
+consumer from the topic's metadata. The worker actively owning that partition answers from
+the partition's local RocksDB database; any other forwards the request to the owner named
+by Faust's assignor (``app.router.table_metadata``) and relays the answer (not Faust's
+``route_req``: it drops the owner's headers). Answers carry ``X-Mesh-Worker`` (who read
+it), ``X-Mesh-Partition`` and, when relayed, ``X-Mesh-Routed-Via``. A forwarded request is
+never forwarded again: stale metadata mid-rebalance answers 503 instead of bouncing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
+from faust.web import Request, Response, View
+from yarl import URL
+
+from mesh.catalog import record
+from mesh.catalog.fold import ReverseRelation, present_members, reverse_relations
+from mesh.catalog.ingest import _db
+from mesh.context import MeshContext
+from mesh.domain import EntitySpec, FieldType
+from mesh.partitioning import key_partition
+from tables.catalog import entity_table_name, relation_table_name
+
+WORKER_HEADER = "X-Mesh-Worker"
+PARTITION_HEADER = "X-Mesh-Partition"
+ROUTED_HEADER = "X-Mesh-Routed-Via"
+MAX_ID_LENGTH = 255
+FORWARD_TIMEOUT_S = 10.0
+_MAX_INT = {FieldType.INTEGER: 2**31 - 1, FieldType.LONG: 2**63 - 1}
+_RETRY = {"Retry-After": "1"}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` with ``{"error": {"code", "message", **extra}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the answer."""
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+def json_response(
+    view: View, body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer (UTF-8; aiohttp refuses a charset inside ``content_type``)."""
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return view.bytes(data, content_type="application/json", status=status, headers=headers)
+
+
+def entity_spec(context: MeshContext, entity_type: str) -> EntitySpec:
+    """The spec of ``entity_type``; 404 naming the known types when there is none."""
+    spec = context.domain.entities.get(entity_type)
+    if spec is None:
+        known = sorted(context.domain.entities)
+        raise ApiError(
+            404,
+            "unknown_type",
+            f"no entity type {entity_type!r}; known types: {', '.join(known)}",
+            known_types=known,
+        )
+    return spec
+
+
+def parse_id(spec: EntitySpec, entity_type: str, raw: str) -> str:
+    """``raw`` checked against the type of the entity's key field (400 if it cannot be one).
+
+    Integer keys must be canonical decimal digits within the Avro type's range: ``007``
+    would name a different URN than ``7`` and always miss, so it is refused, not guessed.
+    """
+
+    def invalid(why: str) -> ApiError:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        return ApiError(400, "invalid_id", f"invalid {entity_type} id {shown!r}: {why}")
+
+    if not raw:
+        raise invalid("the id is empty")
+    if len(raw) > MAX_ID_LENGTH:
+        raise invalid(f"longer than {MAX_ID_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in raw):
+        raise invalid("contains control characters")
+    key_type = spec.fields[spec.key].type
+    if key_type in _MAX_INT:
+        if not (raw.isascii() and raw.isdigit()):
+            raise invalid(f"the key '{spec.key}' is an {key_type.value}: use decimal digits")
+        if len(raw) > 1 and raw[0] == "0":
+            raise invalid("write the number without leading zeros")
+        if int(raw) > _MAX_INT[key_type]:
+            raise invalid(f"out of range for an {key_type.value} key")
+    return raw
+
+
+class CatalogReader:
+    """Where a key lives (partition, owning worker) and reads of the local partition DBs."""
+
+    def __init__(self, context: MeshContext) -> None:
+        self.context = context
+        self.app = context.app
+        self.domain = context.domain
+        self.worker = context.settings.worker_name
+        self.relations: list[ReverseRelation] = reverse_relations(context.domain)
+
+    def table(self, entity_type: str) -> Any:
+        """The entity table of ``entity_type``."""
+        return self.context.tables[entity_table_name(entity_type)]
+
+    def partition(self, entity_type: str, key: bytes) -> int:
+        """The partition the producers' default partitioner picks for ``key``.
+
+        Faust's consumer hashes with the topic's metadata (its real partition count);
+        before the consumer runs, the fleet's configured count is what topics are made with.
+        """
+        found: int | None = None
+        with contextlib.suppress(ConsumerNotStarted):
+            found = self.app.consumer.key_partition(self.domain.topic(entity_type), key)
+        if found is None:
+            found = key_partition(key, self.context.settings.topic_partitions)
+        return int(found)
+
+    def owns(self, table: Any, partition: int) -> bool:
+        """True when this worker actively owns ``partition`` of ``table``."""
+        tp = TP(table.changelog_topic.get_topic_name(), partition)
+        return tp in self.app.assignor.assigned_actives()
+
+    def recovering(self) -> bool:
+        """True while active partitions are being rebuilt from their changelogs."""
+        return bool(getattr(self.app, "in_recovery", False))
+
+    def owner_url(self, table: Any, partition: int) -> str | None:
+        """The web URL of the worker actively owning ``partition``, per Faust's assignor."""
+        topic = table.changelog_topic.get_topic_name()
+        for url, topics in self.app.router.table_metadata(table.name).items():
+            if partition in topics.get(topic, ()):
+                return str(url)
+        return None
+
+    def is_self(self, url: str) -> bool:
+        """True when ``url`` is this worker's own web server."""
+        mine, other = URL(str(self.app.conf.canonical_url)), URL(url)
+        return (mine.host, mine.port) == (other.host, other.port)
+
+    def read(self, table: Any, partition: int, key: bytes) -> Any:
+        """The decoded value of ``key`` in the local DB of ``partition`` (owned here)."""
+        return record.loads(_db(table, partition).get(key))
+
+    async def forward(self, view: View, request: Request, owner: str) -> Response:
+        """Relay ``request`` to the worker at ``owner`` and its answer back, headers kept."""
+        # The path exactly as received (still percent-encoded), so the owner parses the
+        # same id. Faust's Request type is abstract; at run time it is aiohttp's.
+        raw_path = str(request.raw_path)  # type: ignore[attr-defined]
+        url = URL(owner.rstrip("/") + raw_path, encoded=True)
+        headers = {ROUTED_HEADER: self.worker, "Accept": "application/json"}
+        timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
+        try:
+            async with self.app.http_client.get(url, headers=headers, timeout=timeout) as resp:
+                body = await resp.read()
+                status, content_type = resp.status, resp.content_type
+                kept = {
+                    name: resp.headers[name]
+                    for name in (WORKER_HEADER, PARTITION_HEADER, "Retry-After")
+                    if name in resp.headers
+                }
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"the worker owning this key ({owner}) did not answer: {type(exc).__name__}",
+                headers=_RETRY,
+            ) from None
+        kept[ROUTED_HEADER] = self.worker
+        return view.bytes(body, content_type=content_type, status=status, headers=kept)
+
+
+LocalAnswer = Callable[[int, str, bytes], dict[str, Any]]
+"""Builds the body from the local DBs given (partition, entity id, key); may raise ApiError."""
+
+
+async def answer_for_key(
+    view: View,
+    request: Request,
+    reader: CatalogReader,
+    entity_type: str,
+    raw_id: str,
+    local: LocalAnswer,
+) -> Response:
+    """Answer locally when this worker owns the entity's partition, else from its owner."""
+    headers = {WORKER_HEADER: reader.worker}
+    try:
+        entity_id = parse_id(entity_spec(reader.context, entity_type), entity_type, raw_id)
+        key = reader.domain.urn(entity_type, entity_id).encode()
+        partition = reader.partition(entity_type, key)
+        headers[PARTITION_HEADER] = str(partition)
+        table = reader.table(entity_type)
+        if reader.owns(table, partition):
+            if reader.recovering():
+                raise ApiError(
+                    503, "unavailable", "this worker is recovering its tables", headers=_RETRY
+                )
+            return json_response(view, local(partition, entity_id, key), headers=headers)
+        owner = None if ROUTED_HEADER in request.headers else reader.owner_url(table, partition)
+        if owner is None or reader.is_self(owner):
+            raise ApiError(
+                503,
+                "unavailable",
+                f"no worker owns partition {partition} of {entity_type} right now "
+                "(the fleet is rebalancing); retry",
+                headers=_RETRY,
+            )
+        return await reader.forward(view, request, owner)
+    except ApiError as error:
+        headers.update(error.headers)
+        return json_response(view, error.body(), status=error.status, headers=headers)
+
+
+_PUBLIC = ("urn", "type", "id", "tenant", "version", "deleted", "first_seen", "last_changed",
+           "op", "event_id", "changed_fields", "source", "schema")  # fmt: skip
+
+
+def entity_body(rec: dict[str, Any]) -> dict[str, Any]:
+    """The public shape of a stored entity record (its ``state`` is ``data``)."""
+    return {**{name: rec.get(name) for name in _PUBLIC}, "data": rec["state"]}
+
+
+def relations_body(
+    reader: CatalogReader, rec: dict[str, Any], partition: int, key: bytes
+) -> dict[str, Any]:
+    """Forward relations from the record's fields, reverse ones from its relation indexes
+    (same key and partition as the entity)."""
+    domain, entity_type = reader.domain, rec["type"]
+    forward: dict[str, Any] = {}
+    for name, spec in domain.entities[entity_type].fields.items():
+        if spec.references is not None:
+            value = None if rec["deleted"] else rec["state"].get(name)
+            target, ref = spec.references, str(value)
+            forward[name] = None if value is None else {
+                "type": target, "id": ref, "urn": domain.urn(target, ref)
+            }  # fmt: skip
+    reverse: dict[str, Any] = {}
+    for rel in (r for r in reader.relations if r.parent_type == entity_type):
+        table = reader.context.tables[relation_table_name(rel)]
+        members = present_members(reader.read(table, partition, key))
+        reverse[rel.name.split(".", 1)[1]] = {
+            "type": rel.child_type,
+            "field": rel.field,
+            "count": len(members),
+            "members": [{"id": m, "urn": domain.urn(rel.child_type, m)} for m in members],
+        }
+    return {**{name: rec[name] for name in ("urn", "type", "id", "version", "deleted")},
+            "forward": forward, "reverse": reverse}  # fmt: skip
+
+
+def register_entity_views(context: MeshContext) -> None:
+    """Register ``/api/v1/entities/{type}/{id}`` and ``…/{id}/relations``."""
+    reader = CatalogReader(context)
+
+    def stored(entity_type: str, partition: int, entity_id: str, key: bytes) -> Any:
+        rec = reader.read(reader.table(entity_type), partition, key)
+        if rec is None:
+            raise ApiError(404, "not_found", f"no {entity_type} with id {entity_id}")
+        return rec
+
+    @context.app.page("/api/v1/entities/{entity_type}/{entity_id}")
+    class Entity(View):  # type: ignore[misc]
+        async def get(self, request: Request, entity_type: str, entity_id: str) -> Response:
+            def local(partition: int, eid: str, key: bytes) -> dict[str, Any]:
+                return entity_body(stored(entity_type, partition, eid, key))
+
+            return await answer_for_key(self, request, reader, entity_type, entity_id, local)
+
+    @context.app.page("/api/v1/entities/{entity_type}/{entity_id}/relations")
+    class Relations(View):  # type: ignore[misc]
+        async def get(self, request: Request, entity_type: str, entity_id: str) -> Response:
+            def local(partition: int, eid: str, key: bytes) -> dict[str, Any]:
+                rec = stored(entity_type, partition, eid, key)
+                return relations_body(reader, rec, partition, key)
+
+            return await answer_for_key(self, request, reader, entity_type, entity_id, local)

@@ -1,0 +1,305 @@
+"""Helpers for the catalog REST tests (``tests/catalog/test_rest.py``).
+
+Nothing is mocked: workers are ``python -m mesh worker`` subprocesses, change events are
+encoded with our codec (Avro, Confluent wire format, registered in a real registry) and
+produced with aiokafka keyed by URN bytes, as any publisher would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import RecordMetadata
+
+from mesh.codec import AvroEventCodec, RegistryClient, build_codecs
+from mesh.deadletter import dead_letter_topic
+from mesh.dev.broker import start_broker
+from mesh.dev.process import ManagedProcess, free_port
+from mesh.domain import DomainConfig
+from mesh.schemas import load_event_schemas
+from mesh.settings import Settings
+from mesh.sources.events import ChangeEvent, Op
+from tests.conftest import start_registry
+
+T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+TIMEOUT = 30.0
+"""Seconds an event may take to show in the API (normally well under one)."""
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str | Callable[[], str]
+) -> None:
+    """Await ``check()`` until it is true; fail after ``timeout`` s saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not within {timeout:.0f} s: {what() if callable(what) else what}"
+            )
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Answer:
+    """One HTTP answer: status, headers and the decoded JSON body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def worker(self) -> str | None:
+        """The worker that read the answer (``X-Mesh-Worker``)."""
+        return self.headers.get("X-Mesh-Worker")
+
+
+class Worker:
+    """One ``mesh worker`` of the fleet, with its own state directory and web port."""
+
+    def __init__(self, name: str, root: Path, env: Mapping[str, str]) -> None:
+        self.name = name
+        self.state_dir = root / "state" / name
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "logs" / f"worker-{name}.log"
+        self.env = {
+            **env,
+            "MESH_WORKER_NAME": name,
+            "MESH_STATE_DIR": str(self.state_dir),
+            "MESH_WEB_PORT": str(self.port),
+        }
+        self.proc: ManagedProcess | None = None
+
+    async def start(self) -> None:
+        """Start the process (readiness is waited for by :meth:`Fleet.wait_stable`)."""
+        self.proc = ManagedProcess(
+            f"mesh worker {self.name}",
+            [sys.executable, "-m", "mesh", "worker"],
+            log_path=self.log_path,
+            env=self.env,
+        )
+        await self.proc.start()
+
+    async def stop(self) -> None:
+        """SIGTERM, and wait for the exit."""
+        if self.proc is not None:
+            await self.proc.stop(grace=30)
+
+    def wipe(self) -> None:
+        """Delete the worker's local state (its RocksDB tables)."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    async def get(self, path: str) -> Answer:
+        """``GET path`` on this worker."""
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(self.base + path) as resp,
+        ):
+            text = await resp.text()
+            ctype = resp.content_type
+            body = await resp.json() if ctype == "application/json" else text
+            return Answer(resp.status, dict(resp.headers), body)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of ``/metrics`` (0 when absent)."""
+        text = (await self.get("/metrics")).body
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in str(text).splitlines():
+            head, _, value = line.rpartition(" ")
+            sample, _, rest = head.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if sample == name and got == wanted:
+                return float(value)
+        return 0.0
+
+
+@dataclass
+class Fleet:
+    """The module's broker, registry, workers and an event writer."""
+
+    domain: DomainConfig
+    bootstrap: str
+    registry_url: str
+    dead_letter_topic: str
+    producer: AIOKafkaProducer
+    codecs: dict[str, AvroEventCodec]
+    workers: list[Worker]
+    registry: ManagedProcess
+    latest: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)
+    """Per (type, id): the newest version produced and whether it is a delete."""
+
+    async def wait_stable(self, timeout: float = 90.0) -> None:
+        """Wait until every worker is ready and actively owns partitions."""
+        seen: dict[str, Any] = {}
+
+        async def stable() -> bool:
+            for worker in self.workers:
+                try:
+                    answer = await worker.get("/readyz")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    seen[worker.name] = type(exc).__name__
+                    return False
+                seen[worker.name] = answer.body
+                if answer.status != 200 or not answer.body["active_partitions"]:
+                    return False
+            return True
+
+        await wait_until(stable, timeout=timeout, what=lambda: f"a stable fleet: {seen}")
+
+    async def send(
+        self,
+        entity_type: str,
+        entity_id: int,
+        position: int,
+        after: dict[str, Any] | None,
+        op: Op = Op.UPDATE,
+    ) -> RecordMetadata:
+        """Produce one change event (``after=None`` deletes) keyed by the entity's URN."""
+        entity = self.domain.entities[entity_type]
+        event = ChangeEvent(
+            entity_type=entity_type,
+            entity_id=str(entity_id),
+            op=Op.DELETE if after is None else op,
+            collection=entity.collection,
+            position=position,
+            source_timestamp=T0 + timedelta(seconds=position),
+            after=None if after is None else {"id": entity_id, **after},
+            changed_fields=tuple(after or ()),
+        )
+        value = self.codecs[entity_type].dumps(
+            event.envelope(self.domain, self.domain.source(entity.source))
+        )
+        meta = await self.send_raw(self.domain.topic(entity_type), event.key(self.domain), value)
+        key = (entity_type, str(entity_id))
+        if key not in self.latest or self.latest[key][0] < position:
+            self.latest[key] = (position, after is None)
+        return meta
+
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> RecordMetadata:
+        """Produce ``value`` as is (e.g. a corrupt message) and wait for the ack."""
+        return await (await self.producer.send(topic, value, key=key))
+
+    def expected_counts(self) -> dict[str, dict[str, int]]:
+        """Live and deleted entities per type, from everything produced so far."""
+        counts = {t: {"live": 0, "deleted": 0} for t in self.domain.entities}
+        for (entity_type, _), (_, deleted) in self.latest.items():
+            counts[entity_type]["deleted" if deleted else "live"] += 1
+        return counts
+
+
+@contextlib.asynccontextmanager
+async def open_fleet(
+    domain: DomainConfig, root: Path, app_id: str, partitions: int, names: list[str]
+) -> AsyncIterator[Fleet]:
+    """A broker and registry of its own, the entity topics, and ready workers ``names``."""
+    logs = root / "logs"
+    async with contextlib.AsyncExitStack() as cleanup:
+        port = free_port()
+        broker = await start_broker("127.0.0.1", port, logs)
+        cleanup.push_async_callback(broker.stop)
+        registry, registry_url = await start_registry(root / "registry.db", logs)
+        cleanup.push_async_callback(registry.stop)
+        bootstrap = f"127.0.0.1:{port}"
+        dead_letters = dead_letter_topic(app_id)
+        # Made before the workers start, with the fleet's partition count, so events can
+        # be produced at once (the workers would declare them too).
+        topics = [domain.topic(t) for t in domain.entities] + [dead_letters]
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        cleanup.push_async_callback(producer.stop)
+        env = {
+            "MESH_BROKER_URL": f"kafka://{bootstrap}",
+            "MESH_SCHEMA_REGISTRY_URL": registry_url,
+            "MESH_APP_ID": app_id,
+            "MESH_TOPIC_PARTITIONS": str(partitions),
+            "MESH_REBALANCE_TIMEOUT_S": "3",
+            "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
+            # No Directus here: the source adapter backs off against a closed port.
+            "MESH_DIRECTUS_URL": f"http://127.0.0.1:{free_port()}",
+            "MESH_DIRECTUS_TOKEN": "unused",
+        }
+        workers = [Worker(name, root, env) for name in names]
+        for worker in workers:
+            await worker.start()
+            cleanup.push_async_callback(worker.stop)
+        schemas = load_event_schemas(domain, Settings().schemas_dir)
+        fleet = Fleet(
+            domain=domain,
+            bootstrap=bootstrap,
+            registry_url=registry_url,
+            dead_letter_topic=dead_letters,
+            producer=producer,
+            codecs=build_codecs(domain, schemas, RegistryClient(registry_url)),
+            workers=workers,
+            registry=registry,
+        )
+        await fleet.wait_stable()
+        yield fleet
+
+
+async def eventually(
+    worker: Worker, path: str, check: Callable[[Answer], bool], *, timeout: float = TIMEOUT
+) -> Answer:
+    """``GET path`` on ``worker`` until ``check`` accepts the answer; return it."""
+    last: list[Answer] = []
+
+    async def ok() -> bool:
+        last[:] = [await worker.get(path)]
+        return check(last[0])
+
+    await wait_until(ok, timeout=timeout, what=lambda: f"GET {path}: {last}")
+    return last[0]
+
+
+def entity(entity_type: str, entity_id: object) -> str:
+    """The API path of one entity."""
+    return f"/api/v1/entities/{entity_type}/{entity_id}"
+
+
+def at_version(version: int) -> Callable[[Answer], bool]:
+    """Accepts an entity (or relations) answer once it is at ``version``."""
+    return lambda a: a.status == 200 and a.body["version"] == version
+
+
+def customer(name: str, status: str = "active") -> dict[str, Any]:
+    """An ``after`` record of a customer (the id is added by :meth:`Fleet.send`)."""
+    return {"name": name, "email": f"{name.lower()}@example.com", "status": status,
+            "date_created": T0, "date_updated": None}  # fmt: skip
+
+
+def product(sku: str, price: str) -> dict[str, Any]:
+    """An ``after`` record of a product."""
+    return {"sku": sku, "name": sku.title(), "price": Decimal(price), "stock": 5,
+            "date_created": T0, "date_updated": None}  # fmt: skip
+
+
+def invoice(number: str, customer_id: int | None, total: str = "10.00") -> dict[str, Any]:
+    """An ``after`` record of an invoice."""
+    return {"number": number, "customer": customer_id, "status": "open", "issued_at": T0,
+            "total": Decimal(total), "date_created": T0, "date_updated": None}  # fmt: skip
+
+
+def invoice_item(invoice_id: int, product_id: int, quantity: int = 1) -> dict[str, Any]:
+    """An ``after`` record of an invoice item."""
+    return {"invoice": invoice_id, "product": product_id, "quantity": quantity,
+            "unit_price": Decimal("2.50"), "date_created": T0, "date_updated": None}  # fmt: skip
