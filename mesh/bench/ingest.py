@@ -165,7 +165,7 @@ class IngestBench:
                     started = time.monotonic()
                 for msg in records:
                     pending.append(await producer.send("bench-ceiling-out", msg.value, key=msg.key))
-                seen += sum(len(r) for r in batch.values()) if False else len(records)
+                seen += len(records)
             if len(pending) > 10_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -214,12 +214,6 @@ class IngestBench:
                     first = time.monotonic()
                 if done >= self.count:
                     break
-                if first and os.environ.get("MESH_BENCH_PROFILE") and worker.pid:
-                    os.environ.pop("MESH_BENCH_PROFILE")
-                    await asyncio.create_subprocess_exec(
-                        str(Path(sys.executable).parent / "py-spy"), "record", "-d", "8", "-o",
-                        "/tmp/ingest-profile.txt", "-f", "raw", "-p", str(worker.pid),
-                    )  # fmt: skip
             else:
                 raise StackError(
                     f"the worker did not apply {self.count} events; see {worker.log_path}"
@@ -274,8 +268,6 @@ def run_ingest(settings: Settings, events: int) -> int:
     print(f"raw aiokafka consume → produce (ceiling): {f['ceiling_per_s']:,.0f} events/s")
     print(f"catalog, one worker (tables + relation index): {f['catalog_per_s']:,.0f} events/s")
     print(f"ratio catalog / ceiling: {f['ratio']:.2f} (mean batch {f['batch_mean']:.0f} events)")
-    print(
-        f"worker resident memory: {f['rss_mb']:,.0f} MB; local state on disk: {f['disk_mb']:,.0f} MB"
-    )
+    print(f"worker resident memory: {f['rss_mb']:,.0f} MB; state on disk: {f['disk_mb']:,.0f} MB")
     print(f"recovery of a new worker from the changelogs: {f['recovery_s']:.1f} s")
     return 0
