@@ -1,6 +1,7 @@
 """Faust agents and services. Each module registers what it runs on a MeshContext's app."""
 
 from agents.catalog import register_catalog_agents
+from agents.mirror import register_mirror
 from agents.sources import register_source_agents
 from mesh.context import MeshContext
 
@@ -11,3 +12,4 @@ def register_agents(context: MeshContext) -> None:
     """Register every agent and service of DictaMesh on ``context.app``."""
     register_source_agents(context)
     register_catalog_agents(context)
+    register_mirror(context)

@@ -29,6 +29,7 @@ class RegistryClient:
         self._client = SchemaRegistryClient(url=url, timeout=httpx.Timeout(timeout))
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, ParsedSchema] = {}
+        self._versions: dict[int, list[tuple[str, int]]] = {}
         self._lock = threading.Lock()
 
     def register(self, subject: str, schema: dict[str, Any]) -> int:
@@ -78,6 +79,37 @@ class RegistryClient:
             parsed = parse_schema(found.raw_schema)
             self._by_id[schema_id] = parsed
             return parsed
+
+    def subject_version(
+        self, schema_id: int, *, subject: str | None = None
+    ) -> tuple[str, int] | None:
+        """The ``(subject, version)`` under which schema ``schema_id`` is registered.
+
+        One id can be registered under several subjects: ``subject`` picks that one when
+        the id is registered under it, otherwise the first pair the registry lists is
+        returned. ``None`` when the registry lists none (unknown id). Found pairs are
+        cached: a subject's version never changes its id, so at worst the cache misses a
+        subject that registered the same schema later.
+        """
+        with self._lock:
+            pairs = self._versions.get(schema_id)
+            if pairs is None:
+                try:
+                    found = self._client.get_schema_subject_versions(schema_id)
+                except ClientError as exc:
+                    raise RegistryError(
+                        f"fetching the versions of schema {schema_id} from {self.url} failed "
+                        f"(HTTP {exc.http_code})",
+                        status=exc.http_code or 0,
+                        error_code=_error_code(exc),
+                    ) from None
+                except httpx.HTTPError as exc:
+                    raise _unreachable(self.url, exc) from None
+                pairs = [(str(p.subject), int(p.version)) for p in found or []]
+                if not pairs:
+                    return None  # not cached: the id may be registered later
+                self._versions[schema_id] = pairs
+        return next((p for p in pairs if p[0] == subject), pairs[0])
 
 
 def _error_code(exc: ClientError) -> int:

@@ -1,0 +1,120 @@
+"""Bad input never stops the mirror: undecodable records and rows Postgres refuses go to the
+dead-letter topic with headers saying where they came from, and the events after them are
+mirrored."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiokafka import ConsumerRecord
+from prometheus_client import CollectorRegistry
+
+from mesh.codec import pack, unpack
+from tests.mirror.events import event
+from tests.mirror.support import Scenario, catch_up, domain_data
+
+
+def _headers(record: ConsumerRecord) -> dict[str, str]:
+    return {name: value.decode() for name, value in record.headers}
+
+
+async def test_undecodable_records_become_dead_letters(scenario: Scenario) -> None:
+    domain = scenario.domain
+    await scenario.create_topics()
+    topic = domain.topic("customer")
+    good = event(domain, "customer", 1, 1)
+    valid = scenario.codecs["customer"].dumps(good)
+    _, body = unpack(valid)
+    key = scenario.key("customer", 1)
+    bad = [
+        (topic, key, valid[:5] + b"\xff\xfe garbage"),  # corrupt body
+        (topic, key, pack(2_000_000_000, bytes(body))),  # schema id no registry knows
+        (topic, key, b"plain text, not Avro"),  # no wire-format header
+        (topic, key, None),  # a Kafka tombstone
+        (topic, scenario.key("customer", 99), valid),  # keyed by another entity's URN
+    ]
+    landed = await scenario.send_raw(bad)
+    later = [event(domain, "customer", i, 10 + i) for i in range(2, 6)]
+    await scenario.produce([good, *later])
+
+    registry = CollectorRegistry()
+    mirror = scenario.mirror(metrics=registry)
+    await mirror.start()
+    try:
+        await catch_up(mirror)
+    finally:
+        await mirror.stop()
+
+    assert sorted(scenario.rows("customer")) == [1, 2, 3, 4, 5]
+    letters = await scenario.dead_letters(len(bad))
+    assert len(letters) == len(bad)
+    by_offset = {
+        (int(_headers(r)["dictamesh.partition"]), int(_headers(r)["dictamesh.offset"])): r
+        for r in letters
+    }
+    classes = []
+    for (_, k, value), meta in zip(bad, landed, strict=True):
+        letter = by_offset[(meta.partition, meta.offset)]
+        headers = _headers(letter)
+        assert headers["dictamesh.stage"] == "mirror-decode"
+        assert headers["dictamesh.topic"] == topic
+        assert headers["dictamesh.error.message"]
+        assert (letter.key, letter.value) == (k, value)
+        classes.append(headers["dictamesh.error.class"])
+    assert classes == [
+        "CodecError",
+        "UnknownSchemaError",
+        "CodecError",
+        "CodecError",
+        "MirrorRowError",
+    ]
+    assert registry.get_sample_value("dictamesh_mirror_errors_total", {"kind": "decode"}) == 5
+
+
+async def test_rows_postgres_refuses_become_dead_letters_and_the_rest_is_written(
+    scenario: Scenario, caplog: pytest.LogCaptureFixture
+) -> None:
+    await scenario.create_topics()
+    await scenario.produce([event(scenario.domain, "product", 1, 1)])
+    mirror = scenario.mirror()
+    await mirror.start()
+    try:
+        await catch_up(mirror)
+    finally:
+        await mirror.stop()
+
+    # The config widens stock to long; the mirror leaves the integer column as it is (and
+    # says so), so a value beyond 32 bits is refused by Postgres.
+    data = domain_data()
+    data["entities"]["product"]["fields"]["stock"]["type"] = "long"
+    wider = scenario.domain_with(data)
+    events = [
+        event(wider, "product", 2, 2),
+        event(wider, "product", 3, 3, stock=2**40),  # integer out of range
+        event(wider, "product", 4, 4, name="NUL \x00 inside"),  # text cannot hold NUL
+        event(wider, "product", 5, 5),
+    ]
+    landed = await scenario.produce(events, codecs=scenario.codecs_for(wider))
+    registry = CollectorRegistry()
+    mirror = scenario.mirror(wider, metrics=registry)
+    with caplog.at_level(logging.WARNING, logger="mesh.mirror"):
+        await mirror.start()
+        try:
+            await catch_up(mirror)
+        finally:
+            await mirror.stop()
+    assert "mirror column product.stock is integer but the domain config says bigint" in caplog.text
+
+    assert sorted(scenario.rows("product")) == [1, 2, 5]
+    letters = await scenario.dead_letters(2)
+    got = {
+        (int(_headers(r)["dictamesh.offset"]), int(_headers(r)["dictamesh.partition"])): _headers(r)
+        for r in letters
+    }
+    for meta, error_class in [(landed[1], "NumericValueOutOfRange"), (landed[2], "ValueError")]:
+        headers = got[(meta.offset, meta.partition)]
+        assert headers["dictamesh.stage"] == "mirror-write"
+        assert headers["dictamesh.error.class"] == error_class
+    assert registry.get_sample_value("dictamesh_mirror_errors_total", {"kind": "write"}) == 2
+    assert registry.get_sample_value("dictamesh_mirror_rows_total", {"entity_type": "product"}) == 2
