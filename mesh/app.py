@@ -31,7 +31,7 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshAp
     app = MeshApp(
         settings.app_id,
         broker=settings.broker_url,
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        store="rocksdb://",
         datadir=str(settings.worker_dir),
         autodiscover=False,
         # Raw bytes keys everywhere: topic, table and router must hash the same bytes,

@@ -41,6 +41,15 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from mesh.bench.ingest import run_ingest
 
         return run_ingest(settings, args.events)
+    if args.bench == "mirror":
+        from mesh.domain import load_domain
+        from mesh.mirror.bench import bench_mirror
+
+        result = asyncio.run(
+            bench_mirror(settings, load_domain(settings.domain_config), events=args.events)
+        )
+        print("\n".join(result.lines()))
+        return 0
     from mesh.bench.freshness import run_freshness
 
     return run_freshness(settings, args.items, args.bulk)
@@ -105,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
     ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
     ingest.set_defaults(run=_cmd_bench)
+    mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
+    mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
+    mirror.set_defaults(run=_cmd_bench)
     sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
         run=_cmd_check
     )

@@ -31,8 +31,6 @@ class MeshContext:
 
         A fresh dict each call: Faust's RocksDB store pops keys out of the dict it is given.
         """
-        if self.settings.store != "rocksdb":
-            return {}
         return {
             "driver": "rocksdict",
             "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,

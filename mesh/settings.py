@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     """Local state: worker tables, registry storage, the dev stack's services."""
     worker_name: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9_.-]+$")
     """Names this worker's data directory (a StatefulSet pod name in production)."""
-    store: Literal["rocksdb", "memory"] = "rocksdb"
     rocksdb_block_cache_mb: int = Field(default=64, ge=1, le=65536)
     """Block cache per table partition; RocksDB's default (2 GiB each) exhausts memory."""
     topic_partitions: int = Field(default=8, ge=1, le=10_000)

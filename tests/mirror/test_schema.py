@@ -147,7 +147,7 @@ def test_a_field_named_like_a_metadata_column_stops_the_worker_before_it_starts(
 
 
 def _settings(tmp_path: Path, **values: Any) -> Settings:
-    return Settings(state_dir=tmp_path, store="memory", **values)
+    return Settings(state_dir=tmp_path, **values)
 
 
 def test_the_worker_runs_the_mirror_only_with_a_database(
