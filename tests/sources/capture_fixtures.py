@@ -118,6 +118,10 @@ class KafkaLog:
     async def fetch(self, timeout_ms: int = 200) -> list[Record]:
         """Read what arrived since the last call; returns the new records."""
         new: list[Record] = []
+        if not self._consumer.assignment():
+            # No topic matches yet: getmany() would wait for one without a timeout.
+            await asyncio.sleep(timeout_ms / 1000)
+            return new
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
         for messages in batch.values():
             for msg in messages:
