@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -39,21 +40,31 @@ class RegistryClient:
             cached = self._ids.get(key)
             if cached is not None:
                 return cached
-            try:
-                schema_id = int(self._client.register(subject, AvroSchema(schema)))
-            except ClientError as exc:
-                status = exc.http_code or 0
-                raise RegistryError(
-                    f"registering a schema under '{subject}' at {self.url} failed "
-                    f"(HTTP {status}): {exc.server_traceback or exc.message}",
-                    status=status,
-                    error_code=_error_code(exc),
-                ) from None
-            except httpx.HTTPError as exc:
-                raise _unreachable(self.url, exc) from None
+            schema_id = int(
+                self._call(
+                    f"registering a schema under '{subject}'",
+                    lambda: self._client.register(subject, AvroSchema(schema)),
+                    detail=True,
+                )
+            )
             self._ids[key] = schema_id
             self._by_id.setdefault(schema_id, parse_schema(schema))
             return schema_id
+
+    def _call(self, what: str, request: Callable[[], Any], *, detail: bool = False) -> Any:
+        """Run one client request, mapping its failures onto :class:`RegistryError`."""
+        try:
+            return request()
+        except ClientError as exc:
+            status = exc.http_code or 0
+            extra = f": {exc.server_traceback or exc.message}" if detail else ""
+            raise RegistryError(
+                f"{what} at {self.url} failed (HTTP {status}){extra}",
+                status=status,
+                error_code=_error_code(exc),
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from None
 
     def writer_schema(self, schema_id: int) -> ParsedSchema:
         """The parsed schema with global id ``schema_id`` (a message's writer schema)."""
@@ -61,16 +72,9 @@ class RegistryClient:
             cached = self._by_id.get(schema_id)
             if cached is not None:
                 return cached
-            try:
-                found = self._client.get_by_id(schema_id)
-            except ClientError as exc:
-                raise RegistryError(
-                    f"fetching schema {schema_id} from {self.url} failed (HTTP {exc.http_code})",
-                    status=exc.http_code or 0,
-                    error_code=_error_code(exc),
-                ) from None
-            except httpx.HTTPError as exc:
-                raise _unreachable(self.url, exc) from None
+            found = self._call(
+                f"fetching schema {schema_id}", lambda: self._client.get_by_id(schema_id)
+            )
             if found is None:
                 raise UnknownSchemaError(
                     f"schema id {schema_id} is not known to the registry at {self.url}; the "
@@ -94,17 +98,10 @@ class RegistryClient:
         with self._lock:
             pairs = self._versions.get(schema_id)
             if pairs is None:
-                try:
-                    found = self._client.get_schema_subject_versions(schema_id)
-                except ClientError as exc:
-                    raise RegistryError(
-                        f"fetching the versions of schema {schema_id} from {self.url} failed "
-                        f"(HTTP {exc.http_code})",
-                        status=exc.http_code or 0,
-                        error_code=_error_code(exc),
-                    ) from None
-                except httpx.HTTPError as exc:
-                    raise _unreachable(self.url, exc) from None
+                found = self._call(
+                    f"fetching the versions of schema {schema_id}",
+                    lambda: self._client.get_schema_subject_versions(schema_id),
+                )
                 pairs = [(str(p.subject), int(p.version)) for p in found or []]
                 if not pairs:
                     return None  # not cached: the id may be registered later
