@@ -6,6 +6,7 @@ import faust
 
 from mesh.context import MeshContext
 from mesh.domain import DomainConfig, load_domain
+from mesh.end_offsets import install_verified_end_offsets
 from mesh.settings import Settings
 
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshAp
     )
     context = MeshContext(settings=settings, domain=domain, app=app)
     app.mesh = context
+    install_verified_end_offsets(app, settings.bootstrap_servers)
     register_tables(context)
     register_agents(context)
     register_views(context)

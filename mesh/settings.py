@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list from :attr:`broker_url` (``kafka://a:9092;kafka://b:9092``)."""
+        parts = self.broker_url.replace(",", ";").split(";")
+        return [p.strip().removeprefix("kafka://") for p in parts if p.strip()]
+
+    @property
     def worker_dir(self) -> Path:
         """Faust's data directory for this worker (tables live below it)."""
         return self.state_dir / "workers" / self.worker_name

@@ -109,13 +109,13 @@ class FreshnessBench:
 
     async def run(self, items: int, bulk: int) -> dict[str, float]:
         """Measure; return the figures (seconds, items/s and their ratio)."""
-        bootstrap = self.settings.broker_url.removeprefix("kafka://")
+        bootstrap = self.settings.bootstrap_servers
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         try:
             await consumer.start()
         except Exception as exc:
             raise StackError(
-                f"cannot reach the broker at {bootstrap} ({exc}); run `make dev`"
+                f"cannot reach the broker at {self.settings.broker_url} ({exc}); run `make dev`"
             ) from None
         collector: asyncio.Task[None] | None = None
         try:

@@ -48,11 +48,14 @@ class MessageBuffer:
         """True when delivery must wait."""
         return len(self.messages) >= self.maxsize
 
-    async def take(self, most: int) -> list[Any]:
-        """Wait for messages; return up to ``most`` of them."""
+    async def wait(self) -> None:
+        """Return once messages are buffered."""
         while not self.messages:
             self.arrived.clear()
             await self.arrived.wait()
+
+    def take(self, most: int) -> list[Any]:
+        """Up to ``most`` buffered messages (none if the buffer was cleared meanwhile)."""
         count = min(most, len(self.messages))
         batch = [self.messages.popleft() for _ in range(count)]
         if len(self.messages) < self.maxsize:

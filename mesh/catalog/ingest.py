@@ -8,10 +8,16 @@ standbys. Per batch:
 1. decode each event and fold it into the record the table holds (version-guarded);
    undecodable events and events keyed by something other than their URN become dead
    letters, so a partition never stops;
-2. send the changed records to the tables' changelogs and the relation changes to the
-   relations topic, and wait for Kafka's acknowledgements;
-3. only then write the local RocksDB stores (and the changelog offsets they hold) and ack
+2. send the relation changes to the relations topic and wait for Kafka's acks;
+3. once the relation changes are acknowledged, send the changed records to the tables'
+   changelogs (a record in a changelog is never ahead of the relation changes it implied:
+   a replayed event that the recovered table already holds implies none);
+4. only then write the local RocksDB stores (and the changelog offsets they hold) and ack
    the events, so a crash at any point replays the batch and loses nothing.
+
+On revocation the buffer is dropped, the batch being folded and those in flight are
+finished, and their events are not acked: whoever owns the partitions next replays them,
+which the version guard makes harmless.
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ class _Flight:
 
     messages: list[Any]
     writes: dict[tuple[str, int], dict[bytes, bytes]]
-    changelogs: dict[tuple[str, int], list[tuple[int, int, Awaitable[Any]]]]
     pending: list[Awaitable[Any]]
+    """Relation changes and dead letters sent; the changelogs wait for them."""
     started: float
 
 
@@ -111,6 +117,9 @@ class CatalogIngestor:
         # Values sent but not yet in RocksDB, per (table, partition): later batches read them.
         self._overlay: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
         self._inflight: asyncio.Queue[_Flight] = asyncio.Queue(maxsize=IN_FLIGHT)
+        # Held while a batch is taken, folded and queued, so revocation sees all or none.
+        self._folding = asyncio.Lock()
+        self._revoking = False
 
     def subscribe(self) -> None:
         """Have Faust's consumer deliver the catalog topics to :attr:`channel`."""
@@ -119,9 +128,11 @@ class CatalogIngestor:
 
     async def start(self) -> None:
         """Open the producer the batches are written with."""
-        servers = self.context.settings.broker_url.removeprefix("kafka://")
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers, acks="all", linger_ms=2, max_batch_size=512 * 1024
+            bootstrap_servers=self.context.settings.bootstrap_servers,
+            acks="all",
+            linger_ms=2,
+            max_batch_size=512 * 1024,
         )
         await self.producer.start()
 
@@ -141,11 +152,15 @@ class CatalogIngestor:
         committer = asyncio.create_task(self._commit_forever())
         try:
             while not should_stop():
-                batch = await self.buffer.take(MAX_BATCH)
-                self.metrics.batch_size.observe(len(batch))
-                flight = await self.apply(batch)
-                put = asyncio.ensure_future(self._inflight.put(flight))
-                await asyncio.wait({put, committer}, return_when=asyncio.FIRST_COMPLETED)
+                await self.buffer.wait()
+                async with self._folding:
+                    batch = self.buffer.take(MAX_BATCH)
+                    if not batch:
+                        continue  # cleared by a revocation
+                    self.metrics.batch_size.observe(len(batch))
+                    flight = await self.apply(batch)
+                    put = asyncio.ensure_future(self._inflight.put(flight))
+                    await asyncio.wait({put, committer}, return_when=asyncio.FIRST_COMPLETED)
                 if committer.done():
                     put.cancel()
                     committer.result()  # a failed commit stops the worker, loudly
@@ -154,9 +169,18 @@ class CatalogIngestor:
             committer.cancel()
 
     async def revoke(self) -> None:
-        """Before partitions move: drop what is buffered, finish what is in flight."""
-        self.buffer.clear()
-        await self._inflight.join()
+        """Before partitions move: drop what is buffered, finish what is in flight.
+
+        Finished batches are not acked: Faust has already forgotten the revoked
+        partitions' offsets, and acks arriving now would linger in its commit state.
+        """
+        async with self._folding:
+            self.buffer.clear()
+            self._revoking = True
+        try:
+            await self._inflight.join()
+        finally:
+            self._revoking = False
 
     async def apply(self, messages: list[Any]) -> _Flight:
         """Fold one batch and send what it changed; the returned flight finishes it."""
@@ -185,15 +209,7 @@ class CatalogIngestor:
         ]
         for table_partition, values in writes.items():
             self._overlay[table_partition].update(values)
-        changelogs = {
-            (name, partition): await self._send_batches(
-                self.context.tables[name].changelog_topic.get_topic_name(),
-                {partition: list(values.items())},
-                last_alone=True,
-            )
-            for (name, partition), values in writes.items()
-        }
-        return _Flight(messages, dict(writes), changelogs, pending, started)
+        return _Flight(messages, dict(writes), pending, started)
 
     async def _commit_forever(self) -> None:
         while True:
@@ -204,10 +220,18 @@ class CatalogIngestor:
                 self._inflight.task_done()
 
     async def _commit(self, flight: _Flight) -> None:
-        """Wait for Kafka's acks, then write the local stores and ack the events."""
+        """Wait for the relation changes' acks, send the changelogs and wait for theirs,
+        then write the local stores and ack the events."""
         for fut in flight.pending:
             await fut
-        for (name, partition), batches in flight.changelogs.items():
+        changelogs = {
+            (name, partition): await self._send_batches(
+                self.context.tables[name].changelog_topic.get_topic_name(),
+                {partition: list(values.items())},
+            )
+            for (name, partition), values in flight.writes.items()
+        }
+        for (name, partition), batches in changelogs.items():
             table = self.context.tables[name]
             last = -1
             for _, count, fut in batches:
@@ -223,9 +247,10 @@ class CatalogIngestor:
             db.write(batch)
             changelog = table.changelog_topic.get_topic_name()
             table.data.set_persisted_offset(TP(changelog, partition), last)
-        ack = self.context.app.consumer.ack
-        for message in flight.messages:
-            ack(message)
+        if not self._revoking:
+            ack = self.context.app.consumer.ack
+            for message in flight.messages:
+                ack(message)
         self.metrics.batch_seconds.observe(time.monotonic() - flight.started)
 
     # -- folding -------------------------------------------------------------------------
@@ -318,38 +343,25 @@ class CatalogIngestor:
         return sent
 
     async def _send_batches(
-        self,
-        topic: str,
-        records: dict[int, list[tuple[bytes, bytes]]],
-        *,
-        last_alone: bool = False,
+        self, topic: str, records: dict[int, list[tuple[bytes, bytes]]]
     ) -> list[tuple[int, int, Awaitable[Any]]]:
         """Send ``records`` per partition as whole batches (cheaper than one send each);
-        returns ``(partition, records in batch, future)`` per batch sent.
-
-        ``last_alone`` sends each partition's last record as a batch of its own. Changelogs
-        need it on Tansu (0.6), which answers ListOffsets(latest) with the last *batch's*
-        base offset + 1: Faust's recovery trusts that end offset, so after a multi-record
-        batch it stops reading early and finds the persisted offset ahead of the log
-        (``ConsistencyError``, the worker crashes on the next rebalance).
-        """
+        returns ``(partition, records in batch, future)`` per batch sent."""
         producer = self.producer
         assert producer is not None
         sent: list[tuple[int, int, Awaitable[Any]]] = []
-        for partition, all_items in records.items():
-            split = last_alone and len(all_items) > 1
-            for items in (all_items[:-1], all_items[-1:]) if split else (all_items,):
-                batch, count = producer.create_batch(), 0
-                for key, value in items:
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        fut = await producer.send_batch(batch, topic, partition=partition)
-                        sent.append((partition, count, fut))
-                        batch, count = producer.create_batch(), 0
-                        batch.append(key=key, value=value, timestamp=None)
-                    count += 1
-                if count:
+        for partition, items in records.items():
+            batch, count = producer.create_batch(), 0
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
                     fut = await producer.send_batch(batch, topic, partition=partition)
                     sent.append((partition, count, fut))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)
+                count += 1
+            if count:
+                fut = await producer.send_batch(batch, topic, partition=partition)
+                sent.append((partition, count, fut))
         return sent
 
 

@@ -140,6 +140,14 @@ class ManagedProcess:
         assert self._proc is not None, "wait() before start()"
         return await self._proc.wait()
 
+    async def kill(self) -> None:
+        """SIGKILL the process group, as a crash would: no shutdown of any kind."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._signal_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
     async def stop(self, grace: float = 10.0) -> None:
         """Signal the child's process group to stop, then SIGKILL it after ``grace`` seconds."""
         proc = self._proc

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from mesh.codec import RegistryClient, build_codecs
 from mesh.domain import DomainConfig, FieldType
 from mesh.mirror.build import build_mirror
-from mesh.mirror.consumer import MirrorConsumer, bootstrap_servers
+from mesh.mirror.consumer import MirrorConsumer
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
@@ -84,7 +84,7 @@ async def bench_mirror(
         }
     )
     topic = bench_domain.topic(entity_type)
-    servers = bootstrap_servers(settings.broker_url)
+    servers = settings.bootstrap_servers
     url = settings.database_url.get_secret_value()
     schema = f"dictamesh_bench_{token}"
     await _create_topic(servers, topic, settings.topic_partitions)
@@ -159,7 +159,7 @@ async def _produce(
         )
         records.append((change.key(domain), codec.dumps(change.envelope(domain, source))))
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings.broker_url), acks="all", linger_ms=5
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
     )
     await producer.start()
     try:

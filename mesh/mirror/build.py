@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from mesh.codec import RegistryClient, build_codecs
 from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
-from mesh.mirror.consumer import MirrorConsumer, bootstrap_servers
+from mesh.mirror.consumer import MirrorConsumer
 from mesh.mirror.decode import MirrorDecoder
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.tables import mirror_tables
@@ -50,7 +50,7 @@ def build_mirror(
     schemas = load_event_schemas(domain, settings.schemas_dir)
     decoder = MirrorDecoder(domain, tables, build_codecs(domain, schemas, registry), registry)
     return MirrorConsumer(
-        servers=bootstrap_servers(settings.broker_url),
+        servers=settings.bootstrap_servers,
         group_id=group_id or mirror_group(settings.app_id),
         decoder=decoder,
         writer=writer,

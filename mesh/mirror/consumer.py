@@ -40,7 +40,7 @@ from mesh.mirror.rows import MirrorRow, collapse
 from mesh.mirror.writer import MirrorWriter
 from mesh.sources.retry import RetryPolicy
 
-__all__ = ["MirrorConsumer", "bootstrap_servers"]
+__all__ = ["MirrorConsumer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ StopCheck = Callable[[], bool]
 
 _YIELD_EVERY = 500
 """Records decoded between two yields to the event loop (~10 ms of work)."""
-
-
-def bootstrap_servers(broker_url: str) -> list[str]:
-    """``host:port`` list from a Faust broker URL (``kafka://a:9092;kafka://b:9092``)."""
-    parts = broker_url.replace(",", ";").split(";")
-    return [p.strip().removeprefix("kafka://") for p in parts if p.strip()]
 
 
 @dataclass(eq=False)  # identity: batches are removed from the in-flight list by identity

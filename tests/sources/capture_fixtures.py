@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -481,11 +479,8 @@ class MeshWorker:
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown of any kind (the process group, as a crash would)."""
-        proc = self._proc
-        assert proc is not None
-        assert proc.pid is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        assert self._proc is not None
+        await self._proc.kill()
 
     async def stop(self) -> None:
         """SIGTERM and wait for a clean exit (SIGKILL after 30 s)."""
