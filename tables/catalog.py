@@ -10,6 +10,10 @@ customer, its record and its invoice index. They are written by the catalog inge
 
 from __future__ import annotations
 
+from typing import Any
+
+import faust
+
 from mesh.catalog.fold import ReverseRelation
 from mesh.context import MeshContext
 
@@ -22,6 +26,15 @@ def entity_table_name(entity_type: str) -> str:
 def relation_table_name(relation: ReverseRelation) -> str:
     """Name of the table indexing ``relation`` (e.g. ``relations_customer_invoices``)."""
     return "relations_" + relation.name.replace(".", "_")
+
+
+def partition_db(table: faust.Table[bytes, bytes], partition: int) -> Any:
+    """The RocksDB database of one table partition.
+
+    Faust's store API resolves partitions from the event being processed; the catalog
+    reads and writes across events (batches, REST), so it addresses the database directly.
+    """
+    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
 
 
 def declare_catalog_tables(context: MeshContext, relations: list[ReverseRelation]) -> None:

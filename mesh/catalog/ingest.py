@@ -45,7 +45,7 @@ from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
 from mesh.partitioning import key_partition
-from tables.catalog import entity_table_name, relation_table_name
+from tables.catalog import entity_table_name, partition_db, relation_table_name
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class CatalogIngestor:
             for _, count, fut in batches:
                 metadata = await fut
                 last = max(last, metadata.offset + count - 1)
-            db = _db(table, partition)
+            db = partition_db(table, partition)
             overlay = self._overlay[(name, partition)]
             batch = WriteBatch(raw_mode=True)
             for key, value in flight.writes[(name, partition)].items():
@@ -267,7 +267,7 @@ class CatalogIngestor:
         in_flight = self._overlay[(table.name, partition)].get(key)
         if in_flight is not None:
             return record.loads(in_flight)
-        return record.loads(_db(table, partition).get(key))
+        return record.loads(partition_db(table, partition).get(key))
 
     def _fold_entity(
         self,
@@ -363,12 +363,3 @@ class CatalogIngestor:
                 fut = await producer.send_batch(batch, topic, partition=partition)
                 sent.append((partition, count, fut))
         return sent
-
-
-def _db(table: faust.Table[bytes, bytes], partition: int) -> Any:
-    """The RocksDB database of one table partition.
-
-    Faust's store API resolves partitions from the event being processed; batches span
-    events, so the partition's database is addressed directly.
-    """
-    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]

@@ -32,7 +32,6 @@ import aiohttp
 from faust.web import Request, Response, View
 
 from mesh.catalog import record
-from mesh.catalog.ingest import _db
 from mesh.context import MeshContext
 from mesh.web.entities import (
     WORKER_HEADER,
@@ -40,6 +39,7 @@ from mesh.web.entities import (
     json_response,
     register_entity_views,
 )
+from tables.catalog import partition_db
 
 COUNTS_PATH = "/api/v1/internal/counts"
 PEER_TIMEOUT_S = 5.0
@@ -60,7 +60,7 @@ def count_local(reader: CatalogReader) -> dict[str, PartitionCounts]:
         per_partition: PartitionCounts = {}
         for tp in sorted(tp for tp in actives if tp.topic == topic):
             live = deleted = 0
-            for key, value in _db(table, tp.partition).items():
+            for key, value in partition_db(table, tp.partition).items():
                 if key == offset_key:
                     continue
                 if record.loads(value).get("deleted"):

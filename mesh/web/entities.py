@@ -43,11 +43,10 @@ from yarl import URL
 
 from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation, present_members, reverse_relations
-from mesh.catalog.ingest import _db
 from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
 from mesh.partitioning import key_partition
-from tables.catalog import entity_table_name, relation_table_name
+from tables.catalog import entity_table_name, partition_db, relation_table_name
 
 WORKER_HEADER = "X-Mesh-Worker"
 PARTITION_HEADER = "X-Mesh-Partition"
@@ -183,7 +182,7 @@ class CatalogReader:
 
     def read(self, table: Any, partition: int, key: bytes) -> Any:
         """The decoded value of ``key`` in the local DB of ``partition`` (owned here)."""
-        return record.loads(_db(table, partition).get(key))
+        return record.loads(partition_db(table, partition).get(key))
 
     async def forward(self, view: View, request: Request, owner: str) -> Response:
         """Relay ``request`` to the worker at ``owner`` and its answer back, headers kept."""
