@@ -8,10 +8,12 @@ standbys. Per batch:
 1. decode each event and fold it into the record the table holds (version-guarded);
    undecodable events and events keyed by something other than their URN become dead
    letters, so a partition never stops;
-2. send the relation changes to the relations topic and wait for Kafka's acks;
-3. once the relation changes are acknowledged, send the changed records to the tables'
-   changelogs (a record in a changelog is never ahead of the relation changes it implied:
-   a replayed event that the recovered table already holds implies none);
+2. apply each relation change to its index here when this worker owns the parent's
+   partition, else send it to the relations topic for the owner;
+3. send the relation indexes' changelogs, wait for their acks and the relations topic's,
+   and only then send the entity records' changelogs: a record in a changelog is never
+   ahead of the relation changes it implied (a replayed event that the recovered table
+   already holds implies none);
 4. only then write the local RocksDB stores (and the changelog offsets they hold) and ack
    the events, so a crash at any point replays the batch and loses nothing.
 
@@ -100,6 +102,7 @@ class CatalogIngestor:
         self.by_topic = {self.domain.topic(t): t for t in self.domain.entities}
         self.relations_topic = relations_topic_name(context.settings.app_id)
         self.relation_tables = {r.name: context.tables[relation_table_name(r)] for r in relations}
+        self._indexes = {table.name for table in self.relation_tables.values()}
         self.entity_tables = {t: context.tables[entity_table_name(t)] for t in self.domain.entities}
         self.channel: faust.TopicT = context.app.topic(
             *self.by_topic,
@@ -198,11 +201,16 @@ class CatalogIngestor:
             self.metrics.events.labels(entity_type, result).inc(n)
         relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         partitions = self.context.settings.topic_partitions
+        owned = self.context.app.assignor.assigned_actives()
         for op in ops:
             key = op.parent.encode()
-            relation_records[_partition_of(key, partitions)].append(
-                (key, record.dumps(op.as_json()))
-            )
+            partition = _partition_of(key, partitions)
+            table = self.relation_tables[op.relation]
+            if TP(table.changelog_topic.get_topic_name(), partition) in owned:
+                # The parent's index is here: skip the round trip through the topic.
+                self._apply_relation_op(table, partition, key, op.as_json(), writes)
+            else:
+                relation_records[partition].append((key, record.dumps(op.as_json())))
         pending = [await self._dead(message, stage, error) for message, stage, error in dead]
         pending += [
             fut for *_, fut in await self._send_batches(self.relations_topic, relation_records)
@@ -220,23 +228,28 @@ class CatalogIngestor:
                 self._inflight.task_done()
 
     async def _commit(self, flight: _Flight) -> None:
-        """Wait for the relation changes' acks, send the changelogs and wait for theirs,
-        then write the local stores and ack the events."""
-        for fut in flight.pending:
-            await fut
-        changelogs = {
-            (name, partition): await self._send_batches(
-                self.context.tables[name].changelog_topic.get_topic_name(),
-                {partition: list(values.items())},
-            )
-            for (name, partition), values in flight.writes.items()
-        }
-        for (name, partition), batches in changelogs.items():
+        """Send the changelogs, relation indexes first (see the module docs), wait for
+        every ack, then write the local stores and ack the events."""
+        relation_writes = {tp: v for tp, v in flight.writes.items() if tp[0] in self._indexes}
+        entity_writes = {tp: v for tp, v in flight.writes.items() if tp[0] not in self._indexes}
+        last: dict[tuple[str, int], int] = {}
+        for writes, before in ((relation_writes, flight.pending), (entity_writes, [])):
+            changelogs = {
+                (name, partition): await self._send_batches(
+                    self.context.tables[name].changelog_topic.get_topic_name(),
+                    {partition: list(values.items())},
+                )
+                for (name, partition), values in writes.items()
+            }
+            for fut in before:
+                await fut
+            for table_partition, batches in changelogs.items():
+                for _, count, fut in batches:
+                    metadata = await fut
+                    offset = metadata.offset + count - 1
+                    last[table_partition] = max(last.get(table_partition, -1), offset)
+        for (name, partition), offset in last.items():
             table = self.context.tables[name]
-            last = -1
-            for _, count, fut in batches:
-                metadata = await fut
-                last = max(last, metadata.offset + count - 1)
             db = partition_db(table, partition)
             overlay = self._overlay[(name, partition)]
             batch = WriteBatch(raw_mode=True)
@@ -246,7 +259,7 @@ class CatalogIngestor:
                     del overlay[key]
             db.write(batch)
             changelog = table.changelog_topic.get_topic_name()
-            table.data.set_persisted_offset(TP(changelog, partition), last)
+            table.data.set_persisted_offset(TP(changelog, partition), offset)
         if not self._revoking:
             ack = self.context.app.consumer.ack
             for message in flight.messages:
@@ -309,10 +322,20 @@ class CatalogIngestor:
     ) -> None:
         op = record.loads(message.value)
         table = self.relation_tables[op["relation"]]
-        table_writes = writes[(table.name, message.partition)]
-        index = apply_op(self._current(table, message.partition, message.key, table_writes), op)
+        self._apply_relation_op(table, message.partition, message.key, op, writes)
+
+    def _apply_relation_op(
+        self,
+        table: faust.Table[bytes, bytes],
+        partition: int,
+        key: bytes,
+        op: dict[str, Any],
+        writes: dict[tuple[str, int], dict[bytes, bytes]],
+    ) -> None:
+        table_writes = writes[(table.name, partition)]
+        index = apply_op(self._current(table, partition, key, table_writes), op)
         if index is not None:
-            table_writes[message.key] = record.dumps(index)
+            table_writes[key] = record.dumps(index)
 
     def _schema_info(self, value: bytes, subject: str) -> dict[str, Any]:
         schema_id = int.from_bytes(value[1:5], "big")

@@ -30,7 +30,7 @@ def _plain(value: Any) -> Any:
 
 def dumps(value: Any) -> bytes:
     """Encode a record or index for a table (datetimes become ISO 8601 with offset)."""
-    return orjson.dumps(value, default=_plain, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(value, default=_plain)
 
 
 def loads(raw: bytes | None) -> Any:
