@@ -20,6 +20,7 @@ from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_topic
 from mesh.schemas import load_event_schemas
+from mesh.sources.children import catalog_children
 from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
@@ -93,6 +94,7 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
         ctx = self.context
         spec = ctx.domain.source(name)
         adapter = create_adapter(spec, ctx.domain)
+        adapter.children = catalog_children(ctx)
         codecs = {t: self.codecs[t] for t in adapter.entities}
         publisher = EventPublisher(
             ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics

@@ -10,7 +10,7 @@ A new source kind is a new module with a subclass, registered in ``mesh.sources.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,11 @@ class PollResult:
     state: AdapterState = AdapterState.FOLLOWING
 
 
+ChildrenLookup = Callable[[str, str], Awaitable[dict[str, list[str]]]]
+"""``(entity type, id)`` → ids of the entities pointing at it, by child entity type, as the
+catalog's reverse relation indexes know them (deleted parents included)."""
+
+
 class SourceAdapter(ABC):
     """Base class of source adapters: one instance per configured source."""
 
@@ -52,6 +57,8 @@ class SourceAdapter(ABC):
         """Set by the runner: retry loops give up once it returns True."""
         self.on_retry: RetryHook | None = None
         """Set by the runner: reports backoff to the metrics."""
+        self.children: ChildrenLookup | None = None
+        """Set by the supervisor: the catalog's children of an entity (see ChildrenLookup)."""
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Open connections and authenticate; called once before the first poll."""

@@ -10,8 +10,10 @@ entity the sequence made is compared with what Directus returns for it:
 
 1. ``GET /api/v1/entities/{type}/{id}``: a live item has every field of the domain config
    equal to Directus' value, a deleted one answers ``deleted: true``; both at the version of
-   the item's last activity row. The API answers from the RocksDB tables of the worker
-   owning the key, so this checks the tables too.
+   the item's last activity row, or of a later delete of an entity it pointed at (the
+   database cleared the reference then, and the adapter reads the item again for it). The
+   API answers from the RocksDB tables of the worker owning the key, so this checks the
+   tables too.
 2. ``GET /api/v1/entities/{type}/{id}/relations``: ``customer.invoices`` and
    ``invoice.items`` list exactly the live children whose field holds that parent in
    Directus, and forward relations name the parent Directus names.
@@ -323,8 +325,23 @@ class Truth:
     deleted: dict[str, set[int]]
     versions: dict[str, dict[int, int]]
     """Entity type → id → the id of the item's last activity row."""
+    deletes: dict[str, list[int]]
+    """Entity type → activity ids of the deletes of its items."""
     children: dict[tuple[str, int, str], set[str]]
     """(parent type, parent id, relation) → ids of the children pointing at the parent."""
+
+    def versions_for(self, domain: DomainConfig, entity_type: str, entity_id: int) -> set[int]:
+        """The versions the entity may be at: its last activity, or a later delete of an
+        entity of a type it references (which may have cleared its reference)."""
+        own = self.versions[entity_type][entity_id]
+        referenced = {f.references for f in domain.entities[entity_type].fields.values()}
+        later = {d for t in referenced if t for d in self.deletes.get(t, ()) if d > own}
+        return {own} | later
+
+    def want(self, entity_type: str, entity_id: int) -> str:
+        """What :meth:`versions_for` allows, for failure messages."""
+        own = self.versions[entity_type][entity_id]
+        return f"want its last activity {own} or a later delete of an entity it references"
 
 
 async def read_truth(admin: DirectusAdmin, domain: DomainConfig, edits: Edits, start: int) -> Truth:
@@ -335,10 +352,13 @@ async def read_truth(admin: DirectusAdmin, domain: DomainConfig, edits: Edits, s
         live[entity_type] = {int(i["id"]): i for i in items}
         deleted[entity_type] = ids - live[entity_type].keys()
     versions: dict[str, dict[int, int]] = defaultdict(dict)
+    deletes: dict[str, list[int]] = defaultdict(list)
     for row in await admin.activity(start):
         entity_type = entity_of(domain, row.collection)[0]
         if int(row.item) in edits.made[entity_type]:
             versions[entity_type][int(row.item)] = row.id  # rows come oldest first
+            if row.action == "delete":
+                deletes[entity_type].append(row.id)
     children: dict[tuple[str, int, str], set[str]] = {}
     for rel in reverse_relations(domain):
         name = rel.name.split(".", 1)[1]
@@ -347,7 +367,7 @@ async def read_truth(admin: DirectusAdmin, domain: DomainConfig, edits: Edits, s
             children[(rel.parent_type, parent, name)] = set()
         for child, parent in (await directus_children(admin, domain, rel, parents)).items():
             children[(rel.parent_type, parent, name)].add(str(child))
-    return Truth(live, deleted, dict(versions), children)
+    return Truth(live, deleted, dict(versions), dict(deletes), children)
 
 
 # -- comparing ---------------------------------------------------------------------------------
@@ -444,10 +464,11 @@ async def rest_differences(api: Api, domain: DomainConfig, truth: Truth) -> list
         status, body = await api.get(entity_type, entity_id)
         if status != 200:
             return [f"{what}: REST answered {status}: {body}"]
-        want_version = truth.versions[entity_type].get(entity_id)
         wrong = []
-        if body["version"] != want_version:
-            wrong.append(f"{what}: REST version {body['version']}, last activity {want_version}")
+        if body["version"] not in truth.versions_for(domain, entity_type, entity_id):
+            wrong.append(
+                f"{what}: REST version {body['version']}, {truth.want(entity_type, entity_id)}"
+            )
         item = truth.live[entity_type].get(entity_id)
         if item is None:
             if body["deleted"] is not True:
@@ -536,10 +557,10 @@ async def mirror_differences(dsn: str, domain: DomainConfig, truth: Truth) -> li
             if row is None:
                 wrong.append(f"{what}: no row in Postgres table {entity_type!r}")
                 continue
-            want_version = truth.versions[entity_type].get(entity_id)
-            if row["version"] != want_version:
+            if row["version"] not in truth.versions_for(domain, entity_type, entity_id):
                 wrong.append(
-                    f"{what}: Postgres version {row['version']}, last activity {want_version}"
+                    f"{what}: Postgres version {row['version']}, "
+                    f"{truth.want(entity_type, entity_id)}"
                 )
             if row["urn"] != domain.urn(entity_type, str(entity_id)):
                 wrong.append(f"{what}: Postgres urn {row['urn']!r}")

@@ -7,12 +7,20 @@ from that head, so nothing changed during the snapshot is missed. Following read
 page of activity, fetches the items it names in one batch per collection, and emits
 ``CREATE``/``UPDATE``/``DELETE`` in activity order; an item gone before it could be read
 becomes a ``DELETE``, an item that does not fit its schema a dead letter.
+
+Deleting an item in Directus can change other items without any activity: the database's
+``ON DELETE SET NULL`` (or ``CASCADE``) clears (or deletes) the rows pointing at it. So a
+delete of an entity that others reference is remembered in the cursor (``"refresh"``);
+a little later (:data:`REFRESH_AFTER_S`, so the catalog has folded the recent changes) the
+adapter asks the catalog which entities pointed at it, reads them again and emits what
+changed, versioned at the delete's position.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -26,6 +34,9 @@ from mesh.sources.events import ChangeEvent, DeadLetter, Op
 from mesh.sources.mapping import map_item
 from mesh.sources.metrics import AdapterState
 from mesh.sources.retry import RetryPolicy
+
+REFRESH_AFTER_S = 2.0
+"""Delay between a referenced entity's delete and re-reading what pointed at it."""
 
 
 def auth_from_env(spec: SourceSpec) -> DirectusAuth:
@@ -52,6 +63,12 @@ class DirectusAdapter(SourceAdapter):
             entity.collection: (name, entity) for name, entity in self.entities.items()
         }
         self.collections = sorted(self.by_collection)
+        # Per entity type: the (child type, field) pairs referencing it, from any source.
+        self.referenced_by: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for child, child_spec in domain.entities.items():
+            for field, field_spec in child_spec.fields.items():
+                if field_spec.references is not None:
+                    self.referenced_by[field_spec.references].append((child, field))
         self._client: DirectusClient | None = None
 
     @property
@@ -119,8 +136,11 @@ class DirectusAdapter(SourceAdapter):
     async def _follow(self, cursor: Cursor) -> PollResult:
         position = int(cursor["position"])
         page_size = self.spec.page_size
+        now = time.time()
+        refresh: list[dict[str, Any]] = list(cursor.get("refresh") or [])
+        due = [r for r in refresh if r["due"] <= now]
         rows = await self.client.activity_page(position, self.collections, page_size)
-        if not rows:
+        if not rows and not due:
             return PollResult(cursor)
         wanted: dict[str, list[str]] = defaultdict(list)
         for row in rows:
@@ -132,19 +152,50 @@ class DirectusAdapter(SourceAdapter):
             )
             for collection, ids in wanted.items()
         }
+        later = [r for r in refresh if r["due"] > now]
         result = PollResult(
-            {"position": rows[-1].id, "snapshot": None}, more=len(rows) == page_size
+            {"position": rows[-1].id if rows else position, "snapshot": None, "refresh": later},
+            more=len(rows) == page_size,
         )
+        if due:
+            await self._refresh(result, due)
         for row in rows:
             name, entity = self.by_collection[row.collection]
             item = items.get(row.collection, {}).get(row.item)
             if row.action == "delete" or item is None:
                 # Also when the item vanished before it could be read: its delete follows.
                 self._emit(result, name, entity, Op.DELETE, row.id, row, None, row.item)
+                if row.action == "delete" and self.referenced_by.get(name):
+                    later.append(
+                        {"type": name, "id": row.item, "position": row.id,
+                         "due": now + REFRESH_AFTER_S}
+                    )  # fmt: skip
             else:
                 op = Op.CREATE if row.action == "create" else Op.UPDATE
                 self._emit(result, name, entity, op, row.id, row, item, None)
         return result
+
+    async def _refresh(self, result: PollResult, due: list[dict[str, Any]]) -> None:
+        """Emit what the deletes in ``due`` changed silently in the entities pointing at them."""
+        if self.children is None:
+            return
+        for deleted in due:
+            parent, parent_id, position = deleted["type"], deleted["id"], deleted["position"]
+            children = await self.children(parent, parent_id)
+            for child, ids in sorted(children.items()):
+                entity = self.entities.get(child)
+                if entity is None or not ids:
+                    continue  # another source's entities: that adapter reads its own
+                fields = tuple(f for c, f in self.referenced_by[parent] if c == child)
+                items = await self.client.items_by_ids(entity.collection, entity.key, ids)
+                for child_id in ids:
+                    item = items.get(child_id)
+                    if item is None:  # deleted with its parent (ON DELETE CASCADE)
+                        self._emit(result, child, entity, Op.DELETE, position, None, None, child_id)
+                    elif all(str(item.get(f)) != parent_id for f in fields):
+                        self._emit(
+                            result, child, entity, Op.UPDATE, position, None, item, None, fields
+                        )
 
     def _emit(
         self,
@@ -156,6 +207,7 @@ class DirectusAdapter(SourceAdapter):
         row: ActivityRow | None,
         item: dict[str, Any] | None,
         item_id: str | None,
+        changed_fields: tuple[str, ...] | None = None,
     ) -> None:
         collection = entity.collection
         after = None
@@ -170,7 +222,9 @@ class DirectusAdapter(SourceAdapter):
                     DeadLetter(self.spec.name, collection, item_id, position, exc, payload)
                 )
                 return
-            if op is Op.UPDATE and row is not None:
+            if changed_fields is not None:
+                changed = changed_fields
+            elif op is Op.UPDATE and row is not None:
                 changed = tuple(f for f in row.delta_fields if f in entity.fields)
             else:
                 changed = tuple(entity.fields)
