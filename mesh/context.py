@@ -35,4 +35,6 @@ class MeshContext:
             "driver": "rocksdict",
             "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
             "block_cache_compressed_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
+            "write_buffer_size": self.settings.rocksdb_write_buffer_mb * 1024 * 1024,
+            "max_write_buffer_number": 2,
         }
