@@ -10,6 +10,17 @@ __all__ = ["register_views"]
 
 def register_views(context: MeshContext) -> None:
     """Register every view of DictaMesh on ``context.app``."""
+    # Imported here: mesh.graphql reads through mesh.web.entities, so importing it while
+    # this package initialises would be circular.
+    from mesh.web.graphql import register_graphql_views
+    from mesh.web.internal_entities import (
+        register_internal_entities_view,
+        register_internal_scan_view,
+    )
+
     register_health_views(context)
     register_metrics_view(context)
     register_catalog_views(context)
+    register_internal_entities_view(context)
+    register_internal_scan_view(context)
+    register_graphql_views(context)

@@ -1,0 +1,187 @@
+"""The per-request batched loader: every entity read of one GraphQL request goes through it.
+
+graphql-core resolves sibling fields and list items concurrently when resolvers are async,
+so the reads of one nesting level are requested within a few event-loop ticks of each
+other. The loader collects them, waits until a tick passes without new keys, then makes
+one batch per owner: the keys this worker owns are read from its RocksDB partitions, the
+others go in ONE request per owning worker to ``POST /api/v1/internal/entities``. All
+answers of a flush are delivered in the same tick, so the next level's reads are again
+collected together: each (level, owner) costs one batch, whatever the number of entities
+(no N+1). Results are cached for the request, so an entity read twice is read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from mesh.graphql.metrics import GraphQLMetrics
+from mesh.graphql.reads import Key, LocalReads, UnavailableError
+
+_log = logging.getLogger(__name__)
+INTERNAL_ENTITIES_PATH = "/api/v1/internal/entities"
+REMOTE_TIMEOUT_S = 10.0
+_MAX_SETTLE_TICKS = 20
+"""Ticks a flush waits for more keys at most (each tick is microseconds)."""
+
+
+@dataclass
+class BatchRecord:
+    """One batch a request made: who answered and how many keys it carried."""
+
+    round: int
+    kind: str
+    """``local`` or ``remote``."""
+    owner: str
+    """This worker's name for local batches, the owner's URL for remote ones."""
+    keys: int
+    names: list[str]
+    """Entity types and relations read in the batch."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as shown in the response's ``extensions.batches``."""
+        return {"round": self.round, "kind": self.kind, "owner": self.owner,
+                "keys": self.keys, "names": self.names}  # fmt: skip
+
+
+@dataclass
+class Loader:
+    """Batches and caches the reads of one GraphQL request (build one per request)."""
+
+    reads: LocalReads
+    http: aiohttp.ClientSession
+    metrics: GraphQLMetrics
+    worker: str
+    batches: list[BatchRecord] = field(default_factory=list)
+    _cache: dict[Key, asyncio.Future[Any]] = field(default_factory=dict)
+    _pending: list[Key] = field(default_factory=list)
+    _flushing: asyncio.Task[None] | None = None
+    _rounds: int = 0
+
+    async def entity(self, entity_type: str, entity_id: str) -> dict[str, Any] | None:
+        """The stored record of an entity, or ``None`` when never seen."""
+        found: dict[str, Any] | None = await self.load(Key("entity", entity_type, entity_id))
+        return found
+
+    async def members(self, relation: str, parent_id: str) -> list[str]:
+        """The ids currently in ``relation`` (``customer.invoices``) of the parent."""
+        found: list[str] = await self.load(Key("relation", relation, parent_id))
+        return found
+
+    def prime(self, record: dict[str, Any]) -> None:
+        """Cache an entity record read otherwise (a list page), so it is not read again."""
+        key = Key("entity", record["type"], record["id"])
+        if key not in self._cache:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(record)
+            self._cache[key] = future
+
+    async def load(self, key: Key) -> Any:
+        """The value of ``key``, read in the next batch unless already read or pending."""
+        future = self._cache.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._cache[key] = future
+            self._pending.append(key)
+            if self._flushing is None:
+                self._flushing = asyncio.create_task(self._flush())
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        # Let the siblings still being scheduled add their keys: stop at the first tick
+        # that adds none.
+        seen = -1
+        for _ in range(_MAX_SETTLE_TICKS):
+            if len(self._pending) == seen:
+                break
+            seen = len(self._pending)
+            await asyncio.sleep(0)
+        keys, self._pending, self._flushing = self._pending, [], None
+        try:
+            await self._read(keys)
+        except BaseException as exc:
+            # Whatever went wrong, no resolver may wait forever for its key; the error
+            # reaches the request through the keys (a background task's would be lost).
+            for key in keys:
+                future = self._cache[key]
+                if not future.done():
+                    future.set_exception(UnavailableError(f"reading failed: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+            _log.exception("a GraphQL batch failed")
+
+    async def _read(self, keys: list[Key]) -> None:
+        self._rounds += 1
+        results: dict[Key, Any] = {}
+        groups: dict[str | None, list[tuple[Key, int]]] = defaultdict(list)
+        for key in keys:
+            try:
+                location = self.reads.locate(key)
+            except (UnavailableError, ValueError) as exc:
+                results[key] = exc
+                continue
+            groups[location.owner].append((key, location.partition))
+        remote = [(owner, items) for owner, items in groups.items() if owner is not None]
+        answers = await asyncio.gather(
+            *(self._remote(owner, [k for k, _ in items]) for owner, items in remote)
+        )
+        for answer in answers:
+            results.update(answer)
+        if None in groups:
+            results.update(self._local(groups[None]))
+        # Every future of the flush is settled in the same tick, so the next level's
+        # reads are requested together again.
+        for key in keys:
+            future = self._cache[key]
+            value = results.get(key, UnavailableError("the key was not answered"))
+            if isinstance(value, Exception):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+    def _record(self, kind: str, owner: str, keys: list[Key]) -> None:
+        names = sorted({k.name for k in keys})
+        self.batches.append(BatchRecord(self._rounds, kind, owner, len(keys), names))
+        self.metrics.batches.labels(kind=kind).inc()
+        self.metrics.keys.labels(kind=kind).inc(len(keys))
+
+    def _local(self, items: list[tuple[Key, int]]) -> dict[Key, Any]:
+        self._record("local", self.worker, [k for k, _ in items])
+        results: dict[Key, Any] = {}
+        for key, partition in items:
+            try:
+                results[key] = self.reads.read(key, partition)
+            except Exception as exc:  # a bad key fails its own read, not the batch
+                results[key] = UnavailableError(f"reading {key.name} {key.id} failed: {exc!r}")
+        return results
+
+    async def _remote(self, owner: str, keys: list[Key]) -> dict[Key, Any]:
+        self._record("remote", owner, keys)
+        url = owner.rstrip("/") + INTERNAL_ENTITIES_PATH
+        body = {"keys": [k.as_json() for k in keys]}
+        timeout = aiohttp.ClientTimeout(total=REMOTE_TIMEOUT_S)
+        try:
+            async with self.http.post(url, json=body, timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise UnavailableError(f"the worker at {owner} answered {resp.status}")
+            answers = json.loads(raw)["results"]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            why = f"the worker owning these keys ({owner}) did not answer: {exc!r}"
+            error = UnavailableError(why)
+            return dict.fromkeys(keys, error)
+        except UnavailableError as exc:
+            return dict.fromkeys(keys, exc)
+        results: dict[Key, Any] = {}
+        for key, answer in zip(keys, answers, strict=False):
+            if "error" in answer:
+                results[key] = UnavailableError(str(answer["error"]))
+            else:
+                results[key] = answer["value"]
+        return results

@@ -1,0 +1,111 @@
+"""What a GraphQL request reads, where each read lives, and reads of the local partitions.
+
+A read is a :class:`Key`: an entity record (``entity``, type, id) or the members of a
+reverse relation of one parent (``relation``, ``customer.invoices``, parent id). Both live
+in the partition of the entity's URN (relation indexes are co-partitioned with their
+parent), so the owner of a key is the owner of that URN's partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mesh.catalog.fold import ReverseRelation, present_members
+from mesh.web.entities import CatalogReader
+from tables.catalog import relation_table_name
+
+KeyKind = Literal["entity", "relation"]
+
+
+class UnavailableError(Exception):
+    """A key cannot be read right now (rebalancing, recovering, owner not answering)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One read: an entity record, or the present member ids of one reverse relation."""
+
+    kind: KeyKind
+    name: str
+    """The entity type (``entity``) or the relation (``customer.invoices``)."""
+    id: str
+    """The entity id, or the parent's id for a relation."""
+
+    def as_json(self) -> dict[str, str]:
+        """The key as sent to the internal entities endpoint."""
+        return {"kind": self.kind, "name": self.name, "id": self.id}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Key:
+        """The key from :meth:`as_json`; ``ValueError`` when it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("a key is an object {kind, name, id}")
+        kind, name, key_id = data.get("kind"), data.get("name"), data.get("id")
+        if kind not in ("entity", "relation"):
+            raise ValueError(f"unknown key kind {kind!r}")
+        if not isinstance(name, str) or not isinstance(key_id, str):
+            raise ValueError("'name' and 'id' must be strings")
+        return cls(kind, name, key_id)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a key lives: its partition and, when another worker owns it, that owner's URL."""
+
+    partition: int
+    owner: str | None
+    """``None`` when this worker actively owns the partition."""
+
+
+class LocalReads:
+    """Locating keys and reading the owned ones from this worker's RocksDB partitions."""
+
+    def __init__(self, reader: CatalogReader) -> None:
+        self.reader = reader
+        self.relations: dict[str, ReverseRelation] = {r.name: r for r in reader.relations}
+
+    def entity_type(self, key: Key) -> str:
+        """The entity type whose URN partitions ``key`` (a relation's parent type)."""
+        if key.kind == "entity":
+            if key.name not in self.reader.domain.entities:
+                raise ValueError(f"unknown entity type {key.name!r}")
+            return key.name
+        relation = self.relations.get(key.name)
+        if relation is None:
+            raise ValueError(f"unknown relation {key.name!r}")
+        return relation.parent_type
+
+    def urn(self, key: Key) -> bytes:
+        """The table key of ``key``: the URN bytes of the entity (or the relation's parent)."""
+        return self.reader.domain.urn(self.entity_type(key), key.id).encode()
+
+    def locate(self, key: Key, *, forwarded: bool = False) -> Location:
+        """Where ``key`` lives; :class:`UnavailableError` when nobody (or only we, stale) owns it.
+
+        ``forwarded`` keys came from another worker: they are never sent on again, so stale
+        assignment metadata mid-rebalance fails the read instead of bouncing it around.
+        """
+        entity_type = self.entity_type(key)
+        reader = self.reader
+        partition = reader.partition(entity_type, self.urn(key))
+        table = reader.table(entity_type)
+        if reader.owns(table, partition):
+            if reader.recovering():
+                raise UnavailableError("this worker is recovering its tables; retry")
+            return Location(partition, None)
+        owner = None if forwarded else reader.owner_url(table, partition)
+        if owner is None or reader.is_self(owner):
+            raise UnavailableError(
+                f"no worker owns partition {partition} of {entity_type} right now "
+                "(the fleet is rebalancing); retry"
+            )
+        return Location(partition, owner)
+
+    def read(self, key: Key, partition: int) -> Any:
+        """The value of an owned key: the entity record (or ``None``), or the member ids."""
+        if key.kind == "entity":
+            return self.reader.read(self.reader.table(key.name), partition, self.urn(key))
+        relation = self.relations[key.name]
+        table = self.reader.context.tables[relation_table_name(relation)]
+        return present_members(self.reader.read(table, partition, self.urn(key)))

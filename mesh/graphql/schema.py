@@ -1,0 +1,217 @@
+"""The GraphQL schema, built from the domain config with graphene.
+
+One object type per entity type, named by its ``graphql_name``; its fields keep their
+config names, camelCased by graphene (``unit_price`` → ``unitPrice``). Types: ``ID!`` for
+``id`` (the id as in the URN), ``Int``/``BigInt``/``Float``/``Boolean``/``String`` for the
+plain ones; decimals are ``String`` (exact, scale kept: ``"12.50"``) and timestamps are
+``String`` in ISO 8601 with offset, exactly as the catalog stores them (a ``DateTime``
+scalar would only re-parse and re-print them).
+
+A forward relation (a field with ``references``) is the referenced object instead of its
+id (``invoice.customer: Customer``); a reverse relation of the config is a list
+(``customer.invoices: [Invoice!]!``). Every type has ``meta`` (URN, version, timestamps,
+source, schema). Root fields: ``customer(id: ID!)`` and a paginated, filtered list
+``customers(first:, after:, filter:)`` (:mod:`mesh.graphql.lists`) per entity type.
+
+A deleted entity resolves to ``null``; through a root field it also adds the error
+``no customer with id 9``. Every read goes through the request's
+:class:`~mesh.graphql.loader.Loader` (``info.context``), so reads are batched per owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import graphene
+from graphql import GraphQLError
+
+from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
+from mesh.graphql.lists import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    connection_type,
+    filter_type,
+    list_resolver,
+    plural,
+)
+from mesh.graphql.loader import Loader
+from mesh.web.entities import ApiError, parse_id
+
+Record = dict[str, Any]
+
+_SCALARS: dict[FieldType, Any] = {
+    FieldType.STRING: graphene.String,
+    FieldType.INTEGER: graphene.Int,
+    FieldType.LONG: graphene.BigInt,  # GraphQL's Int is 32-bit
+    FieldType.FLOAT: graphene.Float,
+    FieldType.BOOLEAN: graphene.Boolean,
+    FieldType.DECIMAL: graphene.String,
+    FieldType.TIMESTAMP: graphene.String,
+}
+
+
+def _live(rec: Record | None) -> Record | None:
+    return None if rec is None or rec.get("deleted") else rec
+
+
+class EntitySource(graphene.ObjectType):  # type: ignore[misc]
+    """Where the entity's last change came from."""
+
+    system = graphene.String(required=True)
+    instance = graphene.String(required=True)
+    collection = graphene.String(required=True)
+    position = graphene.BigInt(required=True, description="The source's change cursor.")
+    timestamp = graphene.String(description="When the source made the change (ISO 8601).")
+
+    @staticmethod
+    def resolve_position(root: Record, info: Any) -> int:
+        return int(root["position"])
+
+
+class EntitySchema(graphene.ObjectType):  # type: ignore[misc]
+    """The registered Avro schema the entity's last event was written with."""
+
+    subject = graphene.String(required=True)
+    id = graphene.Int(required=True)
+    version = graphene.Int()
+
+
+class EntityMeta(graphene.ObjectType):  # type: ignore[misc]
+    """Catalog metadata of an entity."""
+
+    urn = graphene.String(required=True)
+    type = graphene.String(required=True)
+    tenant = graphene.String(required=True)
+    version = graphene.BigInt(required=True, description="The entity version (source position).")
+    deleted = graphene.Boolean(required=True)
+    first_seen = graphene.String()
+    last_changed = graphene.String()
+    op = graphene.String()
+    event_id = graphene.String()
+    source = graphene.Field(EntitySource, required=True)
+    schema_ref = graphene.Field(EntitySchema, name="schema")
+
+    @staticmethod
+    def resolve_version(root: Record, info: Any) -> int:
+        return int(root["version"])
+
+    @staticmethod
+    def resolve_schema_ref(root: Record, info: Any) -> Any:
+        return root.get("schema")
+
+
+def _state_resolver(name: str) -> Callable[[Record, Any], Any]:
+    def resolve(root: Record, info: Any) -> Any:
+        return root["state"].get(name)
+
+    return resolve
+
+
+def _forward_resolver(name: str, target: str) -> Callable[[Record, Any], Awaitable[Record | None]]:
+    async def resolve(root: Record, info: Any) -> Record | None:
+        ref = root["state"].get(name)
+        if ref is None:
+            return None
+        loader: Loader = info.context
+        return _live(await loader.entity(target, str(ref)))
+
+    return resolve
+
+
+def _reverse_resolver(
+    relation: str, child: str
+) -> Callable[[Record, Any], Awaitable[list[Record]]]:
+    async def resolve(root: Record, info: Any) -> list[Record]:
+        loader: Loader = info.context
+        ids = await loader.members(relation, root["id"])
+        found = await asyncio.gather(*(loader.entity(child, i) for i in ids))
+        # A member whose record is gone or deleted (the index lags by one event) is left out.
+        return [rec for rec in found if rec is not None and not rec.get("deleted")]
+
+    return resolve
+
+
+def _field(name: str, spec: FieldSpec, key: str, types: dict[str, Any]) -> Any:
+    if name == key:
+        return graphene.Field(
+            graphene.ID, required=True, resolver=lambda root, info: root["id"],
+            description="The entity id, as in its URN.",
+        )  # fmt: skip
+    if spec.references is not None:
+        target = spec.references
+        return graphene.Field(
+            lambda: types[target],
+            resolver=_forward_resolver(name, target),
+            description=f"The {target} its {name} field refers to (null if none or deleted).",
+        )
+    return graphene.Field(
+        _SCALARS[spec.type], required=not spec.nullable, resolver=_state_resolver(name)
+    )
+
+
+def _object_type(
+    domain: DomainConfig, entity_type: str, spec: EntitySpec, types: dict[str, Any]
+) -> Any:
+    attrs: dict[str, Any] = {
+        "Meta": type("Meta", (), {"name": spec.graphql_name,
+                                  "description": f"One {entity_type} entity of the catalog."}),
+        "meta": graphene.Field(
+            EntityMeta, required=True, resolver=lambda root, info: root,
+            description="Catalog metadata: URN, version, source, schema.",
+        ),
+    }  # fmt: skip
+    for name, field_spec in spec.fields.items():
+        attrs[name] = _field(name, field_spec, spec.key, types)
+    for name, rel in spec.reverse_relations.items():
+        child = rel.entity
+        attrs[name] = graphene.Field(
+            graphene.NonNull(graphene.List(graphene.NonNull(lambda child=child: types[child]))),
+            resolver=_reverse_resolver(f"{entity_type}.{name}", child),
+            description=f"The {child} entities whose {rel.field} is this {entity_type}.",
+        )
+    return type(spec.graphql_name, (graphene.ObjectType,), attrs)
+
+
+def _root_resolver(entity_type: str, spec: EntitySpec) -> Callable[..., Awaitable[Record | None]]:
+    async def resolve(root: Any, info: Any, id: str) -> Record | None:
+        try:
+            entity_id = parse_id(spec, entity_type, id)
+        except ApiError as exc:
+            raise GraphQLError(exc.message) from None
+        loader: Loader = info.context
+        rec = _live(await loader.entity(entity_type, entity_id))
+        if rec is None:
+            raise GraphQLError(f"no {entity_type} with id {entity_id}")
+        return rec
+
+    return resolve
+
+
+def build_schema(domain: DomainConfig) -> graphene.Schema:
+    """The GraphQL schema of ``domain`` (resolvers read through ``info.context``)."""
+    types: dict[str, Any] = {}
+    for entity_type, spec in domain.entities.items():
+        types[entity_type] = _object_type(domain, entity_type, spec, types)
+    query_attrs: dict[str, Any] = {}
+    for entity_type, spec in domain.entities.items():
+        query_attrs[entity_type] = graphene.Field(
+            types[entity_type],
+            id=graphene.ID(required=True),
+            resolver=_root_resolver(entity_type, spec),
+            description=f"One {entity_type} by id; null (with an error) when there is none.",
+        )
+        list_name = plural(entity_type)
+        if list_name in domain.entities:
+            continue  # an entity type already named like the plural: no list for this one
+        query_attrs[list_name] = graphene.Field(
+            graphene.NonNull(connection_type(spec, lambda t=entity_type: types[t])),
+            first=graphene.Int(default_value=DEFAULT_PAGE, description=f"At most {MAX_PAGE}."),
+            after=graphene.String(description="The `endCursor` of the previous page."),
+            filter=graphene.Argument(filter_type(spec)),
+            resolver=list_resolver(entity_type),
+            description=f"The live {entity_type} entities of the whole fleet, in id order.",
+        )
+    query = type("Query", (graphene.ObjectType,), query_attrs)
+    return graphene.Schema(query=query, types=list(types.values()))

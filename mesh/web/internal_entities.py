@@ -1,0 +1,96 @@
+"""Internal reads GraphQL requests make of other workers.
+
+``POST /api/v1/internal/entities``: the batched read of keys an owner holds.
+
+Body ``{"keys": [{"kind": "entity"|"relation", "name", "id"}, …]}``; answer ``{"worker",
+"results": [{"value": …} | {"error": "…"}, …]}`` in the keys' order: an entity key's value
+is its stored record (``null`` when never seen), a relation key's the present member ids.
+A key this worker does not actively own (the fleet rebalanced since the caller looked)
+answers an error for that key; it is never forwarded again. Internal: workers call it,
+clients use ``/graphql``. ``POST /api/v1/internal/scan``: this worker's part of a list page.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from mesh.context import MeshContext
+from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
+from mesh.graphql.reads import Key, LocalReads, UnavailableError
+from mesh.graphql.scan import INTERNAL_SCAN_PATH, scan_local
+from mesh.web.entities import WORKER_HEADER, CatalogReader, json_response
+
+MAX_KEYS = 10_000
+
+
+def read_batch(reads: LocalReads, raw_keys: list[Any]) -> list[dict[str, Any]]:
+    """The answer for each key, in order (see the module docstring)."""
+    results: list[dict[str, Any]] = []
+    for raw in raw_keys:
+        try:
+            key = Key.from_json(raw)
+            location = reads.locate(key, forwarded=True)
+            if location.owner is not None:
+                raise UnavailableError(f"{key.name} {key.id} is not owned by this worker")
+            results.append({"value": reads.read(key, location.partition)})
+        except (UnavailableError, ValueError) as exc:
+            results.append({"error": str(exc)})
+    return results
+
+
+def register_internal_entities_view(context: MeshContext) -> None:
+    """Register ``POST /api/v1/internal/entities``."""
+    reader = CatalogReader(context)
+    reads = LocalReads(reader)
+    headers = {WORKER_HEADER: reader.worker}
+
+    def refuse(view: View, message: str) -> Response:
+        body = {"error": {"code": "bad_request", "message": message}}
+        return json_response(view, body, status=400, headers=headers)
+
+    @context.app.page(INTERNAL_ENTITIES_PATH)
+    class InternalEntities(View):  # type: ignore[misc]
+        async def post(self, request: Request) -> Response:
+            try:
+                # Faust's Request type is abstract; at run time it is aiohttp's.
+                body = json.loads(await request.read())  # type: ignore[attr-defined]
+            except ValueError:
+                return refuse(self, "the body is not JSON")
+            keys = body.get("keys") if isinstance(body, dict) else None
+            if not isinstance(keys, list):
+                return refuse(self, 'the body must be {"keys": [...]}')
+            if len(keys) > MAX_KEYS:
+                return refuse(self, f"at most {MAX_KEYS} keys per request")
+            answer = {"worker": reader.worker, "results": read_batch(reads, keys)}
+            return json_response(self, answer, headers=headers)
+
+
+def register_internal_scan_view(context: MeshContext) -> None:
+    """Register ``POST /api/v1/internal/scan`` (this worker's part of a GraphQL list page).
+
+    Body ``{"type", "where": {field: value}, "after": id | null, "limit"}``; answer
+    ``{"worker", "partitions": [...], "records": [...]}`` (see :mod:`mesh.graphql.scan`).
+    """
+    reader = CatalogReader(context)
+    headers = {WORKER_HEADER: reader.worker}
+
+    @context.app.page(INTERNAL_SCAN_PATH)
+    class InternalScan(View):  # type: ignore[misc]
+        async def post(self, request: Request) -> Response:
+            try:
+                body = json.loads(await request.read())  # type: ignore[attr-defined]
+                entity_type, where = body["type"], body.get("where") or {}
+                after, limit = body.get("after"), int(body["limit"])
+                if entity_type not in context.domain.entities or not isinstance(where, dict):
+                    raise ValueError(f"unknown entity type {entity_type!r}")
+                part = scan_local(reader, entity_type, where, after, limit)
+            except (ValueError, KeyError, TypeError) as exc:
+                body = {"error": {"code": "bad_request", "message": str(exc)}}
+                return json_response(self, body, status=400, headers=headers)
+            except UnavailableError as exc:
+                body = {"error": {"code": "unavailable", "message": str(exc)}}
+                return json_response(self, body, status=503, headers=headers)
+            return json_response(self, {"worker": reader.worker, **part}, headers=headers)
