@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import graphene
-from graphql import GraphQLError
 
 from mesh.domain import EntitySpec, FieldType
+from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.loader import Loader
 from mesh.graphql.reads import UnavailableError
 from mesh.graphql.scan import decode_cursor, encode_cursor, scan_fleet
@@ -95,18 +95,18 @@ def list_resolver(entity_type: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         filter: dict[str, Any] | None = None,  # the GraphQL argument's name
     ) -> dict[str, Any]:
         if not 0 <= first <= MAX_PAGE:
-            raise GraphQLError(f"'first' must be between 0 and {MAX_PAGE}")
+            raise PublicGraphQLError(f"'first' must be between 0 and {MAX_PAGE}")
         try:
             after_id = None if after is None else decode_cursor(entity_type, after)
         except ValueError as exc:
-            raise GraphQLError(str(exc)) from None
+            raise PublicGraphQLError(str(exc)) from None
         loader: Loader = info.context
         where = dict(filter or {})
         try:
             # One more than asked tells whether another page follows.
             found = await scan_fleet(loader.reads.reader, entity_type, where, after_id, first + 1)
         except UnavailableError as exc:
-            raise GraphQLError(str(exc)) from None
+            raise PublicGraphQLError(str(exc)) from None
         page = found[:first]
         for rec in page:
             loader.prime(rec)

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mesh.catalog.fold import ReverseRelation, present_members
+from mesh.graphql.limits import PublicGraphQLError
 from mesh.web.entities import CatalogReader
 from tables.catalog import relation_table_name
 
 KeyKind = Literal["entity", "relation"]
 
 
-class UnavailableError(Exception):
-    """A key cannot be read right now (rebalancing, recovering, owner not answering)."""
+class UnavailableError(PublicGraphQLError):
+    """A key cannot be read right now (rebalancing, recovering, owner not answering);
+    its message is shown to clients, who should retry."""
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import graphene
-from graphql import GraphQLError
 
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
+from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.lists import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -179,11 +179,11 @@ def _root_resolver(entity_type: str, spec: EntitySpec) -> Callable[..., Awaitabl
         try:
             entity_id = parse_id(spec, entity_type, id)
         except ApiError as exc:
-            raise GraphQLError(exc.message) from None
+            raise PublicGraphQLError(exc.message) from None
         loader: Loader = info.context
         rec = _live(await loader.entity(entity_type, entity_id))
         if rec is None:
-            raise GraphQLError(f"no {entity_type} with id {entity_id}")
+            raise PublicGraphQLError(f"no {entity_type} with id {entity_id}")
         return rec
 
     return resolve

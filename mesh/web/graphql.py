@@ -17,23 +17,23 @@ lists the batches the request made.
 from __future__ import annotations
 
 import json
-from inspect import isawaitable
 from typing import Any
 
 from faust.web import Request, Response, View
-from graphql import (
-    ExecutionResult,
-    GraphQLError,
-    OperationType,
-    execute,
-    get_operation_ast,
-    parse,
-    validate,
-)
+from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
 from mesh.context import MeshContext
 from mesh.graphql import GraphQLMetrics, Loader, LocalReads, build_schema
 from mesh.graphql.graphiql import GRAPHIQL_HTML
+from mesh.graphql.limits import (
+    BodyTooLargeError,
+    GraphQLLimits,
+    QueryCache,
+    check_body_size,
+    format_errors,
+    run_with_timeout,
+)
+from mesh.settings import Settings
 from mesh.web.entities import WORKER_HEADER, CatalogReader, json_response
 
 GRAPHQL_PATH = "/graphql"
@@ -67,9 +67,24 @@ def _params(data: Any) -> tuple[str, dict[str, Any] | None, str | None]:
     return query, variables, name or None
 
 
+def graphql_limits(settings: Settings) -> GraphQLLimits:
+    """The query limits the settings ask for."""
+    return GraphQLLimits(
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_tokens=settings.graphql_max_tokens,
+        max_body_bytes=settings.graphql_max_body_kb * 1024,
+        timeout_s=settings.graphql_timeout_s,
+        introspection=settings.graphql_introspection,
+        error_detail=settings.graphql_error_detail,
+    )
+
+
 def register_graphql_views(context: MeshContext) -> None:
     """Build the schema of ``context.domain`` and register ``GET``/``POST /graphql``."""
     schema = build_schema(context.domain).graphql_schema
+    limits = graphql_limits(context.settings)
+    queries = QueryCache(schema, limits)
     reader = CatalogReader(context)
     reads = LocalReads(reader)
     metrics = GraphQLMetrics(context.metrics)
@@ -79,11 +94,11 @@ def register_graphql_views(context: MeshContext) -> None:
         headers = {WORKER_HEADER: reader.worker}
         try:
             query, variables, operation_name = _params(params)
-            document = parse(query)
-            errors = validate(schema, document)
-            if errors:
-                result = ExecutionResult(data=None, errors=errors)
+            prepared = queries.prepare(query)
+            if prepared.errors or prepared.document is None:
+                result = ExecutionResult(data=None, errors=list(prepared.errors))
             else:
+                document = prepared.document
                 operation = get_operation_ast(document, operation_name)
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
@@ -92,19 +107,22 @@ def register_graphql_views(context: MeshContext) -> None:
                     schema, document, variable_values=variables,
                     operation_name=operation_name, context_value=loader,
                 )  # fmt: skip
-                result = await executed if isawaitable(executed) else executed
+                result = await run_with_timeout(executed, limits)
                 if request.headers.get(DEBUG_HEADER, "").lower() == "batches":
                     result.extensions = {"batches": [b.as_json() for b in loader.batches]}
         except BadRequestError as exc:
-            body = {"errors": [{"message": str(exc)}]}
-            return json_response(view, body, status=400, headers=headers)
+            bad = {"errors": [{"message": str(exc)}]}
+            return json_response(view, bad, status=400, headers=headers)
         except NotAllowedError:
-            body = {"errors": [{"message": "only queries can be sent with GET; use POST"}]}
-            return json_response(view, body, status=405, headers={**headers, "Allow": "POST"})
-        except GraphQLError as exc:  # a syntax error: the request was read, the query is bad
-            result = ExecutionResult(data=None, errors=[exc])
+            bad = {"errors": [{"message": "only queries can be sent with GET; use POST"}]}
+            return json_response(view, bad, status=405, headers={**headers, "Allow": "POST"})
         metrics.requests.labels(outcome="errors" if result.errors else "ok").inc()
-        return json_response(view, result.formatted, headers=headers)
+        answer: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            answer["errors"] = format_errors(result.errors, limits)
+        if result.extensions:
+            answer["extensions"] = result.extensions
+        return json_response(view, answer, headers=headers)
 
     @app.page(GRAPHQL_PATH)
     class GraphQL(View):  # type: ignore[misc]
@@ -117,11 +135,19 @@ def register_graphql_views(context: MeshContext) -> None:
             return await run(self, request, query_params, only_queries=True)
 
         async def post(self, request: Request) -> Response:
+            headers = {WORKER_HEADER: reader.worker}
+            # Faust's Request type is abstract; at run time it is aiohttp's.
+            raw = request  # type: Any
             try:
-                params = json.loads(await request.read())  # type: ignore[attr-defined]
+                check_body_size(raw.content_length, limits)
+                body = await raw.content.read(limits.max_body_bytes + 1)
+                check_body_size(len(body), limits)  # chunked bodies carry no length
+            except BodyTooLargeError as exc:
+                error = {"errors": [{"message": str(exc)}]}
+                return json_response(self, error, status=413, headers=headers)
+            try:
+                params = json.loads(body)
             except ValueError:
-                params = None
-                body = {"errors": [{"message": "the body is not valid JSON"}]}
-                headers = {WORKER_HEADER: reader.worker}
-                return json_response(self, body, status=400, headers=headers)
+                error = {"errors": [{"message": "the body is not valid JSON"}]}
+                return json_response(self, error, status=400, headers=headers)
             return await run(self, request, params, only_queries=False)

@@ -272,6 +272,28 @@ async def test_http_edges(fleet: Fleet) -> None:
     assert "nope" in body["errors"][0]["message"]
 
 
+async def test_limits_are_enforced_over_http(fleet: Fleet) -> None:
+    a, _ = fleet.workers
+    deep = "{ customer(id: \"1\") { invoices { customer { invoices { customer { invoices {"
+    deep += " customer { invoices { customer { invoices { id } } } } } } } } } } }"
+    status, _, body = await post(a, json.dumps({"query": deep}).encode())
+    assert status == 200
+    assert body["data"] is None
+    assert "depth" in body["errors"][0]["message"]
+    aliases = "{ " + " ".join(f'c{i}: customer(id: "1") {{ id }}' for i in range(31)) + " }"
+    status, _, body = await post(a, json.dumps({"query": aliases}).encode())
+    assert status == 200
+    assert "alias" in body["errors"][0]["message"]
+    padded = json.dumps({"query": "{ __typename }", "pad": "x" * 70_000}).encode()
+    status, _, body = await post(a, padded)
+    assert status == 413
+    assert "64" in body["errors"][0]["message"] or "65536" in body["errors"][0]["message"]
+    # Suggestions are cut: the default hides "Did you mean" hints.
+    status, _, body = await post(a, json.dumps({"query": "{ custome(id: 1) { id } }"}).encode())
+    assert status == 200
+    assert "Did you mean" not in body["errors"][0]["message"]
+
+
 async def test_lists_page_through_the_whole_fleet_with_filters(fleet: Fleet) -> None:
     """Runs after the tests above: customers 1-3 live, 4 deleted; customer 3 has 20 invoices."""
     a, b = fleet.workers
