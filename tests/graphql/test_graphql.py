@@ -274,7 +274,7 @@ async def test_http_edges(fleet: Fleet) -> None:
 
 async def test_limits_are_enforced_over_http(fleet: Fleet) -> None:
     a, _ = fleet.workers
-    deep = "{ customer(id: \"1\") { invoices { customer { invoices { customer { invoices {"
+    deep = '{ customer(id: "1") { invoices { customer { invoices { customer { invoices {'
     deep += " customer { invoices { customer { invoices { id } } } } } } } } } } }"
     status, _, body = await post(a, json.dumps({"query": deep}).encode())
     assert status == 200
