@@ -11,7 +11,8 @@ A forward relation (a field with ``references``) is the referenced object instea
 id (``invoice.customer: Customer``); a reverse relation of the config is a list
 (``customer.invoices: [Invoice!]!``). Every type has ``meta`` (URN, version, timestamps,
 source, schema). Root fields: ``customer(id: ID!)`` and a paginated, filtered list
-``customers(first:, after:, filter:)`` (:mod:`mesh.graphql.lists`) per entity type.
+``customers(first:, after:, filter:)`` (:mod:`mesh.graphql.lists`) per entity type, and
+the Apollo Federation fields ``_service`` and ``_entities`` (:mod:`mesh.graphql.federation`).
 
 A deleted entity resolves to ``null``; through a root field it also adds the error
 ``no customer with id 9``. Every read goes through the request's
@@ -27,6 +28,7 @@ from typing import Any
 import graphene
 
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
+from mesh.graphql.federation import federation_fields
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.lists import (
     DEFAULT_PAGE,
@@ -213,5 +215,6 @@ def build_schema(domain: DomainConfig) -> graphene.Schema:
             resolver=list_resolver(entity_type),
             description=f"The live {entity_type} entities of the whole fleet, in id order.",
         )
+    query_attrs.update(federation_fields(domain, types))  # Apollo Federation v2 subgraph
     query = type("Query", (graphene.ObjectType,), query_attrs)
     return graphene.Schema(query=query, types=list(types.values()))

@@ -52,6 +52,7 @@ def test_relations_come_from_the_config() -> None:
     assert {(r.name, r.child_type, r.field) for r in RELATIONS} == {
         ("customer.invoices", "invoice", "customer"),
         ("invoice.items", "invoice_item", "invoice"),
+        ("product.invoice_items", "invoice_item", "product"),
     }
 
 

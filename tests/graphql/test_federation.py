@@ -1,0 +1,245 @@
+"""The Apollo Federation v2 subgraph: ``_service { sdl }`` and ``_entities``.
+
+The SDL tests need no fleet (the schema is built from ``config/domain.yaml`` and executed
+directly); one of them composes the SDL with Apollo's own ``@apollo/composition`` (installed
+with ``npm ci --prefix tests/graphql/compose``) and is skipped when it is not installed.
+The ``_entities`` tests run against a two-worker fleet of their own (app id ``federation``),
+so the representations name entities owned by both workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from graphql import TypeDefinitionNode, graphql, parse
+
+from mesh.domain import DomainConfig
+from mesh.graphql import build_schema
+from mesh.sources.events import Op
+from tests.catalog.rest_fixtures import (
+    TIMEOUT,
+    Fleet,
+    Worker,
+    customer,
+    invoice,
+    invoice_item,
+    open_fleet,
+    product,
+    wait_until,
+)
+
+COMPOSE_DIR = Path(__file__).parent / "compose"
+ENTITY_TYPES = ("Customer", "Product", "Invoice", "InvoiceItem")
+COMPOSE_SCRIPT = """
+import { readFileSync } from "node:fs";
+import { parse } from "graphql";
+import { composeServices } from "@apollo/composition";
+const typeDefs = parse(readFileSync(0, "utf8"));
+const result = composeServices([{ name: "mesh", url: "http://mesh/graphql", typeDefs }]);
+if (result.errors) {
+  for (const error of result.errors) console.error(error.message);
+  process.exit(1);
+}
+console.log(result.supergraphSdl);
+"""
+
+
+async def _sdl(domain: DomainConfig) -> str:
+    schema = build_schema(domain).graphql_schema
+    result = await graphql(schema, "{ _service { sdl } }", context_value=None)
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    sdl: str = result.data["_service"]["sdl"]
+    return sdl
+
+
+async def test_service_sdl_is_a_federation_v2_subgraph(sample_domain: DomainConfig) -> None:
+    sdl = await _sdl(sample_domain)
+    first = sdl.splitlines()[0]
+    assert first.startswith('extend schema @link(url: "https://specs.apollo.dev/federation/v2.')
+    assert 'import: ["@key"]' in first
+    for name in ENTITY_TYPES:
+        assert f'type {name} @key(fields: "id") {{' in sdl, name
+    for relation in ("invoices: [Invoice!]!", "items: [InvoiceItem!]!",
+                     "invoiceItems: [InvoiceItem!]!", "customer: Customer",
+                     "product: Product", "invoice: Invoice"):  # fmt: skip
+        assert f"  {relation}\n" in sdl, relation
+    assert "type Query {" in sdl
+    assert "customers(" in sdl
+    for plumbing in ("_service", "_entities", "_Any", "_Entity", "_Service"):
+        assert plumbing not in sdl, plumbing
+    document = parse(sdl)  # valid SDL (the @link/@key definitions come from the gateway)
+    names = {d.name.value for d in document.definitions if isinstance(d, TypeDefinitionNode)}
+    assert set(ENTITY_TYPES) <= names
+
+
+async def test_service_sdl_composes_with_apollo_composition(sample_domain: DomainConfig) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: cannot run @apollo/composition")
+    if not (COMPOSE_DIR / "node_modules" / "@apollo" / "composition").is_dir():
+        pytest.skip("@apollo/composition is not installed: npm ci --prefix tests/graphql/compose")
+    sdl = await _sdl(sample_domain)
+    process = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "-e", COMPOSE_SCRIPT, cwd=COMPOSE_DIR,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(sdl.encode()), timeout=60)
+    assert process.returncode == 0, err.decode()
+    supergraph = out.decode()
+    for name in ENTITY_TYPES:
+        assert f'type {name}\n  @join__type(graph: MESH, key: "id")' in supergraph, name
+
+
+async def test_entities_field_types(sample_domain: DomainConfig) -> None:
+    schema = build_schema(sample_domain).graphql_schema
+    assert schema.query_type is not None
+    field = schema.query_type.fields["_entities"]
+    assert str(field.type) == "[_Entity]!"
+    assert str(field.args["representations"].type) == "[_Any!]!"
+    assert str(schema.query_type.fields["_service"].type) == "_Service!"
+    union = schema.get_type("_Entity")
+    assert {t.name for t in getattr(union, "types", [])} == set(ENTITY_TYPES)
+
+
+# ---- against a fleet ------------------------------------------------------------------
+
+APP_ID = "federation"
+PARTITIONS = 4
+ENTITIES_QUERY = """
+query Entities($representations: [_Any!]!) {
+  _entities(representations: $representations) {
+    __typename
+    ... on Customer { id name invoices { id } }
+    ... on Product { id sku price }
+    ... on Invoice { id number customer { name } }
+    ... on InvoiceItem { id quantity product { sku } }
+  }
+}
+"""
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fleet(
+    sample_domain: DomainConfig, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Fleet]:
+    """Broker, registry, the entity topics and two ready workers of ``federation``."""
+    root = tmp_path_factory.mktemp("federation")
+    async with open_fleet(sample_domain, root, APP_ID, PARTITIONS, ["fed-a", "fed-b"]) as fleet:
+        yield fleet
+
+
+async def post(worker: Worker, query: str, variables: dict[str, Any] | None = None) -> Any:
+    """``POST /graphql`` with ``X-Mesh-Debug: batches``; the JSON answer (status 200)."""
+    body = {"query": query, "variables": variables}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{worker.base}/graphql", json=body, headers={"X-Mesh-Debug": "batches"}) as resp,
+    ):
+        assert resp.status == 200
+        return json.loads(await resp.read())
+
+
+def rep(typename: str, entity_id: object) -> dict[str, Any]:
+    return {"__typename": typename, "id": entity_id}
+
+
+async def test_entities_resolve_in_order_in_one_batch_per_owner(fleet: Fleet) -> None:
+    for pid in range(1, 5):
+        await fleet.send("product", pid, 100 + pid, product(f"p{pid}", "1.50"), Op.CREATE)
+    for cid in range(1, 5):
+        await fleet.send("customer", cid, 110 + cid, customer(f"C{cid}"), Op.CREATE)
+    for inv in range(10, 14):
+        await fleet.send("invoice", inv, 120 + inv, invoice(f"F-{inv}", inv - 9), Op.CREATE)
+    for item in range(100, 104):
+        await fleet.send("invoice_item", item, 200 + item, invoice_item(10, 1, 2), Op.CREATE)
+    await fleet.send("customer", 9, 150, customer("Gone"), Op.CREATE)
+    await fleet.send("customer", 9, 151, None)  # deleted: null
+
+    representations: list[dict[str, Any]] = []
+    expected: list[Any] = []
+    for n in range(1, 5):  # interleaved types, so the order is really kept
+        representations += [rep("InvoiceItem", str(99 + n)), rep("Customer", str(n)),
+                             rep("Product", n), rep("Invoice", str(9 + n))]  # fmt: skip
+        expected += [
+            {"__typename": "InvoiceItem", "id": str(99 + n), "quantity": 2,
+             "product": {"sku": "p1"}},
+            {"__typename": "Customer", "id": str(n), "name": f"C{n}",
+             "invoices": [{"id": str(9 + n)}]},
+            {"__typename": "Product", "id": str(n), "sku": f"p{n}", "price": "1.50"},
+            {"__typename": "Invoice", "id": str(9 + n), "number": f"F-{9 + n}",
+             "customer": {"name": f"C{n}"}},
+        ]  # fmt: skip
+    representations += [rep("Customer", "9"), rep("Product", "777"), rep("Customer", "1")]
+    expected += [None, None, expected[1]]
+    variables = {"representations": representations}
+
+    for worker in fleet.workers:
+        last: list[Any] = []
+
+        async def answered(w: Worker = worker, last: list[Any] = last) -> bool:
+            last[:] = [await post(w, ENTITIES_QUERY, variables)]
+            return bool(last[0].get("data") == {"_entities": expected})
+
+        def shown(last: list[Any] = last) -> str:
+            return f"_entities to answer {expected}: {last}"
+
+        await wait_until(answered, timeout=TIMEOUT, what=shown)
+        answer = last[0]
+        assert "errors" not in answer, answer
+        batches = answer["extensions"]["batches"]
+        # The 19 representations (18 distinct) are round 1: one batch per owner.
+        first = [b for b in batches if b["round"] == 1]
+        assert set(Counter(b["owner"] for b in first).values()) == {1}, batches
+        assert sum(b["keys"] for b in first) == 18, batches
+        assert {b["kind"] for b in first} == {"local", "remote"}, batches  # on both workers
+        names = {n for b in first for n in b["names"]}
+        assert names == {"customer", "product", "invoice", "invoice_item"}, batches
+        # Then the nested fields, a level at a time, again one batch per owner and round.
+        assert set(Counter((b["round"], b["owner"]) for b in batches).values()) == {1}
+        assert max(b["round"] for b in batches) <= 3, batches
+
+
+async def test_representations_inline_and_key_types(fleet: Fleet) -> None:
+    a, _ = fleet.workers
+    query = """{ _entities(representations: [
+        {__typename: "Product", id: 2}, {__typename: "Product", id: "3", extra: [1]}]) {
+        ... on Product { sku } } }"""
+    answer = await post(a, query)
+    assert answer.get("data") == {"_entities": [{"sku": "p2"}, {"sku": "p3"}]}, answer
+    empty = await post(a, "{ _entities(representations: []) { __typename } }")
+    assert empty == {"data": {"_entities": []}, "extensions": {"batches": []}}
+
+
+@pytest.mark.parametrize(
+    ("representation", "message"),
+    [
+        ({"__typename": "Nope", "id": "1"}, "representation 1: 'Nope' is not an entity type"),
+        ({"id": "1"}, "representation 1 has no __typename"),
+        ({"__typename": "Customer"}, "representation 1 (Customer) has no 'id'"),
+        ({"__typename": "Customer", "id": None}, "representation 1 (Customer) has no 'id'"),
+        ({"__typename": "Customer", "id": "abc"}, "invalid customer id 'abc'"),
+        ("Customer:1", "representation 1 is not an object"),
+    ],
+)
+async def test_bad_representations_are_clear_errors(
+    fleet: Fleet, representation: Any, message: str
+) -> None:
+    a, _ = fleet.workers
+    variables = {"representations": [rep("Customer", "1"), representation]}
+    answer = await post(a, ENTITIES_QUERY, variables)
+    assert answer["data"] is None, answer
+    (error,) = answer["errors"]
+    assert message in error["message"], answer
+    assert error["path"] == ["_entities"]
+    assert answer["extensions"]["batches"] == []  # refused before any read
