@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation
 from mesh.context import MeshContext
 
@@ -35,6 +36,23 @@ def partition_db(table: faust.Table[bytes, bytes], partition: int) -> Any:
     reads and writes across events (batches, REST), so it addresses the database directly.
     """
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+
+def member_key(parent: bytes, member: str) -> bytes:
+    """The key of one member of a parent's relation: each member is its own record, so a
+    change costs the same whether the parent has two children or two thousand."""
+    return parent + b"\x00" + member.encode()
+
+
+def read_members(db: Any, parent: bytes) -> list[tuple[str, Any]]:
+    """``(member id, [version, present])`` of every member of ``parent`` in ``db``."""
+    prefix = parent + b"\x00"
+    found: list[tuple[str, Any]] = []
+    for key, value in db.items(from_key=prefix):
+        if not key.startswith(prefix):
+            break
+        found.append((key[len(prefix) :].decode(), record.loads(value)))
+    return found
 
 
 def declare_catalog_tables(context: MeshContext, relations: list[ReverseRelation]) -> None:

@@ -6,11 +6,12 @@ newer than what is stored changes nothing, so duplicates and replays are harmles
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mesh.catalog.record import EntityRecord, RelationIndex
+from mesh.catalog.record import EntityRecord, MemberEntry
 from mesh.domain import DomainConfig
 
 
@@ -129,22 +130,19 @@ def relation_ops(
     return ops
 
 
-def apply_op(index: RelationIndex | None, op: dict[str, Any]) -> RelationIndex | None:
-    """``index`` with ``op`` applied, or ``None`` when the op is not newer for its member.
+def apply_op(entry: MemberEntry | None, op: dict[str, Any]) -> MemberEntry | None:
+    """The member's entry after ``op``, or ``None`` when the op is not newer for it.
 
     Removed members stay as ``[version, false]`` so an older add arriving late cannot
     bring them back.
     """
-    members = dict(index or {})
-    member, version = str(op["member"]), int(op["version"])
-    current = members.get(member)
-    if current is not None and version <= int(current[0]):
+    version = int(op["version"])
+    if entry is not None and version <= int(entry[0]):
         return None
-    members[member] = [version, bool(op["present"])]
-    return members
+    return [version, bool(op["present"])]
 
 
-def present_members(index: RelationIndex | None) -> list[str]:
+def present_members(entries: Iterable[tuple[str, MemberEntry]]) -> list[str]:
     """Ids currently in the relation, in a stable order."""
-    members = [m for m, (_, present) in (index or {}).items() if present]
+    members = [m for m, (_, present) in entries if present]
     return sorted(members, key=lambda m: (len(m), m))

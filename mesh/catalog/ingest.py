@@ -47,7 +47,7 @@ from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
 from mesh.partitioning import key_partition
-from tables.catalog import entity_table_name, partition_db, relation_table_name
+from tables.catalog import entity_table_name, member_key, partition_db, relation_table_name
 
 log = logging.getLogger(__name__)
 
@@ -333,9 +333,10 @@ class CatalogIngestor:
         writes: dict[tuple[str, int], dict[bytes, bytes]],
     ) -> None:
         table_writes = writes[(table.name, partition)]
-        index = apply_op(self._current(table, partition, key, table_writes), op)
-        if index is not None:
-            table_writes[key] = record.dumps(index)
+        mkey = member_key(key, str(op["member"]))
+        entry = apply_op(self._current(table, partition, mkey, table_writes), op)
+        if entry is not None:
+            table_writes[mkey] = record.dumps(entry)
 
     def _schema_info(self, value: bytes, subject: str) -> dict[str, Any]:
         schema_id = int.from_bytes(value[1:5], "big")

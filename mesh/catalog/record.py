@@ -16,8 +16,9 @@ EntityRecord = dict[str, Any]
 source{system, instance, collection, position, timestamp}, schema{subject, id, version},
 state{...}``."""
 
-RelationIndex = dict[str, list[Any]]
-"""Members of one relation of one entity: ``{member id: [version, present]}``."""
+MemberEntry = list[Any]
+"""One member of one relation of one entity: ``[version, present]``, stored under the key
+``<parent URN>\\x00<member id>`` (see ``tables.catalog.member_key``)."""
 
 
 def _plain(value: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from mesh.catalog.fold import ReverseRelation, present_members
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.web.entities import CatalogReader
-from tables.catalog import relation_table_name
+from tables.catalog import partition_db, read_members, relation_table_name
 
 KeyKind = Literal["entity", "relation"]
 
@@ -110,4 +110,4 @@ class LocalReads:
             return self.reader.read(self.reader.table(key.name), partition, self.urn(key))
         relation = self.relations[key.name]
         table = self.reader.context.tables[relation_table_name(relation)]
-        return present_members(self.reader.read(table, partition, self.urn(key)))
+        return present_members(read_members(partition_db(table, partition), self.urn(key)))

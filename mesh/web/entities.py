@@ -46,7 +46,7 @@ from mesh.catalog.fold import ReverseRelation, present_members, reverse_relation
 from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
 from mesh.partitioning import key_partition
-from tables.catalog import entity_table_name, partition_db, relation_table_name
+from tables.catalog import entity_table_name, partition_db, read_members, relation_table_name
 
 WORKER_HEADER = "X-Mesh-Worker"
 PARTITION_HEADER = "X-Mesh-Partition"
@@ -279,7 +279,7 @@ def relations_body(
     reverse: dict[str, Any] = {}
     for rel in (r for r in reader.relations if r.parent_type == entity_type):
         table = reader.context.tables[relation_table_name(rel)]
-        members = present_members(reader.read(table, partition, key))
+        members = present_members(read_members(partition_db(table, partition), key))
         reverse[rel.name.split(".", 1)[1]] = {
             "type": rel.child_type,
             "field": rel.field,

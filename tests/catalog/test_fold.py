@@ -116,17 +116,18 @@ def test_any_delivery_order_with_duplicates_converges(
 
     def run(order: list[dict[str, Any]]) -> tuple[Any, dict[str, list[str]]]:
         current = None
-        indexes: dict[str, Any] = {}
+        indexes: dict[str, dict[str, Any]] = {}
         for event in order:
             new = fold(current, event, URN, SCHEMA)
             if new is None:
                 continue
             for op in relation_ops(DOMAIN, RELATIONS, current, new):
-                updated = apply_op(indexes.get(op.parent), op.as_json())
+                members = indexes.setdefault(op.parent, {})
+                updated = apply_op(members.get(op.member), op.as_json())
                 if updated is not None:
-                    indexes[op.parent] = updated
+                    members[op.member] = updated
             current = new
-        return current, {p: present_members(i) for p, i in indexes.items()}
+        return current, {p: present_members(m.items()) for p, m in indexes.items()}
 
     in_order = run(sorted(events, key=lambda e: e["source"]["position"]))
     shuffled = events + events[: len(events) // 2]  # with duplicates
