@@ -41,6 +41,10 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from mesh.bench.ingest import run_ingest
 
         return run_ingest(settings, args.events)
+    if args.bench == "graphql":
+        from mesh.bench.graphql import run_graphql
+
+        return run_graphql(settings, args.duration, args.concurrency, args.customers, args.warmup)
     if args.bench == "mirror":
         from mesh.domain import load_domain
         from mesh.mirror.bench import bench_mirror
@@ -114,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
     ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
     ingest.set_defaults(run=_cmd_bench)
+    graphql = benches.add_parser(
+        "graphql", help="POST /graphql requests/s, p50/p99, 1 and 2 workers"
+    )
+    graphql.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    graphql.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
+    graphql.set_defaults(run=_cmd_bench)
     mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
     mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
     mirror.set_defaults(run=_cmd_bench)

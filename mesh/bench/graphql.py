@@ -1,0 +1,261 @@
+"""``mesh bench graphql``: requests/s and p50/p99 latency of ``POST /graphql``.
+
+Self-contained like ``mesh bench ingest`` (whose broker, registry and worker helpers it
+reuses): it loads N customers, 10 products and, for customer 1, 20 invoices of 5 items,
+then measures with one worker and with two (the entities spread over both, so nested reads
+cross workers)
+
+* by id: ``{ customer(id: $random) { id name email } }``;
+* nested: the README's query for customer 1 (20 invoices x 5 items with their products).
+
+The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh.bench.load`)
+runs in this process, on the same cores as the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from mesh.bench.ingest import PARTITIONS, IngestBench, _metric
+from mesh.bench.load import LoadResult, generate_load
+from mesh.codec import RegistryClient, build_codecs
+from mesh.dev.process import ManagedProcess, free_port
+from mesh.errors import StackError
+from mesh.schemas import load_event_schemas
+from mesh.settings import Settings
+from mesh.sources.events import ChangeEvent, Op
+
+INVOICES, ITEMS, PRODUCTS = 20, 5, 10
+BY_ID = "query ($id: ID!) { customer(id: $id) { id name email } }"
+NESTED = """{ customer(id: "1") { id name email invoices { id number status
+    items { quantity product { sku name price } } } } }"""
+TARGET_PER_S, TARGET_BY_ID_P99, TARGET_NESTED_P99 = 6000.0, 5.0, 50.0
+"""Per worker process: by id >= 6,000 requests/s at p99 <= 5 ms; nested p99 <= 50 ms."""
+_APPLIED = r"^dictamesh_catalog_events_total\{[^}]*\} (\S+)$"
+
+
+@dataclass
+class Scenario:
+    """One measured window: which query, how many workers, what the load saw."""
+
+    query: str
+    workers: int
+    load: LoadResult
+
+
+def _records(customers: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """``(entity type, id, after)`` of everything the bench loads."""
+    t0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    stamps = {"date_created": t0, "date_updated": None}
+    out: list[tuple[str, int, dict[str, Any]]] = []
+    for p in range(1, PRODUCTS + 1):
+        out.append(("product", p, {"sku": f"sku-{p}", "name": f"Product {p}",
+                                   "price": Decimal(f"{p}.50"), "stock": 5, **stamps}))  # fmt: skip
+    for c in range(1, customers + 1):
+        out.append(("customer", c, {"name": f"Customer {c}", "email": f"c{c}@example.com",
+                                    "status": "active", **stamps}))  # fmt: skip
+    for i in range(1, INVOICES + 1):
+        inv = {"number": f"INV-{i:04d}", "customer": 1, "status": "open", "issued_at": t0,
+               "total": Decimal("10.00"), **stamps}  # fmt: skip
+        out.append(("invoice", i, inv))
+        for n in range(ITEMS):
+            item = {"invoice": i, "product": (i + n) % PRODUCTS + 1, "quantity": n + 1,
+                    "unit_price": Decimal("2.50"), **stamps}  # fmt: skip
+            out.append(("invoice_item", i * 100 + n, item))
+    return out
+
+
+def _nested_complete(answer: Any) -> bool:
+    """Whether the nested query's answer shows every invoice, item and product."""
+    try:
+        invoices = answer["data"]["customer"]["invoices"]
+        items = [item for inv in invoices for item in inv["items"]]
+    except (KeyError, TypeError):
+        return False
+    return (
+        len(invoices) == INVOICES
+        and len(items) == INVOICES * ITEMS
+        and all(item["product"] is not None for item in items)
+    )
+
+
+class GraphQLBench(IngestBench):
+    """One run: services, the entities, then each worker count's scenarios."""
+
+    def __init__(self, settings: Settings, customers: int, concurrency: int,
+                 duration: float, warmup: float) -> None:  # fmt: skip
+        super().__init__(settings, events=0)
+        self.customers = customers
+        self.concurrency = concurrency
+        self.duration = duration
+        self.warmup = warmup
+        self.records = _records(customers)
+
+    async def _load_entities(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        topics = [self.domain.topic(t) for t in self.domain.entities]
+        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+        await admin.close()
+        schemas = load_event_schemas(self.domain, self.settings.schemas_dir)
+        codecs = build_codecs(self.domain, schemas, RegistryClient(self.registry_url))
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            pending = []
+            for position, (entity_type, entity_id, after) in enumerate(self.records, 1):
+                entity = self.domain.entities[entity_type]
+                event = ChangeEvent(
+                    entity_type, str(entity_id), Op.CREATE, entity.collection, position,
+                    datetime.now(UTC), {"id": entity_id, **after}, tuple(after),
+                )  # fmt: skip
+                value = codecs[entity_type].dumps(
+                    event.envelope(self.domain, self.domain.source(entity.source))
+                )
+                topic = self.domain.topic(entity_type)
+                pending.append(await producer.send(topic, value, key=event.key(self.domain)))
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+
+    async def _start_workers(self, count: int) -> tuple[list[ManagedProcess], list[str]]:
+        procs, urls = [], []
+        for n in range(count):
+            port = free_port()
+            proc = self._worker(self.root / f"workers-{count}" / f"w{n}", port)
+            assert proc.env is not None
+            # A consumer group per worker count: the new fleet reads the topics afresh.
+            proc.env.update({"MESH_APP_ID": f"bench-graphql-{count}",
+                             "MESH_WORKER_NAME": f"w{n}"})  # fmt: skip
+            await proc.start()
+            self.procs.append(proc)
+            procs.append(proc)
+            urls.append(f"http://127.0.0.1:{port}")
+        await self._wait_materialised(urls, timeout=300)
+        return procs, urls
+
+    async def _wait_materialised(self, urls: list[str], timeout: float) -> None:
+        """Every worker ready with partitions, every event applied, the queries complete."""
+        last: list[object] = []
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                try:
+                    if await self._materialised(http, urls, last):
+                        return
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last[:] = [exc]
+        raise StackError(f"the workers did not materialise the entities: {last}")
+
+    async def _materialised(
+        self, http: aiohttp.ClientSession, urls: list[str], last: list[object]
+    ) -> bool:
+        applied = 0.0
+        for url in urls:
+            async with http.get(f"{url}/readyz") as resp:
+                body = await resp.json()
+                if resp.status != 200 or not body["active_partitions"]:
+                    last[:] = [url, body]
+                    return False
+            applied += await _metric(http, f"{url}/metrics", _APPLIED)
+        if applied < len(self.records):
+            last[:] = [f"{applied:.0f}/{len(self.records)} events applied"]
+            return False
+        for url in urls:
+            for query in (NESTED, f'{{ customer(id: "{self.customers}") {{ id }} }}'):
+                async with http.post(f"{url}/graphql", json={"query": query}) as resp:
+                    answer = await resp.json()
+                done = (answer.get("data") or {}).get("customer") and not answer.get("errors")
+                if not done or (query is NESTED and not _nested_complete(answer)):
+                    last[:] = [url, str(answer)[:300]]
+                    return False
+        return True
+
+    async def _measure(self, urls: list[str]) -> list[Scenario]:
+        by_id = [
+            json.dumps({"query": BY_ID, "variables": {"id": str(c)}}).encode()
+            for c in range(1, self.customers + 1)
+        ]
+        nested = json.dumps({"query": NESTED}).encode()
+        out = []
+        targets = [f"{url}/graphql" for url in urls]
+        for name, body in (("by-id", lambda r: r.choice(by_id)), ("nested", lambda r: nested)):
+            print(f"  {name}, {len(urls)} worker(s): {self.warmup:.0f} s warm-up, "
+                  f"{self.duration:.0f} s measured", flush=True)  # fmt: skip
+            load = await generate_load(targets, body, concurrency=self.concurrency,
+                                       warmup=self.warmup, duration=self.duration)  # fmt: skip
+            out.append(Scenario(name, len(urls), load))
+        return out
+
+    async def run_scenarios(self, worker_counts: tuple[int, ...] = (1, 2)) -> list[Scenario]:
+        """Start the services, load the entities, measure each worker count; clean up."""
+        try:
+            await self._start_services()
+            await self._load_entities()
+            out: list[Scenario] = []
+            for count in worker_counts:
+                print(f"starting {count} worker(s) and waiting for the entities …", flush=True)
+                procs, urls = await self._start_workers(count)
+                out += await self._measure(urls)
+                for proc in procs:
+                    await proc.stop()
+            return out
+        finally:
+            for proc in reversed(self.procs):
+                await proc.stop()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def report(scenarios: list[Scenario]) -> list[str]:
+    """The report's lines: one per scenario, then per worker process for more than one."""
+    lines = []
+    for s in scenarios:
+        per_worker = s.load.per_s / s.workers
+        ok = s.load.requests > 0 and not s.load.errors
+        if s.query == "by-id":
+            met = ok and per_worker >= TARGET_PER_S and s.load.p99_ms <= TARGET_BY_ID_P99
+            target = f"target ≥ {TARGET_PER_S:,.0f}/s per worker at p99 ≤ {TARGET_BY_ID_P99:.0f} ms"
+        else:
+            met = ok and s.load.p99_ms <= TARGET_NESTED_P99
+            target = f"target p99 ≤ {TARGET_NESTED_P99:.0f} ms"
+        lines.append(
+            f"{s.query:<7} {s.workers} worker(s): {s.load.per_s:8,.0f} requests/s "
+            f"({per_worker:,.0f}/s per worker), p50 {s.load.p50_ms:6.2f} ms, "
+            f"p99 {s.load.p99_ms:6.2f} ms, errors {s.load.errors} — {target}: "
+            f"{'met' if met else 'NOT met'}"
+        )
+        if s.workers > 1:
+            shares = ", ".join(
+                f"{re.sub(r'^http://|/graphql$', '', url)} {n / s.load.seconds:,.0f}/s"
+                for url, n in sorted(s.load.per_target.items())
+            )
+            lines.append(f"        requests/s per worker process: {shares}")
+        if s.load.first_error:
+            lines.append(f"        first error: {s.load.first_error}")
+    return lines
+
+
+def run_graphql(
+    settings: Settings, duration: float, concurrency: int, customers: int, warmup: float = 2.0
+) -> int:
+    """``mesh bench graphql``: print the figures; return the exit code (1 on any error)."""
+    print(f"graphql: {customers} customers, {PARTITIONS} partitions, customer 1 with "
+          f"{INVOICES} invoices x {ITEMS} items; {concurrency} requests in flight. The load "
+          "client runs in this process, on the same cores as the workers.")  # fmt: skip
+    bench = GraphQLBench(settings, customers, concurrency, duration, warmup)
+    scenarios = asyncio.run(bench.run_scenarios())
+    print("\n".join(report(scenarios)))
+    return 1 if any(s.load.errors for s in scenarios) else 0
