@@ -140,6 +140,8 @@ class CatalogReader:
         self.domain = context.domain
         self.worker = context.settings.worker_name
         self.relations: list[ReverseRelation] = reverse_relations(context.domain)
+        self._actives_set: set[TP] = set()
+        self._actives_stamp: tuple[int, int] | None = None
 
     def table(self, entity_type: str) -> Any:
         """The entity table of ``entity_type``."""
@@ -161,7 +163,17 @@ class CatalogReader:
     def owns(self, table: Any, partition: int) -> bool:
         """True when this worker actively owns ``partition`` of ``table``."""
         tp = TP(table.changelog_topic.get_topic_name(), partition)
-        return tp in self.app.assignor.assigned_actives()
+        return tp in self._actives()
+
+    def _actives(self) -> set[TP]:
+        # Faust's assignor builds a new set on every call, and GraphQL asks once per key:
+        # keep it until the group rebalances (never while it does).
+        app = self.app
+        stamp = (app.consumer_generation_id, app.rebalancing_count)
+        if app.rebalancing or stamp != self._actives_stamp:
+            self._actives_set = set(app.assignor.assigned_actives())
+            self._actives_stamp = None if app.rebalancing else stamp
+        return self._actives_set
 
     def recovering(self) -> bool:
         """True while active partitions are being rebuilt from their changelogs."""
