@@ -453,11 +453,13 @@ async def run_with_timeout(
 
 
 def _is_public(error: GraphQLError) -> bool:
-    """True for graphql's own errors (syntax, validation, limits) and PublicGraphQLError."""
+    """True for graphql's own errors (syntax, validation, limits, variable values that do
+    not fit their type) and PublicGraphQLError; false when an unexpected exception of a
+    resolver is the cause."""
     if isinstance(error, PublicGraphQLError):
         return True
     original = error.original_error
-    return original is None or isinstance(original, PublicGraphQLError)
+    return original is None or isinstance(original, GraphQLError)
 
 
 def format_errors(errors: Collection[GraphQLError], limits: GraphQLLimits) -> list[dict[str, Any]]:

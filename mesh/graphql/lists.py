@@ -90,10 +90,12 @@ def list_resolver(entity_type: str) -> Callable[..., Awaitable[dict[str, Any]]]:
     async def resolve(
         root: Any,
         info: Any,
-        first: int = DEFAULT_PAGE,
+        first: int | None = DEFAULT_PAGE,
         after: str | None = None,
         filter: dict[str, Any] | None = None,  # the GraphQL argument's name
     ) -> dict[str, Any]:
+        if first is None:  # an explicit null: the default page
+            first = DEFAULT_PAGE
         if not 0 <= first <= MAX_PAGE:
             raise PublicGraphQLError(f"'first' must be between 0 and {MAX_PAGE}")
         try:
