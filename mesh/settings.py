@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     """Show exception messages and tracebacks in GraphQL errors (development only)."""
     graphql_max_depth: int = Field(default=10, ge=1, le=100)
     graphql_max_aliases: int = Field(default=30, ge=1, le=10_000)
+    graphql_max_fields: int = Field(default=300, ge=1, le=100_000)
     graphql_max_tokens: int = Field(default=2000, ge=1, le=1_000_000)
     graphql_max_body_kb: int = Field(default=64, ge=1, le=65_536)
     graphql_timeout_s: float = Field(default=5.0, gt=0, le=600)

@@ -72,6 +72,7 @@ def graphql_limits(settings: Settings) -> GraphQLLimits:
     return GraphQLLimits(
         max_depth=settings.graphql_max_depth,
         max_aliases=settings.graphql_max_aliases,
+        max_fields=settings.graphql_max_fields,
         max_tokens=settings.graphql_max_tokens,
         max_body_bytes=settings.graphql_max_body_kb * 1024,
         timeout_s=settings.graphql_timeout_s,

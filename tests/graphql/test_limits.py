@@ -289,7 +289,42 @@ def test_alias_count_of_exponential_fragment_fan_out_is_computed_without_expandi
     errors = validate(SCHEMA, parse(text), rules=limit_rules(GraphQLLimits()))
     assert time.perf_counter() - started < 2.0
     assert [e.message for e in errors] == [
-        f"The operation uses {2**n} aliases, which exceeds the maximum of 30."
+        f"The operation uses {2**n} aliases, which exceeds the maximum of 30.",
+        f"The operation selects {2**n + 1} fields, which exceeds the maximum of 300.",
+    ]
+
+
+# -- fields ----------------------------------------------------------------------------------
+
+
+def repeated(n: int) -> str:
+    return "{ node { " + " ".join(["id"] * n) + " } }"
+
+
+def test_fields_at_limit_accepted_and_one_more_rejected() -> None:
+    limits = GraphQLLimits(max_fields=5)  # node + 4 ids
+    assert errors_of(repeated(4), limits) == []
+    assert errors_of(repeated(5), limits) == [
+        "The operation selects 6 fields, which exceeds the maximum of 5."
+    ]
+
+
+def test_fields_in_a_fragment_count_once_per_spread() -> None:
+    text = "{ node { ...F child { ...F } } } fragment F on Node { id name }"
+    assert errors_of(text, GraphQLLimits(max_fields=6)) == []  # node, 2, child, 2
+    assert errors_of(text, GraphQLLimits(max_fields=5)) == [
+        "The operation selects 6 fields, which exceeds the maximum of 5."
+    ]
+
+
+@pytest.mark.timeout(10)
+def test_many_repeated_fields_are_rejected_before_the_quadratic_spec_check() -> None:
+    cache = QueryCache(SCHEMA, GraphQLLimits(max_tokens=10_000))
+    started = time.perf_counter()
+    prepared = cache.prepare(repeated(3000))
+    assert time.perf_counter() - started < 0.5  # the spec's check alone takes seconds
+    assert [e.message for e in prepared.errors] == [
+        "The operation selects 3001 fields, which exceeds the maximum of 300."
     ]
 
 
