@@ -68,6 +68,15 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{settings.domain_config}: ok ({len(domain.entities)} entity types)")
     for entity_type in domain.entities:
         print(f"  {entity_type:<14} topic {domain.topic(entity_type)}")
+    for reference in domain.unindexed_references():
+        entity, field = reference.split(".")
+        target = domain.entities[entity].fields[field].references
+        print(
+            f"warning: {reference} references {target} but {target} has no reverse relation "
+            f"on it; add `reverse_relations: {{<name>: {{entity: {entity}, field: {field}}}}}` "
+            f"to {target} so deleting a {target} in the source updates the {entity}s that "
+            "pointed at it"
+        )
     return 0
 
 

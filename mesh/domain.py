@@ -180,6 +180,25 @@ class DomainConfig(_Model):
         """The entity's URN: ``urn:dictamesh:<tenant>:<entity_type>:<id>``."""
         return f"urn:dictamesh:{self.tenant}:{entity_type}:{entity_id}"
 
+    def unindexed_references(self) -> list[str]:
+        """``<entity>.<field>`` of every reference no reverse relation indexes.
+
+        Sources that clear references silently when the referenced row is deleted (Directus'
+        ``ON DELETE SET NULL``) are caught up through the reverse relation index; without one
+        such a change stays unseen until the referencing row changes again.
+        """
+        indexed = {
+            (rel.entity, rel.field)
+            for entity in self.entities.values()
+            for rel in entity.reverse_relations.values()
+        }
+        return [
+            f"{name}.{field}"
+            for name, entity in self.entities.items()
+            for field, spec in entity.fields.items()
+            if spec.references is not None and (name, field) not in indexed
+        ]
+
 
 class _CrossRefError(ValueError):
     """A cross-reference problem, carrying the dotted key it concerns."""

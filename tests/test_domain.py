@@ -155,3 +155,26 @@ def test_a_source_needs_credentials(raw: dict[str, Any]) -> None:
     data = _broken(raw, "sources.0.token_env", KeyError)
     with pytest.raises(ConfigError, match="set 'token_env', or both 'email_env'"):
         parse_domain(data, source="domain.yaml")
+
+
+def test_every_shipped_reference_is_indexed() -> None:
+    assert load_domain(SHIPPED).unindexed_references() == []
+
+
+def test_check_warns_about_a_reference_without_a_reverse_relation(
+    tmp_path: Path, raw: dict[str, Any]
+) -> None:
+    path = tmp_path / "domain.yaml"
+    broken = _broken(raw, "entities.product.reverse_relations", KeyError)
+    path.write_text(yaml.safe_dump(broken, sort_keys=False))  # field order is the schema's
+    assert load_domain(path).unindexed_references() == ["invoice_item.product"]
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh", "check"],
+        env={"MESH_DOMAIN_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    warning = result.stdout.strip().splitlines()[-1]
+    assert warning.startswith("warning: invoice_item.product references product but product")
+    assert "reverse_relations: {<name>: {entity: invoice_item, field: product}}" in warning
