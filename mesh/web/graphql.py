@@ -67,6 +67,20 @@ def _params(data: Any) -> tuple[str, dict[str, Any] | None, str | None]:
     return query, variables, name or None
 
 
+async def _read_at_most(stream: Any, most: int) -> bytes:
+    """The body, or its first ``most`` bytes: one ``read(n)`` returns what has arrived so
+    far, which for a chunked body may be a single chunk."""
+    parts: list[bytes] = []
+    size = 0
+    while size < most:
+        part = await stream.read(most - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 def graphql_limits(settings: Settings) -> GraphQLLimits:
     """The query limits the settings ask for."""
     return GraphQLLimits(
@@ -141,7 +155,7 @@ def register_graphql_views(context: MeshContext) -> None:
             raw = request  # type: Any
             try:
                 check_body_size(raw.content_length, limits)
-                body = await raw.content.read(limits.max_body_bytes + 1)
+                body = await _read_at_most(raw.content, limits.max_body_bytes + 1)
                 check_body_size(len(body), limits)  # chunked bodies carry no length
             except BodyTooLargeError as exc:
                 error = {"errors": [{"message": str(exc)}]}
