@@ -30,7 +30,6 @@ of its own: events another module publishes to them must not fold into these ent
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import time
@@ -56,7 +55,7 @@ from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
 from tests.sources.capture_fixtures import (
     DirectusAdmin,
     MeshWorker,
-    wait_for_owner,
+    start_following_fleet,
     wait_until,
 )
 
@@ -135,37 +134,12 @@ async def fleet(
             "MESH_REBALANCE_TIMEOUT_S": "3",
             "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
         }
-        workers = [
-            MeshWorker(name, app_id=APP_ID, state_dir=root / name, log_dir=logs, env=env)
-            for name in ("sequence-a", "sequence-b")
-        ]
-        for worker in workers:
-            await worker.start()
-            cleanup.push_async_callback(worker.stop)
-        await asyncio.gather(*(w.wait_ready() for w in workers))
-        await wait_for_owner(workers)
-        await wait_until(
-            lambda: all_own_partitions(http, workers),
-            timeout=90,
-            what="both workers actively owning partitions",
-            interval=0.25,
+        workers = await start_following_fleet(
+            cleanup, http, app_id=APP_ID, root=root, names=("sequence-a", "sequence-b"), env=env
         )
         fleet = Fleet(sample_domain, admin, workers, mirror_dsn, Api(http, workers))
         cleanup.push_async_callback(fleet.remove_leftovers)
         yield fleet
-
-
-async def all_own_partitions(http: aiohttp.ClientSession, workers: list[MeshWorker]) -> bool:
-    """True when every worker is ready and actively owns partitions (keys on each)."""
-    for worker in workers:
-        try:
-            async with http.get(f"{worker.base}/readyz") as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200 or not body["active_partitions"]:
-                    return False
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-    return True
 
 
 # -- the test ----------------------------------------------------------------------------------

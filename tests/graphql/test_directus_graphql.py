@@ -32,7 +32,12 @@ from mesh.dev.broker import start_broker
 from mesh.dev.process import free_port
 from mesh.domain import DomainConfig
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
-from tests.sources.capture_fixtures import DirectusAdmin, MeshWorker, wait_for_owner, wait_until
+from tests.sources.capture_fixtures import (
+    DirectusAdmin,
+    MeshWorker,
+    start_following_fleet,
+    wait_until,
+)
 
 pytestmark = pytest.mark.directus
 
@@ -70,18 +75,6 @@ class Fleet:
         self.made.clear()
 
 
-async def all_own_partitions(http: aiohttp.ClientSession, workers: list[MeshWorker]) -> bool:
-    for worker in workers:
-        try:
-            async with http.get(f"{worker.base}/readyz") as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200 or not body["active_partitions"]:
-                    return False
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-    return True
-
-
 @pytest_asyncio.fixture(scope="module")
 async def fleet(
     seeded: DirectusHandle,
@@ -112,20 +105,8 @@ async def fleet(
             "MESH_REBALANCE_TIMEOUT_S": "3",
             "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
         }
-        workers = [
-            MeshWorker(name, app_id=APP_ID, state_dir=root / name, log_dir=logs, env=env)
-            for name in ("gd-a", "gd-b")
-        ]
-        for worker in workers:
-            await worker.start()
-            cleanup.push_async_callback(worker.stop)
-        await asyncio.gather(*(w.wait_ready() for w in workers))
-        await wait_for_owner(workers)
-        await wait_until(
-            lambda: all_own_partitions(http, workers),
-            timeout=90,
-            what="both workers actively owning partitions",
-            interval=0.25,
+        workers = await start_following_fleet(
+            cleanup, http, app_id=APP_ID, root=root, names=("gd-a", "gd-b"), env=env
         )
         fleet = Fleet(admin, workers)
         cleanup.push_async_callback(fleet.remove_leftovers)

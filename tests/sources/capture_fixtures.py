@@ -16,6 +16,7 @@ They drive the system as a user does, with nothing mocked:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -537,3 +538,45 @@ async def wait_for_owner(
         interval=0.25,
     )
     return next(w for w in workers if seen.get(w.name) == 2)
+
+
+async def all_own_partitions(http: aiohttp.ClientSession, workers: list[MeshWorker]) -> bool:
+    """True when every worker is ready and actively owns partitions (keys on each)."""
+    for worker in workers:
+        try:
+            async with http.get(f"{worker.base}/readyz") as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200 or not body["active_partitions"]:
+                    return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+    return True
+
+
+async def start_following_fleet(
+    cleanup: contextlib.AsyncExitStack,
+    http: aiohttp.ClientSession,
+    *,
+    app_id: str,
+    root: Path,
+    names: Sequence[str],
+    env: Mapping[str, str],
+) -> list[MeshWorker]:
+    """Workers ``names`` following Directus: started (stopped by ``cleanup``), ready, one of
+    them owning the source, and every one owning partitions."""
+    workers = [
+        MeshWorker(name, app_id=app_id, state_dir=root / name, log_dir=root / "logs", env=env)
+        for name in names
+    ]
+    for worker in workers:
+        await worker.start()
+        cleanup.push_async_callback(worker.stop)
+    await asyncio.gather(*(w.wait_ready() for w in workers))
+    await wait_for_owner(workers)
+    await wait_until(
+        lambda: all_own_partitions(http, workers),
+        timeout=90,
+        what="every worker actively owning partitions",
+        interval=0.25,
+    )
+    return workers
