@@ -24,6 +24,7 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshAp
     """
     # Imported here so that importing mesh never imports the agent modules' dependencies.
     from agents import register_agents
+    from mesh.cache.service import register_read_cache
     from mesh.web import register_views
     from tables import register_tables
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshAp
     context = MeshContext(settings=settings, domain=domain, app=app)
     app.mesh = context
     install_verified_end_offsets(app, settings.bootstrap_servers)
+    register_read_cache(context)
     register_tables(context)
     register_agents(context)
     register_views(context)

@@ -8,6 +8,7 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
+from mesh.cache import ReadCache
 from mesh.domain import DomainConfig
 from mesh.settings import Settings
 
@@ -25,6 +26,8 @@ class MeshContext:
     app: faust.App
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     tables: dict[str, Any] = field(default_factory=dict)
+    cache: ReadCache | None = None
+    """The GraphQL read caches; the catalog invalidates them as it writes."""
 
     def table_options(self) -> dict[str, Any]:
         """Store options for a new table: RocksDB with the block cache capped.

@@ -59,12 +59,17 @@ class Settings(BaseSettings):
     graphql_max_tokens: int = Field(default=2000, ge=1, le=1_000_000)
     graphql_max_body_kb: int = Field(default=64, ge=1, le=65_536)
     graphql_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    graphql_cache_mb: int = Field(default=64, ge=0, le=65_536)
+    """Memory for whole GraphQL responses per worker; 0 turns the response cache off."""
 
     # --- connected services -------------------------------------------------------
     database_url: SecretStr | None = None
     """Postgres for the mirror (and the dev stack's Directus); unset: a throwaway cluster."""
     redis_url: SecretStr | None = None
-    """Redis for the query cache; unset: an in-process cache."""
+    """Redis for the fleet's shared cache of cross-worker reads; unset: each worker
+    caches only responses built from its own partitions."""
+    cache_ttl_s: int = Field(default=300, ge=1, le=86_400)
+    """How long Redis keeps a cached read nobody changes or reads."""
 
     # --- the dev stack ------------------------------------------------------------------
     dev_host: str = "127.0.0.1"

@@ -6,7 +6,11 @@ then measures with one worker and with two (the entities spread over both, so ne
 cross workers)
 
 * by id: ``{ customer(id: $random) { id name email } }``;
-* nested: the README's query for customer 1 (20 invoices x 5 items with their products).
+* nested: the README's query for customer 1 (20 invoices x 5 items with their products);
+
+each twice: as is (answered from the read caches once warm) and with ``Cache-Control:
+no-cache`` (executed against the tables every time). With ``MESH_REDIS_URL`` set the
+workers share their cross-worker reads through that Redis.
 
 The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh.bench.load`)
 runs in this process, on the same cores as the workers.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,6 +48,7 @@ NESTED = """{ customer(id: "1") { id name email invoices { id number status
     items { quantity product { sku name price } } } } }"""
 TARGET_PER_S, TARGET_BY_ID_P99, TARGET_NESTED_P99 = 6000.0, 5.0, 50.0
 """Per worker process: by id >= 6,000 requests/s at p99 <= 5 ms; nested p99 <= 50 ms."""
+NO_CACHE = {"Cache-Control": "no-cache"}
 _APPLIED = r"^dictamesh_catalog_events_total\{[^}]*\} (\S+)$"
 
 
@@ -53,6 +59,8 @@ class Scenario:
     query: str
     workers: int
     load: LoadResult
+    cached: bool
+    """Whether the requests could be answered from the read caches."""
 
 
 def _records(customers: int) -> list[tuple[str, int, dict[str, Any]]]:
@@ -102,6 +110,8 @@ class GraphQLBench(IngestBench):
         self.duration = duration
         self.warmup = warmup
         self.records = _records(customers)
+        # Names this run's keys in a shared Redis: another run's entries are not its own.
+        self.run_id = secrets.token_hex(4)
 
     async def _load_entities(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -137,8 +147,10 @@ class GraphQLBench(IngestBench):
             proc = self._worker(self.root / f"workers-{count}" / f"w{n}", port)
             assert proc.env is not None
             # A consumer group per worker count: the new fleet reads the topics afresh.
-            proc.env.update({"MESH_APP_ID": f"bench-graphql-{count}",
+            proc.env.update({"MESH_APP_ID": f"bench-graphql-{count}-{self.run_id}",
                              "MESH_WORKER_NAME": f"w{n}"})  # fmt: skip
+            if self.settings.redis_url is not None:  # cross-worker reads shared in Redis
+                proc.env["MESH_REDIS_URL"] = self.settings.redis_url.get_secret_value()
             await proc.start()
             self.procs.append(proc)
             procs.append(proc)
@@ -192,12 +204,17 @@ class GraphQLBench(IngestBench):
         nested = json.dumps({"query": NESTED}).encode()
         out = []
         targets = [f"{url}/graphql" for url in urls]
-        for name, body in (("by-id", lambda r: r.choice(by_id)), ("nested", lambda r: nested)):
-            print(f"  {name}, {len(urls)} worker(s): {self.warmup:.0f} s warm-up, "
-                  f"{self.duration:.0f} s measured", flush=True)  # fmt: skip
-            load = await generate_load(targets, body, concurrency=self.concurrency,
-                                       warmup=self.warmup, duration=self.duration)  # fmt: skip
-            out.append(Scenario(name, len(urls), load))
+        queries = (("by-id", lambda r: r.choice(by_id)), ("nested", lambda r: nested))
+        for name, body in queries:
+            for cached in (True, False):
+                how = "cached" if cached else "uncached (Cache-Control: no-cache)"
+                print(f"  {name}, {how}, {len(urls)} worker(s): {self.warmup:.0f} s warm-up, "
+                      f"{self.duration:.0f} s measured", flush=True)  # fmt: skip
+                load = await generate_load(
+                    targets, body, concurrency=self.concurrency, warmup=self.warmup,
+                    duration=self.duration, headers=None if cached else NO_CACHE,
+                )  # fmt: skip
+                out.append(Scenario(name, len(urls), load, cached))
         return out
 
     async def run_scenarios(self, worker_counts: tuple[int, ...] = (1, 2)) -> list[Scenario]:
@@ -232,7 +249,8 @@ def report(scenarios: list[Scenario]) -> list[str]:
             met = ok and s.load.p99_ms <= TARGET_NESTED_P99
             target = f"target p99 ≤ {TARGET_NESTED_P99:.0f} ms"
         lines.append(
-            f"{s.query:<7} {s.workers} worker(s): {s.load.per_s:8,.0f} requests/s "
+            f"{s.query:<7} {'cached' if s.cached else 'uncached':<8} {s.workers} worker(s): "
+            f"{s.load.per_s:8,.0f} requests/s "
             f"({per_worker:,.0f}/s per worker), p50 {s.load.p50_ms:6.2f} ms, "
             f"p99 {s.load.p99_ms:6.2f} ms, errors {s.load.errors} — {target}: "
             f"{'met' if met else 'NOT met'}"
@@ -252,9 +270,11 @@ def run_graphql(
     settings: Settings, duration: float, concurrency: int, customers: int, warmup: float = 2.0
 ) -> int:
     """``mesh bench graphql``: print the figures; return the exit code (1 on any error)."""
+    redis = "shared in Redis (MESH_REDIS_URL)" if settings.redis_url else "not shared (no Redis)"
     print(f"graphql: {customers} customers, {PARTITIONS} partitions, customer 1 with "
-          f"{INVOICES} invoices x {ITEMS} items; {concurrency} requests in flight. The load "
-          "client runs in this process, on the same cores as the workers.")  # fmt: skip
+          f"{INVOICES} invoices x {ITEMS} items; {concurrency} requests in flight; "
+          f"cross-worker reads {redis}. The load client runs in this process, on the same "
+          "cores as the workers.")  # fmt: skip
     bench = GraphQLBench(settings, customers, concurrency, duration, warmup)
     scenarios = asyncio.run(bench.run_scenarios())
     print("\n".join(report(scenarios)))

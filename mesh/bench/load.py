@@ -65,10 +65,12 @@ async def generate_load(
     warmup: float,
     duration: float,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Post ``body(rng)`` to ``urls`` with ``concurrency`` requests in flight."""
+    """Post ``body(rng)`` to ``urls`` with ``concurrency`` requests in flight (and
+    ``headers`` besides the JSON content type)."""
     result = LoadResult(seconds=duration)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     started = time.perf_counter()

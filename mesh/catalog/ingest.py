@@ -14,8 +14,9 @@ standbys. Per batch:
    and only then send the entity records' changelogs: a record in a changelog is never
    ahead of the relation changes it implied (a replayed event that the recovered table
    already holds implies none);
-4. only then write the local RocksDB stores (and the changelog offsets they hold) and ack
-   the events, so a crash at any point replays the batch and loses nothing.
+4. only then make the cached reads of what the batch changed stale (:mod:`mesh.cache`),
+   write the local RocksDB stores (and the changelog offsets they hold) and ack the
+   events, so a crash at any point replays the batch and loses nothing.
 
 On revocation the buffer is dropped, the batch being folded and those in flight are
 finished, and their events are not acked: whoever owns the partitions next replays them,
@@ -38,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from mesh.cache import changed_keys
 from mesh.catalog import record
 from mesh.catalog.delivery import MessageBuffer, install_fast_delivery
 from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
@@ -248,6 +250,11 @@ class CatalogIngestor:
                     metadata = await fut
                     offset = metadata.offset + count - 1
                     last[table_partition] = max(last.get(table_partition, -1), offset)
+        cache = self.context.cache
+        if cache is not None and cache.wants_invalidations():
+            # No await from here to the writes: a request reading meanwhile would record
+            # the old value as current.
+            await cache.invalidate(changed_keys(flight.writes, self._indexes))
         for (name, partition), offset in last.items():
             table = self.context.tables[name]
             db = partition_db(table, partition)

@@ -103,6 +103,7 @@ def list_resolver(entity_type: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         except ValueError as exc:
             raise PublicGraphQLError(str(exc)) from None
         loader: Loader = info.context
+        loader.scanned()
         where = dict(filter or {})
         try:
             # One more than asked tells whether another page follows.

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from mesh.cache import ReadCache, Recorder
 from mesh.graphql.metrics import GraphQLMetrics
 from mesh.graphql.reads import Key, LocalReads, UnavailableError
 
@@ -63,6 +64,10 @@ class Loader:
     _pending: list[Key] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
     _rounds: int = 0
+    cache: ReadCache | None = None
+    """The worker's caches: keys of other workers are looked up in Redis first."""
+    recorder: Recorder | None = None
+    """Collects what the request read, for the response cache."""
 
     async def entity(self, entity_type: str, entity_id: str) -> dict[str, Any] | None:
         """The stored record of an entity, or ``None`` when never seen."""
@@ -127,13 +132,12 @@ class Loader:
                 results[key] = exc
                 continue
             groups[location.owner].append((key, location.partition))
-        remote = [(owner, items) for owner, items in groups.items() if owner is not None]
-        answers = await asyncio.gather(
-            *(self._remote(owner, [k for k, _ in items]) for owner, items in remote)
-        )
-        for answer in answers:
-            results.update(answer)
+        remote = [(owner, [k for k, _ in items]) for owner, items in groups.items() if owner]
+        if remote:
+            results.update(await self._read_remote(remote))
         if None in groups:
+            if self.recorder is not None:
+                self.recorder.local.update(self.reads.cache_key(k) for k, _ in groups[None])
             results.update(self._local(groups[None]))
         # Every future of the flush is settled in the same tick, so the next level's
         # reads are requested together again.
@@ -144,6 +148,43 @@ class Loader:
                 future.set_exception(value)
             else:
                 future.set_result(value)
+
+    def scanned(self) -> None:
+        """The request reads a list page: it depends on which entities exist, which no
+        key's invalidation covers, so its response is not cached."""
+        if self.recorder is not None:
+            self.recorder.cacheable = False
+
+    async def _read_remote(self, remote: list[tuple[str, list[Key]]]) -> dict[Key, Any]:
+        """Other workers' keys: from the shared cache where it holds them, else in one
+        request per owner, whose answers are then offered to the cache."""
+        keys = [key for _, owned in remote for key in owned]
+        names = [self.reads.cache_key(key) for key in keys]
+        found = None if self.cache is None else await self.cache.lookup(names)
+        results: dict[Key, Any] = {}
+        tokens: dict[Key, tuple[bytes, str]] = {}
+        if found is None:
+            if self.recorder is not None:
+                self.recorder.cacheable = False  # no invalidation would reach this read
+        else:
+            for key, name, (token, value) in zip(keys, names, found, strict=True):
+                if self.recorder is not None:
+                    self.recorder.remote[name] = token
+                if value is not None:
+                    results[key] = value
+                else:
+                    tokens[key] = (name, token)
+            remote = [(o, [k for k in owned if k not in results]) for o, owned in remote]
+        answers = await asyncio.gather(
+            *(self._remote(owner, owned) for owner, owned in remote if owned)
+        )
+        for answer in answers:
+            results.update(answer)
+        if self.cache is not None and tokens:
+            fetched = [(*tokens[k], v) for k, v in results.items()
+                       if k in tokens and not isinstance(v, Exception)]  # fmt: skip
+            await self.cache.fill(fetched)
+        return results
 
     def _record(self, kind: str, owner: str, keys: list[Key]) -> None:
         names = sorted({k.name for k in keys})

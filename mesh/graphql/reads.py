@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mesh.cache import cache_key
 from mesh.catalog.fold import ReverseRelation, present_members
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.web.entities import CatalogReader
@@ -81,6 +82,14 @@ class LocalReads:
     def urn(self, key: Key) -> bytes:
         """The table key of ``key``: the URN bytes of the entity (or the relation's parent)."""
         return self.reader.domain.urn(self.entity_type(key), key.id).encode()
+
+    def cache_key(self, key: Key) -> bytes:
+        """The name the caches know ``key``'s value by (see :mod:`mesh.cache.keys`)."""
+        if key.kind == "entity":
+            table = self.reader.table(key.name)
+        else:
+            table = self.reader.context.tables[relation_table_name(self.relations[key.name])]
+        return cache_key(table.name, self.urn(key))
 
     def locate(self, key: Key, *, forwarded: bool = False) -> Location:
         """Where ``key`` lives; :class:`UnavailableError` when nobody (or only we, stale) owns it.

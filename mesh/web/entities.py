@@ -85,7 +85,18 @@ def json_response(
     view: View, body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A JSON answer (UTF-8; aiohttp refuses a charset inside ``content_type``)."""
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return json_bytes_response(view, json_bytes(body), status=status, headers=headers)
+
+
+def json_bytes(body: Any) -> bytes:
+    """``body`` as compact UTF-8 JSON."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_bytes_response(
+    view: View, data: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """An answer whose JSON body is already encoded."""
     return view.bytes(data, content_type="application/json", status=status, headers=headers)
 
 

@@ -11,7 +11,9 @@ GET answers 405: GET must stay safe).
 The schema is built once, when the views are registered. Each request gets its own
 :class:`~mesh.graphql.Loader` as the execution context, which batches and caches its reads
 per owning worker. With the header ``X-Mesh-Debug: batches`` the answer's ``extensions``
-lists the batches the request made.
+lists the batches the request made. Answers without errors are kept in the worker's read
+caches (:mod:`mesh.cache`) and served from them until what they read changes; a request
+with ``Cache-Control: no-cache`` is answered from the tables and leaves the caches alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from faust.web import Request, Response, View
 from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
+from mesh.cache import Recorder
 from mesh.context import MeshContext
 from mesh.graphql import GraphQLMetrics, Loader, LocalReads, build_schema
 from mesh.graphql.graphiql import GRAPHIQL_HTML
@@ -34,7 +37,13 @@ from mesh.graphql.limits import (
     run_with_timeout,
 )
 from mesh.settings import Settings
-from mesh.web.entities import WORKER_HEADER, CatalogReader, json_response
+from mesh.web.entities import (
+    WORKER_HEADER,
+    CatalogReader,
+    json_bytes,
+    json_bytes_response,
+    json_response,
+)
 
 GRAPHQL_PATH = "/graphql"
 DEBUG_HEADER = "X-Mesh-Debug"
@@ -103,12 +112,25 @@ def register_graphql_views(context: MeshContext) -> None:
     reader = CatalogReader(context)
     reads = LocalReads(reader)
     metrics = GraphQLMetrics(context.metrics)
+    cache = context.cache
     app = context.app
 
     async def run(view: View, request: Request, params: Any, *, only_queries: bool) -> Response:
         headers = {WORKER_HEADER: reader.worker}
+        recorder: Recorder | None = None
         try:
             query, variables, operation_name = _params(params)
+            debug = request.headers.get(DEBUG_HEADER, "").lower() == "batches"
+            fresh = "no-cache" in request.headers.get("Cache-Control", "").lower()
+            use = None if fresh else cache
+            request_key = None
+            if use is not None and not debug:
+                request_key = (query, json.dumps(variables, sort_keys=True), operation_name)
+                cached = await use.response(request_key)
+                if cached is not None:
+                    metrics.requests.labels(outcome="ok").inc()
+                    return json_bytes_response(view, cached, headers=headers)
+                recorder = use.record()
             prepared = queries.prepare(query)
             if prepared.errors or prepared.document is None:
                 result = ExecutionResult(data=None, errors=list(prepared.errors))
@@ -117,27 +139,34 @@ def register_graphql_views(context: MeshContext) -> None:
                 operation = get_operation_ast(document, operation_name)
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
-                loader = Loader(reads, app.http_client, metrics, reader.worker)
+                loader = Loader(reads, app.http_client, metrics, reader.worker,
+                                cache=use, recorder=recorder)  # fmt: skip
                 executed = execute(
                     schema, document, variable_values=variables,
                     operation_name=operation_name, context_value=loader,
                 )  # fmt: skip
                 result = await run_with_timeout(executed, limits)
-                if request.headers.get(DEBUG_HEADER, "").lower() == "batches":
+                if debug:
                     result.extensions = {"batches": [b.as_json() for b in loader.batches]}
+            metrics.requests.labels(outcome="errors" if result.errors else "ok").inc()
+            answer: dict[str, Any] = {"data": result.data}
+            if result.errors:
+                answer["errors"] = format_errors(result.errors, limits)
+            if result.extensions:
+                answer["extensions"] = result.extensions
+            body = json_bytes(answer)
+            if use is not None and recorder is not None and not result.errors:
+                use.store(request_key, body, recorder)
+            return json_bytes_response(view, body, headers=headers)
         except BadRequestError as exc:
             bad = {"errors": [{"message": str(exc)}]}
             return json_response(view, bad, status=400, headers=headers)
         except NotAllowedError:
             bad = {"errors": [{"message": "only queries can be sent with GET; use POST"}]}
             return json_response(view, bad, status=405, headers={**headers, "Allow": "POST"})
-        metrics.requests.labels(outcome="errors" if result.errors else "ok").inc()
-        answer: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            answer["errors"] = format_errors(result.errors, limits)
-        if result.extensions:
-            answer["extensions"] = result.extensions
-        return json_response(view, answer, headers=headers)
+        finally:
+            if cache is not None and recorder is not None:
+                cache.forget(recorder)
 
     @app.page(GRAPHQL_PATH)
     class GraphQL(View):  # type: ignore[misc]

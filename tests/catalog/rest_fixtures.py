@@ -203,9 +203,15 @@ class Fleet:
 
 @contextlib.asynccontextmanager
 async def open_fleet(
-    domain: DomainConfig, root: Path, app_id: str, partitions: int, names: list[str]
+    domain: DomainConfig,
+    root: Path,
+    app_id: str,
+    partitions: int,
+    names: list[str],
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Fleet]:
-    """A broker and registry of its own, the entity topics, and ready workers ``names``."""
+    """A broker and registry of its own, the entity topics, and ready workers ``names``
+    (``env`` adds to or overrides their environment)."""
     logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
         port = free_port()
@@ -227,7 +233,7 @@ async def open_fleet(
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         cleanup.push_async_callback(producer.stop)
-        env = {
+        worker_env = {
             "MESH_BROKER_URL": f"kafka://{bootstrap}",
             "MESH_SCHEMA_REGISTRY_URL": registry_url,
             "MESH_APP_ID": app_id,
@@ -237,8 +243,9 @@ async def open_fleet(
             # No Directus here: the source adapter backs off against a closed port.
             "MESH_DIRECTUS_URL": f"http://127.0.0.1:{free_port()}",
             "MESH_DIRECTUS_TOKEN": "unused",
+            **(env or {}),
         }
-        workers = [Worker(name, root, env) for name in names]
+        workers = [Worker(name, root, worker_env) for name in names]
         for worker in workers:
             await worker.start()
             cleanup.push_async_callback(worker.stop)

@@ -1,19 +1,24 @@
 """``mesh bench graphql`` with tiny numbers: it runs, cleans up and reports sane figures.
 
-Only the two-worker case (the one whose reads cross workers) to stay short; the CLI runs
-one and two workers with the same code.
+Only the two-worker case (the one whose reads cross workers, here shared through a real
+Redis) to stay short; the CLI runs one and two workers with the same code.
 """
 
 from __future__ import annotations
+
+from pydantic import SecretStr
 
 from mesh.bench.graphql import GraphQLBench, report
 from mesh.settings import Settings
 
 
-async def test_the_bench_reports_positive_figures_without_errors() -> None:
-    bench = GraphQLBench(Settings(), customers=20, concurrency=4, duration=0.5, warmup=0.2)
+async def test_the_bench_reports_positive_figures_without_errors(redis_url: str) -> None:
+    settings = Settings(redis_url=SecretStr(redis_url))
+    bench = GraphQLBench(settings, customers=20, concurrency=4, duration=0.5, warmup=0.2)
     scenarios = await bench.run_scenarios(worker_counts=(2,))
-    assert [(s.query, s.workers) for s in scenarios] == [("by-id", 2), ("nested", 2)]
+    assert [(s.query, s.workers, s.cached) for s in scenarios] == [
+        ("by-id", 2, True), ("by-id", 2, False), ("nested", 2, True), ("nested", 2, False)
+    ]  # fmt: skip
     for s in scenarios:
         assert s.load.errors == 0, s.load.first_error
         assert s.load.requests > 0
@@ -21,10 +26,11 @@ async def test_the_bench_reports_positive_figures_without_errors() -> None:
         assert 0 < s.load.p50_ms <= s.load.p99_ms
         assert len(s.load.per_target) == 2  # both workers answered
     lines = report(scenarios)
-    assert lines[0].startswith("by-id   2 worker(s):")
+    assert lines[0].startswith("by-id   cached   2 worker(s):")
     assert "errors 0" in lines[0]
     assert "target ≥ 6,000/s per worker at p99 ≤ 5 ms" in lines[0]
     assert lines[1].startswith("        requests/s per worker process: 127.0.0.1:")
-    assert lines[2].startswith("nested  2 worker(s):")
-    assert "target p99 ≤ 50 ms" in lines[2]
+    assert lines[2].startswith("by-id   uncached 2 worker(s):")
+    assert lines[4].startswith("nested  cached   2 worker(s):")
+    assert "target p99 ≤ 50 ms" in lines[4]
     assert not bench.root.exists()  # the scratch directory is gone

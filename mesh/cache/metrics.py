@@ -1,0 +1,69 @@
+"""Prometheus metrics of the read caches, hit ratio included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CACHES = ("response", "shared")
+
+
+class CacheMetrics(Collector):
+    """Lookups (hit or miss), invalidations and failures per cache; the hit ratio and the
+    response cache's size are computed when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "dictamesh_cache_lookups",
+            "Cache lookups by cache (response: whole GraphQL responses in this worker; "
+            "shared: keys of other workers in Redis) and result (hit, miss).",
+            ["cache", "result"],
+            registry=registry,
+        )
+        self.invalidated = Counter(
+            "dictamesh_cache_invalidations",
+            "Cached entries dropped because what they read changed.",
+            ["cache"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "dictamesh_cache_errors",
+            "Redis calls that failed (reads fall back to the owners; invalidations retry).",
+            ["operation"],
+            registry=registry,
+        )
+        self.hits = dict.fromkeys(CACHES, 0)
+        self.misses = dict.fromkeys(CACHES, 0)
+        self.response_bytes = 0
+        registry.register(self)
+
+    def hit(self, cache: str, n: int = 1) -> None:
+        """Count ``n`` hits of ``cache``."""
+        if n:
+            self.hits[cache] += n
+            self.lookups.labels(cache=cache, result="hit").inc(n)
+
+    def miss(self, cache: str, n: int = 1) -> None:
+        """Count ``n`` misses of ``cache``."""
+        if n:
+            self.misses[cache] += n
+            self.lookups.labels(cache=cache, result="miss").inc(n)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(
+            "dictamesh_cache_hit_ratio",
+            "Hits / lookups since the worker started (0 before any lookup).",
+            labels=["cache"],
+        )
+        for cache in CACHES:
+            total = self.hits[cache] + self.misses[cache]
+            ratio.add_metric([cache], self.hits[cache] / total if total else 0.0)
+        yield ratio
+        yield GaugeMetricFamily(
+            "dictamesh_cache_response_bytes",
+            "Bytes held by this worker's response cache.",
+            value=float(self.response_bytes),
+        )

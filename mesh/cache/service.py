@@ -1,0 +1,40 @@
+"""The read caches' part of the worker's life: forget on rebalance, close on stop."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import mode
+
+from mesh.cache.read_cache import ReadCache, build_read_cache
+from mesh.context import MeshContext
+
+
+class CacheService(mode.Service):  # type: ignore[misc]
+    """Clears the response cache when partitions move; closes Redis on stop."""
+
+    cache: ClassVar[ReadCache]
+    context: ClassVar[MeshContext]
+
+    async def on_start(self) -> None:
+        revoked = self.context.app.on_partitions_revoked
+        revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.cache.partitions_moved()
+
+    async def on_stop(self) -> None:
+        await self.cache.close()
+
+
+def register_read_cache(context: MeshContext) -> None:
+    """Build the caches the settings ask for into ``context.cache`` and run their service."""
+    cache = build_read_cache(context.settings, context.metrics)
+    context.cache = cache
+
+    class _Cache(CacheService):
+        pass
+
+    _Cache.cache = cache
+    _Cache.context = context
+    context.app.service(_Cache)

@@ -1,0 +1,135 @@
+"""Reads of other workers' keys, shared by the fleet through Redis.
+
+Every key is a Redis hash ``{t: token, v: value}``. Readers and the owner of a key keep
+one rule between them, each step one atomic Lua script:
+
+* a reader looks the key up: a value is a hit; without one the reader takes the token
+  (creating one if there is none), fetches the value from the owner, and stores it only
+  if the token is still the one it took (:meth:`SharedCache.lookup`, :meth:`fill`);
+* the owner, before it writes a change, gives every cached key it changes a new token and
+  drops its value (:meth:`invalidate`).
+
+A reader whose fetch raced a change therefore cannot store the old value: the change
+replaced the token it holds. A key evicted or expired meanwhile has no token, which
+matches none either. Responses that read a key remember its token, and a stored response
+is only served while every token it read is still in place (:meth:`still_valid`).
+
+All keys of one call go to one Redis server (no cluster slot routing).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+_LOOKUP = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local found = redis.call('HMGET', key, 't', 'v')
+  local token = found[1]
+  if not token then
+    token = ARGV[1] .. ':' .. i
+    redis.call('HSET', key, 't', token)
+    redis.call('EXPIRE', key, ARGV[2])
+  end
+  out[i] = {token, found[2]}
+end
+return out
+"""
+_FILL = """
+local ttl = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 't') == ARGV[2 * i - 1] then
+    redis.call('HSET', key, 'v', ARGV[2 * i])
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return 0
+"""
+_INVALIDATE = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 't', ARGV[1] .. ':' .. i)
+    redis.call('HDEL', key, 'v')
+    n = n + 1
+  end
+end
+return n
+"""
+_VALID = """
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 't') ~= ARGV[i] then
+    return 0
+  end
+end
+return 1
+"""
+_CHUNK = 1000
+"""Keys per script call: bounds how long one call holds the (single-threaded) server."""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class SharedCache:
+    """The fleet's Redis cache of keys read from other workers."""
+
+    def __init__(self, client: Redis, prefix: str, ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix.encode()
+        self.ttl_s = ttl_s
+        self._lookup = client.register_script(_LOOKUP)
+        self._fill = client.register_script(_FILL)
+        self._invalidate = client.register_script(_INVALIDATE)
+        self._valid = client.register_script(_VALID)
+
+    def _names(self, keys: Iterable[bytes]) -> list[bytes]:
+        return [self.prefix + key for key in keys]
+
+    async def lookup(self, keys: Sequence[bytes]) -> list[tuple[str, Any | None]]:
+        """``(token, value)`` per key, in order; the value is ``None`` on a miss."""
+        out: list[tuple[str, Any | None]] = []
+        for start in range(0, len(keys), _CHUNK):
+            names = self._names(keys[start : start + _CHUNK])
+            found = await self._lookup(keys=names, args=[secrets.token_hex(8), self.ttl_s])
+            for token, value in found:
+                out.append((_text(token), None if value is None else json.loads(value)))
+        return out
+
+    async def fill(self, items: Sequence[tuple[bytes, str, Any]]) -> None:
+        """Store ``(key, token, value)`` where the key still has that token."""
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            args: list[Any] = []
+            for _, token, value in chunk:
+                args += [token, json.dumps(value, separators=(",", ":"))]
+            await self._fill(keys=self._names(k for k, _, _ in chunk), args=[*args, self.ttl_s])
+
+    async def invalidate(self, keys: Iterable[bytes]) -> int:
+        """New tokens, no values, for the cached ones of ``keys``; how many were cached."""
+        names = self._names(keys)
+        dropped = 0
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            dropped += int(await self._invalidate(keys=chunk, args=[secrets.token_hex(8)]))
+        return dropped
+
+    async def still_valid(self, tokens: dict[bytes, str]) -> bool:
+        """Whether every key still has the token it had when a response read it."""
+        items = list(tokens.items())
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            names = self._names(k for k, _ in chunk)
+            if not int(await self._valid(keys=names, args=[t for _, t in chunk])):
+                return False
+        return True
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
