@@ -252,8 +252,8 @@ class CatalogIngestor:
                     last[table_partition] = max(last.get(table_partition, -1), offset)
         cache = self.context.cache
         if cache is not None and cache.wants_invalidations():
-            # No await from here to the writes: a request reading meanwhile would record
-            # the old value as current.
+            # Its in-process part runs last, and nothing awaits between it and the writes
+            # below: no request can read the old value in between and store it as current.
             await cache.invalidate(changed_keys(flight.writes, self._indexes))
         for (name, partition), offset in last.items():
             table = self.context.tables[name]

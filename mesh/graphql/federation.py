@@ -41,6 +41,7 @@ from graphql import (
 from mesh.domain import DomainConfig, EntitySpec
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.loader import Loader
+from mesh.graphql.reads import Key
 from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
@@ -111,6 +112,10 @@ def subgraph_sdl(schema: GraphQLSchema, domain: DomainConfig) -> str:
     return f"{SDL_HEADER}\n\n{printed}\n"
 
 
+def _live_all(found: list[Record | None]) -> list[Record | None]:
+    return [None if rec is None or rec.get("deleted") else rec for rec in found]
+
+
 def _entities_resolver(
     domain: DomainConfig,
 ) -> Callable[..., Awaitable[list[Record | None]]]:
@@ -141,9 +146,9 @@ def _entities_resolver(
             raise PublicGraphQLError(why)
         keys = [key_of(n, rep) for n, rep in enumerate(representations)]
         loader: Loader = info.context
-        # Requested together, so the loader reads them in one batch per owner.
-        found = await asyncio.gather(*(loader.entity(t, i) for t, i in keys))
-        return [None if rec is None or rec.get("deleted") else rec for rec in found]
+        # Requested together (one future for all), so they are read in one batch per owner.
+        found = loader.fetch([Key("entity", t, i) for t, i in keys], _live_all)
+        return (await found) if isinstance(found, asyncio.Future) else found
 
     return resolve
 

@@ -8,6 +8,11 @@ others go in ONE request per owning worker to ``POST /api/v1/internal/entities``
 answers of a flush are delivered in the same tick, so the next level's reads are again
 collected together: each (level, owner) costs one batch, whatever the number of entities
 (no N+1). Results are cached for the request, so an entity read twice is read once.
+Resolvers ask through :meth:`Loader.fetch`, which answers at once what was read already.
+
+Keys of other workers are looked up in the shared cache first (Redis, when configured),
+and what a request reads is noted in its :class:`~mesh.cache.Recorder`, so that its
+response can be cached until one of those keys changes (:mod:`mesh.cache`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -26,6 +32,7 @@ from mesh.graphql.metrics import GraphQLMetrics
 from mesh.graphql.reads import Key, LocalReads, UnavailableError
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 INTERNAL_ENTITIES_PATH = "/api/v1/internal/entities"
 REMOTE_TIMEOUT_S = 10.0
 _MAX_SETTLE_TICKS = 20
@@ -51,6 +58,25 @@ class BatchRecord:
                 "keys": self.keys, "names": self.names}  # fmt: skip
 
 
+_Waiter = tuple[asyncio.Future[Any], list[asyncio.Future[Any]], Callable[[list[Any]], Any]]
+
+
+def _nothing(values: list[Any]) -> None:
+    # ``then`` of a read ahead: errors stay with the keys, for their own resolvers.
+    return None
+
+
+def _failure(futures: list[asyncio.Future[Any]]) -> BaseException | None:
+    # Every failed future's error is looked at, so asyncio does not log it as never
+    # retrieved; the first one in key order is the one reported.
+    failed = None
+    for future in futures:
+        error = future.exception()
+        if failed is None:
+            failed = error
+    return failed
+
+
 @dataclass
 class Loader:
     """Batches and caches the reads of one GraphQL request (build one per request)."""
@@ -68,16 +94,10 @@ class Loader:
     """The worker's caches: keys of other workers are looked up in Redis first."""
     recorder: Recorder | None = None
     """Collects what the request read, for the response cache."""
-
-    async def entity(self, entity_type: str, entity_id: str) -> dict[str, Any] | None:
-        """The stored record of an entity, or ``None`` when never seen."""
-        found: dict[str, Any] | None = await self.load(Key("entity", entity_type, entity_id))
-        return found
-
-    async def members(self, relation: str, parent_id: str) -> list[str]:
-        """The ids currently in ``relation`` (``customer.invoices``) of the parent."""
-        found: list[str] = await self.load(Key("relation", relation, parent_id))
-        return found
+    _waiters: list[_Waiter] = field(default_factory=list)
+    """Futures of :meth:`fetch` still waiting, with the keys' futures and their ``then``."""
+    memo: dict[Any, Any] = field(default_factory=dict)
+    """What resolvers work out once per request (e.g. per selection), not once per entity."""
 
     def prime(self, record: dict[str, Any]) -> None:
         """Cache an entity record read otherwise (a list page), so it is not read again."""
@@ -87,16 +107,74 @@ class Loader:
             future.set_result(record)
             self._cache[key] = future
 
-    async def load(self, key: Key) -> Any:
-        """The value of ``key``, read in the next batch unless already read or pending."""
-        future = self._cache.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._cache[key] = future
-            self._pending.append(key)
-            if self._flushing is None:
+    def fetch(self, keys: list[Key], then: Callable[[list[Any]], T]) -> T | asyncio.Future[T]:
+        """``then(values of keys)`` now when every key is read already, else a future of it,
+        set in the tick the last of them is read (the first failed key's error fails it).
+
+        Resolvers return the value or the future as is: graphql-core completes a plain
+        value far cheaper than an awaitable, and one future for a whole list of keys
+        replaces a coroutine and a task per key. The future belongs to the caller alone,
+        so cancelling it leaves the shared per-key futures alone.
+        """
+        cache = self._cache
+        futures = []
+        done, added = True, False
+        for key in keys:
+            future = cache.get(key)
+            if future is None:
+                future = cache[key] = asyncio.get_running_loop().create_future()
+                self._pending.append(key)
+                done, added = False, True
+            elif done and not future.done():
+                done = False
+            futures.append(future)
+        if not done:
+            # A key still in flight is settled by the flush reading it.
+            if added and self._flushing is None:
                 self._flushing = asyncio.create_task(self._flush())
-        return await asyncio.shield(future)
+            waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._waiters.append((waiter, futures, then))
+            return waiter
+        failed = _failure(futures)
+        if then is _nothing:
+            return then([])
+        if failed is not None:
+            # Failed as an awaitable, like a key read now would: graphql-core then lets
+            # the sibling fields go on, where a raised error could cut their reads short.
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(failed)
+            return future
+        return then([future.result() for future in futures])
+
+    def ready(self, keys: list[Key]) -> asyncio.Future[None] | None:
+        """``None`` when every key is read already, else a future set once they are: read
+        ahead for the next level, whose resolvers then find their values (or errors)."""
+        found = self.fetch(keys, _nothing)
+        return found if isinstance(found, asyncio.Future) else None
+
+    def _settle(self) -> None:
+        # Called once a flush has settled its keys: wake every waiter whose keys are all
+        # read now, in this same tick.
+        waiting: list[_Waiter] = []
+        for waiter in self._waiters:
+            future, futures, then = waiter
+            if not all(f.done() for f in futures):
+                waiting.append(waiter)
+                continue
+            failed = _failure(futures)
+            if future.done():  # cancelled: its resolver is gone
+                continue
+            if then is _nothing:
+                future.set_result(None)
+                continue
+            if failed is not None:
+                future.set_exception(failed)
+                continue
+            try:
+                future.set_result(then([f.result() for f in futures]))
+            except Exception as exc:
+                future.set_exception(exc)
+        self._waiters = waiting
 
     async def _flush(self) -> None:
         # Let the siblings still being scheduled add their keys: stop at the first tick
@@ -117,9 +195,12 @@ class Loader:
                 future = self._cache[key]
                 if not future.done():
                     future.set_exception(UnavailableError(f"reading failed: {exc!r}"))
+            self._settle()
             if not isinstance(exc, Exception):
                 raise
             _log.exception("a GraphQL batch failed")
+        else:
+            self._settle()
 
     async def _read(self, keys: list[Key]) -> None:
         self._rounds += 1
@@ -143,7 +224,7 @@ class Loader:
         # reads are requested together again.
         for key in keys:
             future = self._cache[key]
-            value = results.get(key, UnavailableError("the key was not answered"))
+            value = results[key] if key in results else UnavailableError("not answered")
             if isinstance(value, Exception):
                 future.set_exception(value)
             else:

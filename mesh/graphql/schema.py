@@ -22,10 +22,13 @@ A deleted entity resolves to ``null``; through a root field it also adds the err
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import graphene
+from graphql import get_named_type
+from graphql.execution.collect_fields import collect_sub_fields
 
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
 from mesh.graphql.federation import federation_fields
@@ -39,6 +42,7 @@ from mesh.graphql.lists import (
     plural,
 )
 from mesh.graphql.loader import Loader
+from mesh.graphql.reads import Key
 from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
@@ -56,6 +60,10 @@ _SCALARS: dict[FieldType, Any] = {
 
 def _live(rec: Record | None) -> Record | None:
     return None if rec is None or rec.get("deleted") else rec
+
+
+def _first(found: list[Any]) -> Any:
+    return found[0]
 
 
 class EntitySource(graphene.ObjectType):  # type: ignore[misc]
@@ -111,28 +119,104 @@ def _state_resolver(name: str) -> Callable[[Record, Any], Any]:
     return resolve
 
 
-def _forward_resolver(name: str, target: str) -> Callable[[Record, Any], Awaitable[Record | None]]:
-    async def resolve(root: Record, info: Any) -> Record | None:
-        ref = root["state"].get(name)
-        if ref is None:
+def _live_first(found: list[Record | None]) -> Record | None:
+    return _live(found[0])
+
+
+def _present(found: list[Record | None]) -> list[Record]:
+    # A member whose record is gone or deleted (the index lags by one event) is left out.
+    return [rec for rec in found if rec is not None and not rec.get("deleted")]
+
+
+class _Forward:
+    """Resolves a forward relation: the live record, or a future of it while it is read
+    (not a coroutine: graphql-core completes a plain value far cheaper)."""
+
+    def __init__(self, name: str, target: str) -> None:
+        self.name, self.target = name, target
+
+    def key(self, root: Record) -> Key | None:
+        ref = root["state"].get(self.name)
+        return None if ref is None else Key("entity", self.target, str(ref))
+
+    def __call__(self, root: Record, info: Any) -> Any:
+        key = self.key(root)
+        if key is None:
             return None
         loader: Loader = info.context
-        return _live(await loader.entity(target, str(ref)))
-
-    return resolve
+        return loader.fetch([key], _live_first)
 
 
-def _reverse_resolver(
-    relation: str, child: str
-) -> Callable[[Record, Any], Awaitable[list[Record]]]:
-    async def resolve(root: Record, info: Any) -> list[Record]:
+class _Reverse:
+    """Resolves a reverse relation: its live members, all awaited as one future.
+
+    Before answering it reads ahead what the query selects of the members' own relations
+    (forward references, reverse members): graphql-core would request exactly those keys
+    in the very next round anyway, so the batches stay the same, but the members' resolvers
+    then find their values and answer synchronously (no coroutine, task and gather per
+    member). Errors of those keys stay with them, for the members' own fields.
+    """
+
+    def __init__(self, relation: str, child: str) -> None:
+        self.relation, self.child = relation, child
+
+    def key(self, root: Record) -> Key:
+        return Key("relation", self.relation, root["id"])
+
+    def __call__(self, root: Record, info: Any) -> Any:
         loader: Loader = info.context
-        ids = await loader.members(relation, root["id"])
-        found = await asyncio.gather(*(loader.entity(child, i) for i in ids))
-        # A member whose record is gone or deleted (the index lags by one event) is left out.
-        return [rec for rec in found if rec is not None and not rec.get("deleted")]
+        ids = loader.fetch([self.key(root)], _first)
+        if isinstance(ids, asyncio.Future):
+            return self._after_ids(loader, info, ids)
+        return self._with_ids(loader, info, ids)
 
-    return resolve
+    def _with_ids(self, loader: Loader, info: Any, ids: list[str]) -> Any:
+        found = loader.fetch([Key("entity", self.child, i) for i in ids], _present)
+        if isinstance(found, asyncio.Future):
+            return self._after_found(loader, info, found)
+        return self._with_found(loader, info, found)
+
+    def _with_found(self, loader: Loader, info: Any, found: list[Record]) -> Any:
+        if not found:
+            return found
+        # graphql-core passes every member list of one selection the same field nodes,
+        # alive for the whole request: worked out once per request, not once per parent.
+        memo = ("ahead", id(info.field_nodes))
+        plan = loader.memo.get(memo)
+        if plan is None:
+            plan = loader.memo[memo] = _plan(info)
+        keys = [key for rec in found for resolve in plan if (key := resolve.key(rec))]
+        ahead = loader.ready(keys)
+        return found if ahead is None else _after(ahead, found)
+
+    async def _after_ids(self, loader: Loader, info: Any, ids: asyncio.Future[Any]) -> Any:
+        then = self._with_ids(loader, info, await ids)
+        return (await then) if inspect.isawaitable(then) else then
+
+    async def _after_found(self, loader: Loader, info: Any, found: asyncio.Future[Any]) -> Any:
+        then = self._with_found(loader, info, await found)
+        return (await then) if inspect.isawaitable(then) else then
+
+
+async def _after(ahead: asyncio.Future[None], found: list[Record]) -> list[Record]:
+    await ahead
+    return found
+
+
+def _plan(info: Any) -> list[_Forward | _Reverse]:
+    # The relation fields the query selects of the members (fragments, aliases and
+    # @skip/@include applied as graphql-core applies them): their keys are read ahead.
+    child_type = get_named_type(info.return_type)
+    selected = collect_sub_fields(
+        info.schema, info.fragments, info.variable_values, child_type, info.field_nodes
+    )
+    resolvers: dict[int, _Forward | _Reverse] = {}
+    for nodes in selected.values():
+        field_def = child_type.fields.get(nodes[0].name.value)
+        resolve = field_def.resolve if field_def is not None else None
+        if isinstance(resolve, _Forward | _Reverse):
+            resolvers[id(resolve)] = resolve
+    return list(resolvers.values())
 
 
 def _field(name: str, spec: FieldSpec, key: str, types: dict[str, Any]) -> Any:
@@ -145,7 +229,7 @@ def _field(name: str, spec: FieldSpec, key: str, types: dict[str, Any]) -> Any:
         target = spec.references
         return graphene.Field(
             lambda: types[target],
-            resolver=_forward_resolver(name, target),
+            resolver=_Forward(name, target),
             description=f"The {target} its {name} field refers to (null if none or deleted).",
         )
     return graphene.Field(
@@ -170,7 +254,7 @@ def _object_type(
         child = rel.entity
         attrs[name] = graphene.Field(
             graphene.NonNull(graphene.List(graphene.NonNull(lambda child=child: types[child]))),
-            resolver=_reverse_resolver(f"{entity_type}.{name}", child),
+            resolver=_Reverse(f"{entity_type}.{name}", child),
             description=f"The {child} entities whose {rel.field} is this {entity_type}.",
         )
     return type(spec.graphql_name, (graphene.ObjectType,), attrs)
@@ -183,7 +267,8 @@ def _root_resolver(entity_type: str, spec: EntitySpec) -> Callable[..., Awaitabl
         except ApiError as exc:
             raise PublicGraphQLError(exc.message) from None
         loader: Loader = info.context
-        rec = _live(await loader.entity(entity_type, entity_id))
+        found = loader.fetch([Key("entity", entity_type, entity_id)], _live_first)
+        rec = (await found) if isinstance(found, asyncio.Future) else found
         if rec is None:
             raise PublicGraphQLError(f"no {entity_type} with id {entity_id}")
         return rec
