@@ -35,6 +35,12 @@ class CacheMetrics(Collector):
             ["operation"],
             registry=registry,
         )
+        # Resolved once: looking a labelled child up costs more than counting with it.
+        self._lookups = {
+            (cache, result): self.lookups.labels(cache=cache, result=result)
+            for cache in CACHES
+            for result in ("hit", "miss")
+        }
         self.hits = dict.fromkeys(CACHES, 0)
         self.misses = dict.fromkeys(CACHES, 0)
         self.response_bytes = 0
@@ -44,13 +50,13 @@ class CacheMetrics(Collector):
         """Count ``n`` hits of ``cache``."""
         if n:
             self.hits[cache] += n
-            self.lookups.labels(cache=cache, result="hit").inc(n)
+            self._lookups[(cache, "hit")].inc(n)
 
     def miss(self, cache: str, n: int = 1) -> None:
         """Count ``n`` misses of ``cache``."""
         if n:
             self.misses[cache] += n
-            self.lookups.labels(cache=cache, result="miss").inc(n)
+            self._lookups[(cache, "miss")].inc(n)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         ratio = GaugeMetricFamily(

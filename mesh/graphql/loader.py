@@ -270,8 +270,7 @@ class Loader:
     def _record(self, kind: str, owner: str, keys: list[Key]) -> None:
         names = sorted({k.name for k in keys})
         self.batches.append(BatchRecord(self._rounds, kind, owner, len(keys), names))
-        self.metrics.batches.labels(kind=kind).inc()
-        self.metrics.keys.labels(kind=kind).inc(len(keys))
+        self.metrics.batch(kind, len(keys))
 
     def _local(self, items: list[tuple[Key, int]]) -> dict[Key, Any]:
         self._record("local", self.worker, [k for k, _ in items])

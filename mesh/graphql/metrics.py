@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+KINDS = ("local", "remote")
+
 
 class GraphQLMetrics:
     """The GraphQL endpoint's metrics, registered on one worker's registry."""
@@ -28,3 +30,13 @@ class GraphQLMetrics:
             ["kind"],
             registry=registry,
         )
+        # Resolved once: looking a labelled child up costs more than counting with it.
+        self.ok = self.requests.labels(outcome="ok")
+        self.failed = self.requests.labels(outcome="errors")
+        self._batches = {kind: self.batches.labels(kind=kind) for kind in KINDS}
+        self._keys = {kind: self.keys.labels(kind=kind) for kind in KINDS}
+
+    def batch(self, kind: str, keys: int) -> None:
+        """Count one batch of ``keys`` keys (``kind``: local or remote)."""
+        self._batches[kind].inc()
+        self._keys[kind].inc(keys)

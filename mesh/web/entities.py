@@ -55,6 +55,8 @@ MAX_ID_LENGTH = 255
 FORWARD_TIMEOUT_S = 10.0
 _MAX_INT = {FieldType.INTEGER: 2**31 - 1, FieldType.LONG: 2**63 - 1}
 _RETRY = {"Retry-After": "1"}
+_PARTITIONS_KEPT = 100_000
+"""Keys whose partition a reader remembers (then it starts again)."""
 
 
 class ApiError(Exception):
@@ -153,6 +155,7 @@ class CatalogReader:
         self.relations: list[ReverseRelation] = reverse_relations(context.domain)
         self._actives_set: set[TP] = set()
         self._actives_stamp: tuple[int, int] | None = None
+        self._partitions: dict[tuple[str, bytes], int] = {}
 
     def table(self, entity_type: str) -> Any:
         """The entity table of ``entity_type``."""
@@ -164,11 +167,19 @@ class CatalogReader:
         Faust's consumer hashes with the topic's metadata (its real partition count);
         before the consumer runs, the fleet's configured count is what topics are made with.
         """
+        self._actives()  # forgets the remembered partitions when the group rebalanced
+        known = self._partitions.get((entity_type, key))
+        if known is not None:
+            return known
         found: int | None = None
         with contextlib.suppress(ConsumerNotStarted):
             found = self.app.consumer.key_partition(self.domain.topic(entity_type), key)
         if found is None:
-            found = key_partition(key, self.context.settings.topic_partitions)
+            return key_partition(key, self.context.settings.topic_partitions)
+        # murmur2 is pure Python in aiokafka: remember what GraphQL asks again and again.
+        if len(self._partitions) >= _PARTITIONS_KEPT:
+            self._partitions.clear()
+        self._partitions[(entity_type, key)] = int(found)
         return int(found)
 
     def owns(self, table: Any, partition: int) -> bool:
@@ -184,6 +195,7 @@ class CatalogReader:
         if app.rebalancing or stamp != self._actives_stamp:
             self._actives_set = set(app.assignor.assigned_actives())
             self._actives_stamp = None if app.rebalancing else stamp
+            self._partitions.clear()  # a partition count may have changed with it
         return self._actives_set
 
     def recovering(self) -> bool:

@@ -128,7 +128,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 request_key = (query, json.dumps(variables, sort_keys=True), operation_name)
                 cached = await use.response(request_key)
                 if cached is not None:
-                    metrics.requests.labels(outcome="ok").inc()
+                    metrics.ok.inc()
                     return json_bytes_response(view, cached, headers=headers)
                 recorder = use.record()
             prepared = queries.prepare(query)
@@ -148,7 +148,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 result = await run_with_timeout(executed, limits)
                 if debug:
                     result.extensions = {"batches": [b.as_json() for b in loader.batches]}
-            metrics.requests.labels(outcome="errors" if result.errors else "ok").inc()
+            (metrics.failed if result.errors else metrics.ok).inc()
             answer: dict[str, Any] = {"data": result.data}
             if result.errors:
                 answer["errors"] = format_errors(result.errors, limits)
@@ -184,8 +184,11 @@ def register_graphql_views(context: MeshContext) -> None:
             raw = request  # type: Any
             try:
                 check_body_size(raw.content_length, limits)
-                body = await _read_at_most(raw.content, limits.max_body_bytes + 1)
-                check_body_size(len(body), limits)  # chunked bodies carry no length
+                if raw.content_length is not None:  # within the limit, as just checked
+                    body = await raw.read()
+                else:  # chunked bodies carry no length
+                    body = await _read_at_most(raw.content, limits.max_body_bytes + 1)
+                    check_body_size(len(body), limits)
             except BodyTooLargeError as exc:
                 error = {"errors": [{"message": str(exc)}]}
                 return json_response(self, error, status=413, headers=headers)

@@ -17,7 +17,8 @@ async def test_the_bench_reports_positive_figures_without_errors(redis_url: str)
     bench = GraphQLBench(settings, customers=20, concurrency=4, duration=0.5, warmup=0.2)
     scenarios = await bench.run_scenarios(worker_counts=(2,))
     assert [(s.query, s.workers, s.cached) for s in scenarios] == [
-        ("by-id", 2, True), ("by-id", 2, False), ("nested", 2, True), ("nested", 2, False)
+        ("baseline", 2, False), ("by-id", 2, True), ("by-id", 2, False),
+        ("nested", 2, True), ("nested", 2, False),
     ]  # fmt: skip
     for s in scenarios:
         assert s.load.errors == 0, s.load.first_error
@@ -26,11 +27,14 @@ async def test_the_bench_reports_positive_figures_without_errors(redis_url: str)
         assert 0 < s.load.p50_ms <= s.load.p99_ms
         assert len(s.load.per_target) == 2  # both workers answered
     lines = report(scenarios)
-    assert lines[0].startswith("by-id   cached   2 worker(s):")
-    assert "errors 0" in lines[0]
-    assert "target ≥ 6,000/s per worker at p99 ≤ 5 ms" in lines[0]
+    assert lines[0].startswith("baseline          2 worker(s):")
     assert lines[1].startswith("        requests/s per worker process: 127.0.0.1:")
-    assert lines[2].startswith("by-id   uncached 2 worker(s):")
-    assert lines[4].startswith("nested  cached   2 worker(s):")
-    assert "target p99 ≤ 50 ms" in lines[4]
+    assert lines[2].startswith("by-id    cached   2 worker(s):")
+    assert "errors 0" in lines[2]
+    assert "target ≥ 6,000/s per worker at p99 ≤ 5 ms" in lines[2]
+    ratio = scenarios[1].load.per_s / scenarios[0].load.per_s
+    assert f"{ratio:.2f} of the baseline" in lines[2]
+    assert lines[4].startswith("by-id    uncached 2 worker(s):")
+    assert lines[6].startswith("nested   cached   2 worker(s):")
+    assert "target p99 ≤ 50 ms" in lines[6]
     assert not bench.root.exists()  # the scratch directory is gone
