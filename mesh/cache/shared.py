@@ -19,11 +19,11 @@ All keys of one call go to one Redis server (no cluster slot routing).
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 _LOOKUP = """
@@ -99,7 +99,7 @@ class SharedCache:
             names = self._names(keys[start : start + _CHUNK])
             found = await self._lookup(keys=names, args=[secrets.token_hex(8), self.ttl_s])
             for token, value in found:
-                out.append((_text(token), None if value is None else json.loads(value)))
+                out.append((_text(token), None if value is None else orjson.loads(value)))
         return out
 
     async def fill(self, items: Sequence[tuple[bytes, str, Any]]) -> None:
@@ -108,7 +108,7 @@ class SharedCache:
             chunk = items[start : start + _CHUNK]
             args: list[Any] = []
             for _, token, value in chunk:
-                args += [token, json.dumps(value, separators=(",", ":"))]
+                args += [token, orjson.dumps(value)]
             await self._fill(keys=self._names(k for k, _, _ in chunk), args=[*args, self.ttl_s])
 
     async def invalidate(self, keys: Iterable[bytes]) -> int:
