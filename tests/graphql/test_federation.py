@@ -2,7 +2,7 @@
 
 The SDL tests need no fleet (the schema is built from ``config/domain.yaml`` and executed
 directly); one of them composes the SDL with Apollo's own ``@apollo/composition`` (installed
-with ``npm ci --prefix tests/graphql/compose``) and is skipped when it is not installed.
+by ``make`` with ``npm ci --prefix tests/graphql/compose``) and fails when it is missing.
 The ``_entities`` tests run against a two-worker fleet of their own (app id ``federation``),
 so the representations name entities owned by both workers.
 """
