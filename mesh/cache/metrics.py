@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -15,7 +15,7 @@ class CacheMetrics(Collector):
     """Lookups (hit or miss), invalidations and failures per cache; the hit ratio and the
     response cache's size are computed when scraped."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, response_bytes: Callable[[], int]) -> None:
         self.lookups = Counter(
             "dictamesh_cache_lookups",
             "Cache lookups by cache (response: whole GraphQL responses in this worker; "
@@ -43,7 +43,7 @@ class CacheMetrics(Collector):
         }
         self.hits = dict.fromkeys(CACHES, 0)
         self.misses = dict.fromkeys(CACHES, 0)
-        self.response_bytes = 0
+        self.response_bytes = response_bytes
         registry.register(self)
 
     def hit(self, cache: str, n: int = 1) -> None:
@@ -71,5 +71,5 @@ class CacheMetrics(Collector):
         yield GaugeMetricFamily(
             "dictamesh_cache_response_bytes",
             "Bytes held by this worker's response cache.",
-            value=float(self.response_bytes),
+            value=float(self.response_bytes()),
         )

@@ -68,14 +68,11 @@ class ReadCache:
 
     def store(self, request: Hashable, body: bytes, recorder: Recorder) -> None:
         """Store the response of a finished request, if what it read allows."""
-        if self.responses is None:
-            return
-        self.responses.close(recorder)
-        self.responses.put(request, body, recorder)
-        self.metrics.response_bytes = self.responses.bytes
+        if self.responses is not None:
+            self.responses.put(request, body, recorder)
 
     def forget(self, recorder: Recorder) -> None:
-        """The request ended without a storable response."""
+        """The request ended (its response stored or not): stop recording it."""
         if self.responses is not None:
             self.responses.close(recorder)
 
@@ -146,14 +143,12 @@ class ReadCache:
         if self.responses is not None:
             dropped = self.responses.invalidate(keys)
             self.metrics.invalidated.labels(cache="response").inc(dropped)
-            self.metrics.response_bytes = self.responses.bytes
 
     def partitions_moved(self) -> None:
         """This worker's partitions are being reassigned: forget the stored responses,
         whose local keys' changes may be written elsewhere from now on."""
         if self.responses is not None:
             self.responses.clear()
-            self.metrics.response_bytes = 0
 
     async def close(self) -> None:
         """Close the Redis connections."""
@@ -175,4 +170,5 @@ def build_read_cache(settings: Settings, registry: CollectorRegistry) -> ReadCac
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         shared = SharedCache(client, f"{settings.app_id}:cache:", settings.cache_ttl_s)
-    return ReadCache(responses, shared, CacheMetrics(registry))
+    metrics = CacheMetrics(registry, lambda: responses.bytes if responses else 0)
+    return ReadCache(responses, shared, metrics)

@@ -41,7 +41,7 @@ from graphql import (
 from mesh.domain import DomainConfig, EntitySpec
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.loader import Loader
-from mesh.graphql.reads import Key
+from mesh.graphql.reads import Key, live
 from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
@@ -113,7 +113,7 @@ def subgraph_sdl(schema: GraphQLSchema, domain: DomainConfig) -> str:
 
 
 def _live_all(found: list[Record | None]) -> list[Record | None]:
-    return [None if rec is None or rec.get("deleted") else rec for rec in found]
+    return [live(rec) for rec in found]
 
 
 def _entities_resolver(

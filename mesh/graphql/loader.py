@@ -29,7 +29,7 @@ import aiohttp
 
 from mesh.cache import ReadCache, Recorder
 from mesh.graphql.metrics import GraphQLMetrics
-from mesh.graphql.reads import Key, LocalReads, UnavailableError
+from mesh.graphql.reads import Key, LocalReads, Location, UnavailableError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,20 +205,20 @@ class Loader:
     async def _read(self, keys: list[Key]) -> None:
         self._rounds += 1
         results: dict[Key, Any] = {}
-        groups: dict[str | None, list[tuple[Key, int]]] = defaultdict(list)
+        groups: dict[str | None, list[tuple[Key, Location]]] = defaultdict(list)
         for key in keys:
             try:
                 location = self.reads.locate(key)
             except (UnavailableError, ValueError) as exc:
                 results[key] = exc
                 continue
-            groups[location.owner].append((key, location.partition))
-        remote = [(owner, [k for k, _ in items]) for owner, items in groups.items() if owner]
+            groups[location.owner].append((key, location))
+        remote = [(owner, items) for owner, items in groups.items() if owner]
         if remote:
             results.update(await self._read_remote(remote))
         if None in groups:
             if self.recorder is not None:
-                self.recorder.local.update(self.reads.cache_key(k) for k, _ in groups[None])
+                self.recorder.local.update(loc.cache_key for _, loc in groups[None])
             results.update(self._local(groups[None]))
         # Every future of the flush is settled in the same tick, so the next level's
         # reads are requested together again.
@@ -236,11 +236,13 @@ class Loader:
         if self.recorder is not None:
             self.recorder.cacheable = False
 
-    async def _read_remote(self, remote: list[tuple[str, list[Key]]]) -> dict[Key, Any]:
+    async def _read_remote(
+        self, remote: list[tuple[str, list[tuple[Key, Location]]]]
+    ) -> dict[Key, Any]:
         """Other workers' keys: from the shared cache where it holds them, else in one
         request per owner, whose answers are then offered to the cache."""
-        keys = [key for _, owned in remote for key in owned]
-        names = [self.reads.cache_key(key) for key in keys]
+        keys = [key for _, owned in remote for key, _ in owned]
+        names = [loc.cache_key for _, owned in remote for _, loc in owned]
         found = None if self.cache is None else await self.cache.lookup(names)
         results: dict[Key, Any] = {}
         tokens: dict[Key, tuple[bytes, str]] = {}
@@ -255,9 +257,9 @@ class Loader:
                     results[key] = value
                 else:
                     tokens[key] = (name, token)
-            remote = [(o, [k for k in owned if k not in results]) for o, owned in remote]
+        unanswered = [(o, [k for k, _ in owned if k not in results]) for o, owned in remote]
         answers = await asyncio.gather(
-            *(self._remote(owner, owned) for owner, owned in remote if owned)
+            *(self._remote(owner, owned) for owner, owned in unanswered if owned)
         )
         for answer in answers:
             results.update(answer)
@@ -272,12 +274,12 @@ class Loader:
         self.batches.append(BatchRecord(self._rounds, kind, owner, len(keys), names))
         self.metrics.batch(kind, len(keys))
 
-    def _local(self, items: list[tuple[Key, int]]) -> dict[Key, Any]:
+    def _local(self, items: list[tuple[Key, Location]]) -> dict[Key, Any]:
         self._record("local", self.worker, [k for k, _ in items])
         results: dict[Key, Any] = {}
-        for key, partition in items:
+        for key, location in items:
             try:
-                results[key] = self.reads.read(key, partition)
+                results[key] = self.reads.read(key, location)
             except Exception as exc:  # a bad key fails its own read, not the batch
                 results[key] = UnavailableError(f"reading {key.name} {key.id} failed: {exc!r}")
         return results

@@ -25,6 +25,11 @@ class UnavailableError(PublicGraphQLError):
     its message is shown to clients, who should retry."""
 
 
+def live(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``record`` unless it is missing or deleted (then ``None``): what GraphQL shows."""
+    return None if record is None or record.get("deleted") else record
+
+
 @dataclass(frozen=True)
 class Key:
     """One read: an entity record, or the present member ids of one reverse relation."""
@@ -54,11 +59,21 @@ class Key:
 
 @dataclass(frozen=True)
 class Location:
-    """Where a key lives: its partition and, when another worker owns it, that owner's URL."""
+    """Where a key lives: its partition and, when another worker owns it, that owner's URL;
+    the table holding its value and its key there (worked out once per read)."""
 
     partition: int
     owner: str | None
     """``None`` when this worker actively owns the partition."""
+    store: Any
+    """The table holding the value: the entity's, or the relation's index."""
+    urn: bytes
+    """The key in :attr:`store`: the URN of the entity, or of the relation's parent."""
+
+    @property
+    def cache_key(self) -> bytes:
+        """The name the caches know the value by (see :mod:`mesh.cache.keys`)."""
+        return cache_key(self.store.name, self.urn)
 
 
 class LocalReads:
@@ -79,17 +94,10 @@ class LocalReads:
             raise ValueError(f"unknown relation {key.name!r}")
         return relation.parent_type
 
-    def urn(self, key: Key) -> bytes:
-        """The table key of ``key``: the URN bytes of the entity (or the relation's parent)."""
-        return self.reader.domain.urn(self.entity_type(key), key.id).encode()
-
-    def cache_key(self, key: Key) -> bytes:
-        """The name the caches know ``key``'s value by (see :mod:`mesh.cache.keys`)."""
+    def _store(self, key: Key) -> Any:
         if key.kind == "entity":
-            table = self.reader.table(key.name)
-        else:
-            table = self.reader.context.tables[relation_table_name(self.relations[key.name])]
-        return cache_key(table.name, self.urn(key))
+            return self.reader.table(key.name)
+        return self.reader.context.tables[relation_table_name(self.relations[key.name])]
 
     def locate(self, key: Key, *, forwarded: bool = False) -> Location:
         """Where ``key`` lives; :class:`UnavailableError` when nobody (or only we, stale) owns it.
@@ -99,24 +107,24 @@ class LocalReads:
         """
         entity_type = self.entity_type(key)
         reader = self.reader
-        partition = reader.partition(entity_type, self.urn(key))
+        urn = reader.domain.urn(entity_type, key.id).encode()
+        partition = reader.partition(entity_type, urn)
         table = reader.table(entity_type)
         if reader.owns(table, partition):
             if reader.recovering():
                 raise UnavailableError("this worker is recovering its tables; retry")
-            return Location(partition, None)
+            return Location(partition, None, self._store(key), urn)
         owner = None if forwarded else reader.owner_url(table, partition)
         if owner is None or reader.is_self(owner):
             raise UnavailableError(
                 f"no worker owns partition {partition} of {entity_type} right now "
                 "(the fleet is rebalancing); retry"
             )
-        return Location(partition, owner)
+        return Location(partition, owner, self._store(key), urn)
 
-    def read(self, key: Key, partition: int) -> Any:
+    def read(self, key: Key, location: Location) -> Any:
         """The value of an owned key: the entity record (or ``None``), or the member ids."""
         if key.kind == "entity":
-            return self.reader.read(self.reader.table(key.name), partition, self.urn(key))
-        relation = self.relations[key.name]
-        table = self.reader.context.tables[relation_table_name(relation)]
-        return present_members(read_members(partition_db(table, partition), self.urn(key)))
+            return self.reader.read(location.store, location.partition, location.urn)
+        db = partition_db(location.store, location.partition)
+        return present_members(read_members(db, location.urn))

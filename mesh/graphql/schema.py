@@ -42,7 +42,7 @@ from mesh.graphql.lists import (
     plural,
 )
 from mesh.graphql.loader import Loader
-from mesh.graphql.reads import Key
+from mesh.graphql.reads import Key, live
 from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
@@ -56,10 +56,6 @@ _SCALARS: dict[FieldType, Any] = {
     FieldType.DECIMAL: graphene.String,
     FieldType.TIMESTAMP: graphene.String,
 }
-
-
-def _live(rec: Record | None) -> Record | None:
-    return None if rec is None or rec.get("deleted") else rec
 
 
 def _first(found: list[Any]) -> Any:
@@ -120,12 +116,12 @@ def _state_resolver(name: str) -> Callable[[Record, Any], Any]:
 
 
 def _live_first(found: list[Record | None]) -> Record | None:
-    return _live(found[0])
+    return live(found[0])
 
 
 def _present(found: list[Record | None]) -> list[Record]:
     # A member whose record is gone or deleted (the index lags by one event) is left out.
-    return [rec for rec in found if rec is not None and not rec.get("deleted")]
+    return [shown for rec in found if (shown := live(rec)) is not None]
 
 
 class _Forward:

@@ -35,7 +35,7 @@ def read_batch(reads: LocalReads, raw_keys: list[Any]) -> list[dict[str, Any]]:
             location = reads.locate(key, forwarded=True)
             if location.owner is not None:
                 raise UnavailableError(f"{key.name} {key.id} is not owned by this worker")
-            results.append({"value": reads.read(key, location.partition)})
+            results.append({"value": reads.read(key, location)})
         except (UnavailableError, ValueError) as exc:
             results.append({"error": str(exc)})
     return results

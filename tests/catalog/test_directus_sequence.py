@@ -40,8 +40,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from mesh.dev.broker import start_broker
-from mesh.dev.process import free_port
 from mesh.domain import DomainConfig
 from tests.catalog.directus_sequence_support import (
     ENTITY_TYPES,
@@ -111,11 +109,7 @@ async def fleet(
     """Two workers following the session's Directus (the snapshot done), with the mirror
     writing to a fresh database."""
     root = tmp_path_factory.mktemp("directus-sequence")
-    logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
-        port = free_port()
-        broker = await start_broker("127.0.0.1", port, logs)
-        cleanup.push_async_callback(broker.stop)
         http = await cleanup.enter_async_context(
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         )
@@ -124,19 +118,11 @@ async def fleet(
             http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
         )
         mirror_dsn = make_database()
-        env = {
-            "MESH_BROKER_URL": f"kafka://127.0.0.1:{port}",
-            "MESH_SCHEMA_REGISTRY_URL": registry_url,
-            "MESH_DIRECTUS_URL": seeded.url,
-            "MESH_DIRECTUS_TOKEN": seeded.service_token,
-            "MESH_DATABASE_URL": mirror_dsn,
-            "MESH_TOPIC_PARTITIONS": str(PARTITIONS),
-            "MESH_REBALANCE_TIMEOUT_S": "3",
-            "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
-        }
         workers = await start_following_fleet(
-            cleanup, http, app_id=APP_ID, root=root, names=("sequence-a", "sequence-b"), env=env
-        )
+            cleanup, http, app_id=APP_ID, root=root, names=("sequence-a", "sequence-b"),
+            directus=seeded, registry_url=registry_url, partitions=PARTITIONS,
+            env={"MESH_DATABASE_URL": mirror_dsn},
+        )  # fmt: skip
         fleet = Fleet(sample_domain, admin, workers, mirror_dsn, Api(http, workers))
         cleanup.push_async_callback(fleet.remove_leftovers)
         yield fleet

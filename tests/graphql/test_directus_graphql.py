@@ -28,8 +28,6 @@ from gql import Client, gql
 from gql.transport.aiohttp import AIOHTTPTransport
 from gql.transport.exceptions import TransportQueryError
 
-from mesh.dev.broker import start_broker
-from mesh.dev.process import free_port
 from mesh.domain import DomainConfig
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
 from tests.sources.capture_fixtures import (
@@ -84,11 +82,7 @@ async def fleet(
 ) -> AsyncIterator[Fleet]:
     """Two workers following the session's Directus, the snapshot done."""
     root = tmp_path_factory.mktemp("graphql-directus")
-    logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
-        port = free_port()
-        broker = await start_broker("127.0.0.1", port, logs)
-        cleanup.push_async_callback(broker.stop)
         http = await cleanup.enter_async_context(
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         )
@@ -96,18 +90,10 @@ async def fleet(
         admin = await DirectusAdmin.login(
             http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
         )
-        env = {
-            "MESH_BROKER_URL": f"kafka://127.0.0.1:{port}",
-            "MESH_SCHEMA_REGISTRY_URL": registry_url,
-            "MESH_DIRECTUS_URL": seeded.url,
-            "MESH_DIRECTUS_TOKEN": seeded.service_token,
-            "MESH_TOPIC_PARTITIONS": str(PARTITIONS),
-            "MESH_REBALANCE_TIMEOUT_S": "3",
-            "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
-        }
         workers = await start_following_fleet(
-            cleanup, http, app_id=APP_ID, root=root, names=("gd-a", "gd-b"), env=env
-        )
+            cleanup, http, app_id=APP_ID, root=root, names=("gd-a", "gd-b"),
+            directus=seeded, registry_url=registry_url, partitions=PARTITIONS,
+        )  # fmt: skip
         fleet = Fleet(admin, workers)
         cleanup.push_async_callback(fleet.remove_leftovers)
         yield fleet

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
@@ -35,10 +35,14 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.dev.broker import start_broker
 from mesh.dev.directus import DirectusClient
 from mesh.dev.process import ManagedProcess, free_port
 from mesh.domain import DomainConfig, EntitySpec, FieldType
 from mesh.errors import StackError
+
+if TYPE_CHECKING:
+    from tests.fixtures.directus import DirectusHandle
 
 FEED_ACTIONS = ("create", "update", "delete")
 OPS = {"create": "CREATE", "update": "UPDATE", "delete": "DELETE"}
@@ -560,10 +564,27 @@ async def start_following_fleet(
     app_id: str,
     root: Path,
     names: Sequence[str],
-    env: Mapping[str, str],
+    directus: DirectusHandle,
+    registry_url: str,
+    partitions: int,
+    env: Mapping[str, str] | None = None,
 ) -> list[MeshWorker]:
-    """Workers ``names`` following Directus: started (stopped by ``cleanup``), ready, one of
-    them owning the source, and every one owning partitions."""
+    """A broker of their own and workers ``names`` following ``directus``: started (stopped
+    by ``cleanup``), ready, one of them owning the source, and every one owning partitions.
+    ``env`` adds to their environment (e.g. ``MESH_DATABASE_URL`` for the mirror)."""
+    port = free_port()
+    broker = await start_broker("127.0.0.1", port, root / "logs")
+    cleanup.push_async_callback(broker.stop)
+    env = {
+        "MESH_BROKER_URL": f"kafka://127.0.0.1:{port}",
+        "MESH_SCHEMA_REGISTRY_URL": registry_url,
+        "MESH_DIRECTUS_URL": directus.url,
+        "MESH_DIRECTUS_TOKEN": directus.service_token,
+        "MESH_TOPIC_PARTITIONS": str(partitions),
+        "MESH_REBALANCE_TIMEOUT_S": "3",
+        "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
+        **(env or {}),
+    }
     workers = [
         MeshWorker(name, app_id=app_id, state_dir=root / name, log_dir=root / "logs", env=env)
         for name in names
