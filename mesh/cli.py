@@ -97,6 +97,15 @@ def _cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_relations(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.relations_check import run_relations_check
+
+    url = args.url or f"http://{settings.web_host}:{settings.web_port}"
+    return run_relations_check(
+        url, repair=args.repair, settle=args.settle, wait=args.wait, scan_timeout=args.scan_timeout
+    )
+
+
 def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.model_dump().items():
         print(f"{name} = {value}")
@@ -144,6 +153,25 @@ def _parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="check (or --write) the Avro after records")
     schemas.add_argument("--write", action="store_true", help="regenerate from the domain config")
     schemas.set_defaults(run=_cmd_schemas)
+    relations = sub.add_parser("relations", help="operate on the relation indexes")
+    relation_commands = relations.add_subparsers(dest="relations", required=True, metavar="ACTION")
+    check = relation_commands.add_parser(
+        "check", help="compare every relation index with the entity records of the fleet"
+    )
+    check.add_argument(
+        "--url", default=None, help="a worker's web URL (default: MESH_WEB_HOST:MESH_WEB_PORT)"
+    )
+    check.add_argument("--repair", action="store_true", help="send the corrections to the owners")
+    check.add_argument(
+        "--settle", type=float, default=3.0, help="seconds between the two scans that confirm"
+    )
+    check.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for repairs to show"
+    )
+    check.add_argument(
+        "--scan-timeout", type=float, default=120.0, help="seconds to wait for a steady fleet"
+    )
+    check.set_defaults(run=_cmd_relations)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
         run=_cmd_config
     )

@@ -24,15 +24,21 @@ class RelationOp:
     member: str
     version: int
     present: bool
+    repair: bool = False
+    """Made by the relation check from the child's record: it also replaces an entry of
+    the same version (which the record contradicts), never a newer one."""
 
     def as_json(self) -> dict[str, Any]:
         """The op as sent on the relations topic (keyed by ``parent``)."""
-        return {
+        op = {
             "relation": self.relation,
             "member": self.member,
             "version": self.version,
             "present": self.present,
         }
+        if self.repair:
+            op["repair"] = True
+        return op
 
 
 @dataclass(frozen=True)
@@ -134,11 +140,14 @@ def apply_op(entry: MemberEntry | None, op: dict[str, Any]) -> MemberEntry | Non
     """The member's entry after ``op``, or ``None`` when the op is not newer for it.
 
     Removed members stay as ``[version, false]`` so an older add arriving late cannot
-    bring them back.
+    bring them back. A repair (see :mod:`mesh.catalog.consistency`) also replaces an entry
+    of its own version.
     """
     version = int(op["version"])
-    if entry is not None and version <= int(entry[0]):
-        return None
+    if entry is not None:
+        stored = int(entry[0])
+        if version < stored or (version == stored and not op.get("repair")):
+            return None
     return [version, bool(op["present"])]
 
 

@@ -196,7 +196,7 @@ class CatalogIngestor:
         counts: Counter[tuple[str, str]] = Counter()
         for message in messages:
             if message.topic == self.relations_topic:
-                self._fold_relation(message, writes)
+                self._fold_relation(message, writes, dead)
             else:
                 self._fold_entity(message, writes, ops, dead, counts)
         for (entity_type, result), n in counts.items():
@@ -325,10 +325,20 @@ class CatalogIngestor:
         counts[(entity_type, "applied")] += 1
 
     def _fold_relation(
-        self, message: Any, writes: dict[tuple[str, int], dict[bytes, bytes]]
+        self,
+        message: Any,
+        writes: dict[tuple[str, int], dict[bytes, bytes]],
+        dead: list[tuple[Any, str, Exception]],
     ) -> None:
-        op = record.loads(message.value)
-        table = self.relation_tables[op["relation"]]
+        try:
+            op = record.loads(message.value)
+            table = self.relation_tables[op["relation"]]
+            int(op["version"]), str(op["member"]), bool(op["present"])
+        except (ValueError, TypeError, KeyError) as exc:
+            # Internal, but the relation check's repairs come this way too: never stop on one.
+            error = CodecError(f"not a relation change ({type(exc).__name__}: {exc})")
+            dead.append((message, "catalog-relation", error))
+            return
         self._apply_relation_op(table, message.partition, message.key, op, writes)
 
     def _apply_relation_op(

@@ -17,10 +17,12 @@ def register_views(context: MeshContext) -> None:
         register_internal_entities_view,
         register_internal_scan_view,
     )
+    from mesh.web.relations_check import register_relations_check_views
 
     register_health_views(context)
     register_metrics_view(context)
     register_catalog_views(context)
     register_internal_entities_view(context)
     register_internal_scan_view(context)
+    register_relations_check_views(context)
     register_graphql_views(context)
