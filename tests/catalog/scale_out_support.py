@@ -8,6 +8,7 @@ definition of the scenario.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -223,25 +225,40 @@ async def relation_differences(
 async def dump_topics(bootstrap: str, registry_url: str, path: Path) -> Path:
     """Write every record the broker holds to ``path`` (JSON lines) for a post-mortem:
     change events decoded, JSON values (relation changes, changelogs) as they are."""
-    import json
-
-    from tests.sources.capture_fixtures import KafkaLog
-
     deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
-    async with KafkaLog(bootstrap, r"^.*$") as log:
-        await log.drain()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in sorted(await consumer.topics())
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
         with path.open("w") as out:
-            for r in log.records:
-                value: Any
-                if r.topic.endswith(".entity_changed"):
-                    event = deserializer(r.value, SerializationContext(r.topic, MessageField.VALUE))
-                    value = {k: event[k] for k in ("entity_id", "op", "source", "after")}
-                else:
-                    try:
-                        value = json.loads(r.value) if r.value else None
-                    except ValueError:
-                        value = r.value[:200].hex()
-                row = {"topic": r.topic, "partition": r.partition, "offset": r.offset,
-                       "key": r.key, "value": value}  # fmt: skip
-                out.write(json.dumps(row, default=str) + "\n")
+            # An empty fetch ends it: Tansu's reported end offsets can fall short.
+            while batch := await consumer.getmany(timeout_ms=2000, max_records=10_000):
+                for records in batch.values():
+                    for r in records:
+                        out.write(json.dumps(_dump_row(r, deserializer), default=str) + "\n")
+    finally:
+        await consumer.stop()
     return path
+
+
+def _dump_row(r: Any, deserializer: AvroDeserializer) -> dict[str, Any]:
+    value: Any
+    if r.topic.endswith(".entity_changed"):
+        event: Any = deserializer(r.value, SerializationContext(r.topic, MessageField.VALUE))
+        value = {k: event[k] for k in ("entity_id", "op", "source", "after")}
+    else:
+        try:
+            value = json.loads(r.value) if r.value else None
+        except ValueError:
+            value = r.value[:200].hex()
+    key = (r.key or b"").decode(errors="replace")
+    return {"topic": r.topic, "partition": r.partition, "offset": r.offset, "key": key,
+            "value": value}  # fmt: skip

@@ -1,10 +1,11 @@
 """Crash convergence: a worker killed mid-stream and restarted loses nothing, leaves nothing stale.
 
-Two ``mesh worker`` processes share 4 partitions per topic. A seeded random stream of
+Three ``mesh worker`` processes share 4 partitions per topic. A seeded random stream of
 creates, updates, deletes and re-pointed invoices/items is produced while one worker is
-killed with SIGKILL and restarted. Afterwards every entity answered through the API
-(routed to its owner) is at the last version produced, and every reverse relation lists
-exactly the live children that point at its parent.
+killed with SIGKILL and restarted. Afterwards, on every worker, every entity answered
+through the API (routed to its owner) is at the last version produced, and every reverse
+relation lists exactly the live children that point at its parent: in REST and in GraphQL,
+both cached and ``Cache-Control: no-cache``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -41,7 +43,9 @@ async def fleet(
     sample_domain: DomainConfig, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Fleet]:
     root = tmp_path_factory.mktemp("catalog-convergence")
-    async with open_fleet(sample_domain, root, APP_ID, PARTITIONS, ["conv-a", "conv-b"]) as fleet:
+    async with open_fleet(
+        sample_domain, root, APP_ID, PARTITIONS, ["conv-a", "conv-b", "conv-c"]
+    ) as fleet:
         yield fleet
 
 
@@ -115,6 +119,66 @@ async def random_event(fleet: Fleet, model: Model) -> None:
         )
 
 
+RELATIONS_QUERY = """
+query Relations($customer: ID!, $invoice: ID!) {
+  customer(id: $customer) { invoices { id } }
+  invoice(id: $invoice) { items { id } }
+}
+"""
+
+
+async def graphql_relations(
+    worker: Worker, customer_id: int, invoice_id: int, *, no_cache: bool
+) -> tuple[set[str] | None, set[str] | None] | str:
+    """``customer.invoices`` and ``invoice.items`` ids as GraphQL answers them (``None``
+    for an entity it does not know), or the error it gave."""
+    headers = {"Cache-Control": "no-cache"} if no_cache else {}
+    variables = {"customer": str(customer_id), "invoice": str(invoice_id)}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http,
+            http.post(
+                f"{worker.base}/graphql",
+                json={"query": RELATIONS_QUERY, "variables": variables},
+                headers=headers,
+            ) as resp,
+        ):
+            answer = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return repr(exc)
+    if resp.status != 200 or answer.get("errors"):
+        return f"HTTP {resp.status}: {answer}"
+    found = answer["data"]
+    customer_ = found["customer"]
+    invoice_ = found["invoice"]
+    return (
+        None if customer_ is None else {i["id"] for i in customer_["invoices"]},
+        None if invoice_ is None else {i["id"] for i in invoice_["items"]},
+    )
+
+
+async def graphql_differences(model: Model, reader: Worker) -> list[str]:
+    """Where GraphQL on ``reader``, cached and not, disagrees with the model's relations."""
+    expected = model.expected_relations()
+    wrong: list[str] = []
+    for n in range(1, max(CUSTOMERS, INVOICES) + 1):
+        c, i = (n - 1) % CUSTOMERS + 1, n
+        want_c = expected[("customer", c, "invoices")]
+        live = i in model.invoices
+        want_i = expected[("invoice", i, "items")] if live else None
+        for no_cache in (False, True):
+            got = await graphql_relations(reader, c, i, no_cache=no_cache)
+            how = "no-cache" if no_cache else "cached"
+            if isinstance(got, str):
+                wrong.append(f"GraphQL ({how}) customer {c} / invoice {i}: {got}")
+                continue
+            if got[0] != want_c:
+                wrong.append(f"GraphQL ({how}) customer {c}.invoices: want {want_c}, got {got[0]}")
+            if live and got[1] != want_i:
+                wrong.append(f"GraphQL ({how}) invoice {i}.items: want {want_i}, got {got[1]}")
+    return wrong
+
+
 async def converged(fleet: Fleet, model: Model, reader: Worker) -> list[str]:
     """Every difference between the API and the model (empty once converged)."""
     wrong: list[str] = []
@@ -131,14 +195,14 @@ async def converged(fleet: Fleet, model: Model, reader: Worker) -> list[str]:
         ids = {m["id"] for m in got.body["reverse"][relation]["members"]}
         if ids != children:
             wrong.append(f"{parent} {parent_id}.{relation}: want {sorted(children)}, got {ids}")
-    return wrong
+    return wrong + await graphql_differences(model, reader)
 
 
 @pytest.mark.parametrize("seed_value", [1, 2])
 async def test_a_worker_killed_mid_stream_converges_after_restart(
     fleet: Fleet, seed_value: int
 ) -> None:
-    a, b = fleet.workers
+    a, b, c = fleet.workers
     model = Model(random.Random(seed_value))
     await seed(fleet, model)
     for n in range(EVENTS):
@@ -157,7 +221,8 @@ async def test_a_worker_killed_mid_stream_converges_after_restart(
         return not wrong
 
     await wait_until(check, timeout=90, what=lambda: f"{len(wrong)} differences: {wrong[:10]}")
-    # Both workers own keys again and answer the same.
-    assert await converged(fleet, model, b) == []
+    # Every worker owns keys again and answers the same.
+    for worker in (b, c):
+        assert await converged(fleet, model, worker) == []
     served = {(await a.get(entity("invoice", i))).worker for i in range(1, INVOICES + 1)}
-    assert served == {"conv-a", "conv-b"}
+    assert served == {"conv-a", "conv-b", "conv-c"}
