@@ -9,6 +9,18 @@ delivery waits for room *or* for flow to be suspended, exactly as Faust races th
 callback against ``suspend_flow``, so rebalances interrupt it as Faust intends. Other
 topics keep Faust's path.
 
+Delivery also decides where each catalog partition is read from (:class:`Positions`).
+Around a rebalance, Faust drops records it has already taken from the consumer: when its
+recovery ends it empties the set of active partitions that a pending fetch was given, the
+fetch then returns the records of every partition, and Faust discards those of paused
+partitions; it also breaks off a batch when flow stops. Its rewind after the rebalance
+seeks only partitions with a committed offset. A partition nobody has committed yet (a
+relations-topic partition whose owner died before its first commit, say) keeps the
+advanced position, and its dropped records are never read: relation changes were lost
+that way. So a catalog partition is delivered only once this module has rewound it in the
+current generation, to its committed offset or, when there is none, to its first offset;
+any record it cannot deliver makes it rewind the partition again first.
+
 This replaces ``_drain_messages`` on one consumer instance (not the class): the loop below
 is Faust 0.15's, with the delivery step changed.
 """
@@ -22,7 +34,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING  # type: ignore[attr-defined]
+from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP  # type: ignore[attr-defined]
+from faust.types import TP
 from mode import Service
 
 
@@ -68,15 +82,86 @@ class MessageBuffer:
         self.room.set()
 
 
-def install_fast_delivery(app: faust.App, buffer: MessageBuffer) -> None:
-    """Make ``app``'s consumer deliver the buffer's topics into ``buffer``."""
+class Positions:
+    """Which catalog partitions may be delivered: those rewound in this generation.
+
+    After each rebalance every assigned catalog partition is *unsettled* until
+    :meth:`settle` has sought it to its committed offset (its first offset when nothing
+    was ever committed). A record that cannot be delivered unsettles its partition again,
+    so it is read anew rather than skipped.
+    """
+
+    def __init__(self, app: faust.App, topics: set[str]) -> None:
+        self.app = app
+        self.topics = topics
+        self.generation: int | None = None
+        """The generation the unsettled set was taken for."""
+        self.unsettled: set[TP] = set()
+        self._flow_active = app.flow_control.is_active
+
+    def steady(self) -> bool:
+        """True when the group is not rebalancing and the consumer's flow runs."""
+        app = self.app
+        return bool(
+            self._flow_active()
+            and not app.consumer.suspend_flow.is_set()  # type: ignore[attr-defined]
+            and not app.rebalancing
+        )
+
+    def may_deliver(self, tp: TP) -> bool:
+        """True when a record of ``tp`` fetched now can be delivered."""
+        return (
+            self.steady()
+            and self.generation == self.app.consumer_generation_id
+            and tp not in self.unsettled
+        )
+
+    def drop(self, tp: TP) -> None:
+        """A record of ``tp`` was not delivered: rewind before delivering more."""
+        self.unsettled.add(tp)
+
+    async def settle(self, consumer: Any) -> None:
+        """Rewind what is unsettled, once the group is steady (called between fetches)."""
+        if not self.steady():
+            return
+        generation = self.app.consumer_generation_id
+        assigned = {tp for tp in consumer.assignment() if tp.topic in self.topics}
+        if generation != self.generation:
+            self.generation = generation
+            self.unsettled = set(assigned)
+        self.unsettled &= assigned
+        if not self.unsettled:
+            return
+        pending = set(self.unsettled)
+        try:
+            # Faust's own rewind (every assigned partition with a commit), then ours.
+            committed = await consumer.seek_to_committed()
+            fresh = [tp for tp in pending if not committed.get(tp)]
+            if fresh:
+                first = await consumer.earliest_offsets(*fresh)
+                await consumer.seek_wait({tp: first[tp] for tp in first})
+        except IllegalStateError:
+            return  # the assignment changed meanwhile: the next generation settles again
+        for tp in pending:
+            offset = committed.get(tp) or None
+            consumer._read_offset[ensure_TP(tp)] = offset
+            if offset is not None:
+                consumer._committed_offset[ensure_TP(tp)] = offset
+        if self.app.consumer_generation_id == generation:
+            self.unsettled -= pending
+
+
+def install_fast_delivery(app: faust.App, buffer: MessageBuffer) -> Positions:
+    """Make ``app``'s consumer deliver the buffer's topics into ``buffer``; returns the
+    positions it keeps for them."""
     consumer = app.consumer
-    drain = _make_drain(app, buffer)
+    positions = Positions(app, buffer.topics)
+    drain = _make_drain(buffer, positions)
     consumer._drain_messages = types.MethodType(drain, consumer)  # type: ignore[attr-defined]
+    return positions
 
 
-def _make_drain(app: faust.App, buffer: MessageBuffer) -> Callable[..., Any]:
-    flow_active = app.flow_control.is_active
+def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., Any]:
     topics = buffer.topics
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
@@ -90,11 +175,11 @@ def _make_drain(app: faust.App, buffer: MessageBuffer) -> Callable[..., Any]:
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
-        suspended = self.suspend_flow.is_set
         yield_every = 100
         num_since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                await positions.settle(self)
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -107,6 +192,14 @@ def _make_drain(app: faust.App, buffer: MessageBuffer) -> Callable[..., Any]:
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
+                            if message.topic in topics:
+                                if buffer.full():
+                                    await self.wait_first(
+                                        buffer.room.wait(), self.suspend_flow.wait()
+                                    )
+                                if not positions.may_deliver(tp):
+                                    positions.drop(tp)
+                                    continue
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
@@ -115,13 +208,11 @@ def _make_drain(app: faust.App, buffer: MessageBuffer) -> Callable[..., Any]:
                                 await self.commit()
                             if message.topic not in topics:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
+                            elif positions.may_deliver(tp):
+                                buffer.put(message)
                             else:
-                                if buffer.full():
-                                    await self.wait_first(
-                                        buffer.room.wait(), self.suspend_flow.wait()
-                                    )
-                                if flow_active() and not suspended():
-                                    buffer.put(message)
+                                positions.drop(tp)
+                                continue
                             set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
