@@ -37,7 +37,8 @@ from tests.catalog.rest_fixtures import (
 
 APP_ID = "catalog-takeover"
 PARTITIONS = 6
-"""Two per worker: a restarted worker is given partitions again."""
+"""Two per worker: a restarted worker is given partitions again (Faust balances to at most
+ceil(partitions / workers) each, which 4 over 3 meets with one worker empty)."""
 CUSTOMERS = 24
 INVOICES = 40
 
