@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint types pytest install clean
+.PHONY: dev test lint types pytest soak install clean
 
 $(STAMP): pyproject.toml tests/graphql/compose/package-lock.json
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -32,6 +32,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint types pytest
+
+# The crash and rebalance scenarios, each run many times from a fresh stack (about an hour).
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

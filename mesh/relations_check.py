@@ -161,7 +161,7 @@ async def check_relations(
         found = first.differences()
         scan = first
         if found:
-            say(f"{len(found)} differences in the first scan; scanning again in {settle:g} s")
+            say(f"{_count(len(found))} in the first scan; scanning again in {settle:g} s")
             await asyncio.sleep(settle)
             scan = await steady_scan(http, url, timeout=scan_timeout, say=say)
             found = confirmed(found, scan.differences())
@@ -209,7 +209,7 @@ def run_relations_check(
     if not result.found:
         say("no differences: every relation index matches the entity records")
         return 0
-    say(f"{len(result.found)} differences (found in two scans {settle:g} s apart):")
+    say(f"{_count(len(result.found))} (found in two scans {settle:g} s apart):")
     for difference in result.found:
         say(f"  {difference.describe()}")
     if not repair:
@@ -218,10 +218,14 @@ def run_relations_check(
     for difference in result.refused:
         say(f"  not repaired, the index entry is newer than the record: {difference.describe()}")
     if result.remaining:
-        say(f"{len(result.remaining)} differences remain after the repair:")
+        say(f"{_count(len(result.remaining))} remain after the repair:")
         for difference in result.remaining:
             say(f"  {difference.describe()}")
     if result.remaining or result.refused:
         return 1
-    say(f"repaired {len(result.found)} differences; the indexes now match the records")
+    say(f"repaired {_count(len(result.found))}; the indexes now match the records")
     return 0
+
+
+def _count(n: int) -> str:
+    return f"{n} difference" if n == 1 else f"{n} differences"
