@@ -330,16 +330,28 @@ class CatalogIngestor:
         writes: dict[tuple[str, int], dict[bytes, bytes]],
         dead: list[tuple[Any, str, Exception]],
     ) -> None:
+        # Internal, but the relation check's repairs come this way too: never stop on one.
         try:
-            op = record.loads(message.value)
-            table = self.relation_tables[op["relation"]]
-            int(op["version"]), str(op["member"]), bool(op["present"])
-        except (ValueError, TypeError, KeyError) as exc:
-            # Internal, but the relation check's repairs come this way too: never stop on one.
-            error = CodecError(f"not a relation change ({type(exc).__name__}: {exc})")
+            op = self._relation_change(message.value)
+        except CodecError as error:
             dead.append((message, "catalog-relation", error))
             return
+        table = self.relation_tables[op["relation"]]
         self._apply_relation_op(table, message.partition, message.key, op, writes)
+
+    def _relation_change(self, value: bytes | None) -> dict[str, Any]:
+        try:
+            op = record.loads(value)
+        except ValueError as exc:
+            raise CodecError(f"a relation change must be JSON: {exc}") from None
+        if not isinstance(op, dict) or op.get("relation") not in self.relation_tables:
+            known = ", ".join(sorted(self.relation_tables))
+            raise CodecError(f"not a change of a known relation ({known}): {value!r:.200}")
+        version, member, present = op.get("version"), op.get("member"), op.get("present")
+        if not (isinstance(version, int) and isinstance(member, str | int)
+                and isinstance(present, bool)):  # fmt: skip
+            raise CodecError(f"a relation change needs version, member and present: {op!r:.200}")
+        return op
 
     def _apply_relation_op(
         self,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
 
 from mesh.catalog.ingest import relations_topic_name
 from mesh.domain import DomainConfig
@@ -174,3 +175,51 @@ async def test_only_differences_both_scans_agree_on_are_reported(fleet: Fleet) -
     status, out = await check(a)
     assert status == 1, out
     assert "customer:5 lists 9, which points at urn:dictamesh:default:customer:4" in out
+
+
+async def test_a_malformed_relation_change_is_a_dead_letter_and_the_partition_flows(
+    fleet: Fleet,
+) -> None:
+    a, _ = fleet.workers
+    await fleet.send("customer", 50, 5000, customer("C50"), Op.CREATE)
+    await fleet.send("customer", 51, 5001, customer("C51"), Op.CREATE)
+    await fleet.send("invoice", 61, 5002, invoice("I61", 51), Op.CREATE)
+    await wait_until(lambda: members_are(a, 51, {"61"}), timeout=30, what="invoice 61 indexed")
+    topic, key = relations_topic_name(APP_ID), fleet.domain.urn("customer", "50").encode()
+    bad = [
+        await fleet.send_raw(topic, key, b"not json"),
+        await fleet.send_raw(topic, key, b'{"relation": "customer.nothing", "member": "1"}'),
+        await fleet.send_raw(topic, key, b'{"relation": "customer.invoices", "member": "1"}'),
+    ]
+    await publish_op(fleet, 50, member="61", version=1, present=True)  # after them, same partition
+    await wait_until(lambda: members_are(a, 50, {"61"}), timeout=30, what="the partition flowing")
+
+    consumer = AIOKafkaConsumer(
+        fleet.dead_letter_topic, bootstrap_servers=fleet.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: dict[int, dict[str, str]] = {}
+    try:
+
+        async def read() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            for message in (m for ms in batch.values() for m in ms):
+                headers = {k: v.decode() for k, v in message.headers}
+                if headers.get("dictamesh.topic") == topic:
+                    found[int(headers["dictamesh.offset"])] = headers
+            return {m.offset for m in bad} <= found.keys()
+
+        await wait_until(read, timeout=30, what=lambda: f"three dead letters, got {found}")
+    finally:
+        await consumer.stop()
+    for sent in bad:
+        headers = found[sent.offset]
+        assert headers["dictamesh.stage"] == "catalog-relation"
+        assert headers["dictamesh.error.class"] == "CodecError"
+    assert "must be JSON" in found[bad[0].offset]["dictamesh.error.message"]
+    assert "known relation" in found[bad[1].offset]["dictamesh.error.message"]
+    assert "needs version, member and present" in found[bad[2].offset]["dictamesh.error.message"]
+
+    # Leave the indexes as the records say.
+    await publish_op(fleet, 50, member="61", version=5002, present=False, repair=True)
+    await wait_until(lambda: members_are(a, 50, set()), timeout=30, what="the stray entry gone")
