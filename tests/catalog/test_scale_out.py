@@ -123,6 +123,7 @@ async def test_relations_are_right_on_every_worker_after_one_of_three_is_killed(
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(check.communicate(), timeout=180)
+        print(out.decode())
         assert check.returncode == 0, out.decode()
         assert "no differences" in out.decode()
         assert "on 3 workers (worker-0, worker-1, worker-2)" in out.decode()
