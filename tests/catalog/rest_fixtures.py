@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
 
@@ -276,6 +276,32 @@ async def eventually(
 
     await wait_until(ok, timeout=timeout, what=lambda: f"GET {path}: {last}")
     return last[0]
+
+
+async def dead_letters_of(
+    fleet: Fleet, topic: str, offsets: set[int], *, timeout: float = TIMEOUT
+) -> dict[int, dict[str, str]]:
+    """The headers of the dead letters of ``topic``'s records at ``offsets``, by offset,
+    once all of them are there."""
+    consumer = AIOKafkaConsumer(
+        fleet.dead_letter_topic, bootstrap_servers=fleet.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: dict[int, dict[str, str]] = {}
+    try:
+
+        async def read() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            for message in (m for ms in batch.values() for m in ms):
+                headers = {k: v.decode() for k, v in message.headers}
+                if headers.get("dictamesh.topic") == topic:
+                    found[int(headers["dictamesh.offset"])] = headers
+            return offsets <= found.keys()
+
+        await wait_until(read, timeout=timeout, what=lambda: f"dead letters {offsets}: {found}")
+    finally:
+        await consumer.stop()
+    return found
 
 
 def entity(entity_type: str, entity_id: object) -> str:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 
 from mesh.catalog.ingest import relations_topic_name
 from mesh.domain import DomainConfig
@@ -24,6 +23,7 @@ from tests.catalog.rest_fixtures import (
     Fleet,
     Worker,
     customer,
+    dead_letters_of,
     entity,
     invoice,
     open_fleet,
@@ -194,24 +194,7 @@ async def test_a_malformed_relation_change_is_a_dead_letter_and_the_partition_fl
     await publish_op(fleet, 50, member="61", version=1, present=True)  # after them, same partition
     await wait_until(lambda: members_are(a, 50, {"61"}), timeout=30, what="the partition flowing")
 
-    consumer = AIOKafkaConsumer(
-        fleet.dead_letter_topic, bootstrap_servers=fleet.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    found: dict[int, dict[str, str]] = {}
-    try:
-
-        async def read() -> bool:
-            batch = await consumer.getmany(timeout_ms=200)
-            for message in (m for ms in batch.values() for m in ms):
-                headers = {k: v.decode() for k, v in message.headers}
-                if headers.get("dictamesh.topic") == topic:
-                    found[int(headers["dictamesh.offset"])] = headers
-            return {m.offset for m in bad} <= found.keys()
-
-        await wait_until(read, timeout=30, what=lambda: f"three dead letters, got {found}")
-    finally:
-        await consumer.stop()
+    found = await dead_letters_of(fleet, topic, {m.offset for m in bad})
     for sent in bad:
         headers = found[sent.offset]
         assert headers["dictamesh.stage"] == "catalog-relation"

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
@@ -23,6 +22,7 @@ from tests.catalog.rest_fixtures import (
     Fleet,
     at_version,
     customer,
+    dead_letters_of,
     entity,
     eventually,
     invoice,
@@ -228,24 +228,7 @@ async def test_bad_messages_become_dead_letters_and_the_partition_flows(fleet: F
     assert corrupt.partition == unknown.partition == valid.partition
     await eventually(fleet.workers[0], entity("customer", 3000), at_version(3000))
 
-    consumer = AIOKafkaConsumer(
-        fleet.dead_letter_topic, bootstrap_servers=fleet.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    found: dict[int, dict[str, str]] = {}
-    try:
-
-        async def read() -> bool:
-            batch = await consumer.getmany(timeout_ms=200)
-            for message in (m for ms in batch.values() for m in ms):
-                headers = {k: v.decode() for k, v in message.headers}
-                if headers.get("dictamesh.topic") == topic:
-                    found[int(headers["dictamesh.offset"])] = headers
-            return {corrupt.offset, unknown.offset} <= found.keys()
-
-        await wait_until(read, timeout=TIMEOUT, what=lambda: f"two dead letters, got {found}")
-    finally:
-        await consumer.stop()
+    found = await dead_letters_of(fleet, topic, {corrupt.offset, unknown.offset})
     for sent, error in ((corrupt, "CodecError"), (unknown, "UnknownSchemaError")):
         headers = found[sent.offset]
         assert headers["dictamesh.partition"] == str(sent.partition)
