@@ -20,6 +20,7 @@ scanned whole (workers down or rebalancing throughout).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,10 @@ async def _report(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
             body: dict[str, Any] = await resp.json(content_type=None)
             return body
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise FleetScanError(f"the worker at {url} did not answer the scan: {exc!r}") from None
+        raise FleetScanError(
+            f"the worker at {url} did not answer the scan ({type(exc).__name__}: {exc}); "
+            "is a worker running there (--url)?"
+        ) from None
 
 
 def _gaps(reports: Sequence[dict[str, Any]], partitions: int) -> list[str]:
@@ -198,7 +202,7 @@ def run_relations_check(
             )
         )
     except FleetScanError as exc:
-        print(f"mesh: relation check incomplete: {exc}", flush=True)
+        print(f"mesh: relation check incomplete: {exc}", file=sys.stderr, flush=True)
         return 3
     scan = result.scan
     say(
