@@ -147,6 +147,14 @@ class Operations:
         await self.admin.update("invoices", item, {"customer": self.rng.choice(self.customers)})
         self._count("re-point invoice")
 
+    async def remove(self) -> None:
+        """Delete what was made, invoices first (the session's Directus is shared: other
+        tests count the seed's rows)."""
+        for item in self.invoices:
+            await self.admin.delete("invoices", item)
+        for item in self.customers:
+            await self.admin.delete("customers", item)
+
     async def random_operation(self) -> None:
         """40% rename a customer, 40% re-point an invoice, 20% create a customer."""
         roll = self.rng.random()

@@ -80,6 +80,7 @@ async def test_relations_are_right_on_every_worker_after_one_of_three_is_killed(
         await fleet.scale_out(["worker-1", "worker-2"])
 
         ops = Operations(admin, rng)
+        cleanup.push_async_callback(ops.remove)
         for _ in range(10):
             await ops.create_customer()
         for _ in range(15):
