@@ -1,26 +1,20 @@
-"""The Faust app factory: one call builds a worker's app with its tables, agents and views."""
+"""The worker factory: one call builds a worker's app with its tables, agents and views."""
 
 from __future__ import annotations
 
-import faust
-
 from mesh.context import MeshContext
 from mesh.domain import DomainConfig, load_domain
-from mesh.end_offsets import install_verified_end_offsets
+from mesh.runtime.app import build_faust_app
+from mesh.runtime.worker import run_faust_worker
+from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 
 
-class MeshApp(faust.App):  # type: ignore[misc]
-    """A Faust app that carries its :class:`~mesh.context.MeshContext` as ``mesh``."""
+def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshContext:
+    """Build a worker for ``settings``: the stream runtime's app with DictaMesh's tables,
+    agents and views registered on it; returns the worker's context (``.app`` is the app).
 
-    mesh: MeshContext
-
-
-def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshApp:
-    """Build a Faust app for ``settings`` and register DictaMesh's tables, agents and views.
-
-    ``domain`` defaults to the file at ``settings.domain_config``. The app's
-    :class:`~mesh.context.MeshContext` is reachable as ``app.mesh``.
+    ``domain`` defaults to the file at ``settings.domain_config``.
     """
     # Imported here so that importing mesh never imports the agent modules' dependencies.
     from agents import register_agents
@@ -29,37 +23,17 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshAp
     from tables import register_tables
 
     domain = domain or load_domain(settings.domain_config)
-    settings.worker_dir.mkdir(parents=True, exist_ok=True)
-    app = MeshApp(
-        settings.app_id,
-        broker=settings.broker_url,
-        store="rocksdb://",
-        datadir=str(settings.worker_dir),
-        autodiscover=False,
-        # Raw bytes keys everywhere: topic, table and router must hash the same bytes,
-        # or table_route sends requests to the wrong worker.
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
-        table_standby_replicas=1,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_session_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.rebalance_timeout_s / 3),
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        web_enabled=True,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
-        web_host=settings.web_host,
-        logging_config=None,
-    )
-    context = MeshContext(settings=settings, domain=domain, app=app)
-    app.mesh = context
-    install_verified_end_offsets(app, settings.bootstrap_servers)
+    context = MeshContext(settings=settings, domain=domain, app=build_faust_app(settings))
     register_read_cache(context)
     register_tables(context)
     register_agents(context)
     register_views(context)
-    return app
+    return context
+
+
+def run_worker(settings: Settings) -> int:
+    """Validate the config, build the worker and run it; return the exit code."""
+    context = create_app(settings)
+    # Fail before joining the group when schemas and config disagree.
+    load_event_schemas(context.domain, settings.schemas_dir)
+    return run_faust_worker(context.app, settings.log_level)

@@ -15,7 +15,7 @@ from mesh.settings import Settings, load_settings
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from mesh.worker import run_worker
+    from mesh.app import run_worker
 
     return run_worker(settings)
 

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 
 from mesh.context import MeshContext
-from mesh.partitioning import key_partition
+from mesh.runtime.partitioning import key_partition
 
 CURSOR_TABLE = "source_cursors"
 

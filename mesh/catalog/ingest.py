@@ -41,14 +41,14 @@ from rocksdict import WriteBatch
 
 from mesh.cache import changed_keys
 from mesh.catalog import record
-from mesh.catalog.delivery import MessageBuffer, install_fast_delivery
 from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
-from mesh.partitioning import key_partition
+from mesh.runtime.delivery import MessageBuffer, install_fast_delivery
+from mesh.runtime.partitioning import key_partition
 from tables.catalog import entity_table_name, member_key, partition_db, relation_table_name
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation, present_members, reverse_relations
 from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
-from mesh.partitioning import key_partition
+from mesh.runtime.partitioning import key_partition
 from tables.catalog import entity_table_name, partition_db, read_members, relation_table_name
 
 WORKER_HEADER = "X-Mesh-Worker"

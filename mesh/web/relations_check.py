@@ -22,7 +22,7 @@ from mesh.catalog.fold import RelationOp, reverse_relations
 from mesh.catalog.ingest import relations_topic_name
 from mesh.catalog.relation_scan import relation_report
 from mesh.context import MeshContext
-from mesh.partitioning import key_partition
+from mesh.runtime.partitioning import key_partition
 from mesh.web.entities import WORKER_HEADER, json_response
 
 RELATIONS_PATH = "/api/v1/internal/relations"

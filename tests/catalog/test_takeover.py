@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from mesh.domain import DomainConfig
-from mesh.partitioning import key_partition
+from mesh.runtime.partitioning import key_partition
 from mesh.sources.events import Op
 from tests.catalog.rest_fixtures import (
     Fleet,

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
-from mesh.end_offsets import read_end_offsets
+from mesh.runtime.end_offsets import read_end_offsets
 
 
 async def _topic(broker: str, partitions: int) -> str:

@@ -1,0 +1,47 @@
+"""The Faust app of one worker, built and checked here: the only place it is configured."""
+
+from __future__ import annotations
+
+import faust
+
+from mesh.runtime.end_offsets import install_verified_end_offsets
+from mesh.runtime.versions import check_runtime_versions
+from mesh.settings import Settings
+
+
+def build_faust_app(settings: Settings) -> faust.App:
+    """A Faust app for ``settings``: RocksDB tables in the worker's directory, raw bytes
+    keys and values, the fleet's partitions and timeouts, and the web server.
+
+    Refuses a faust-streaming version the project has not been tested with (the delivery
+    hook replaces one of its methods).
+    """
+    check_runtime_versions()
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="rocksdb://",
+        datadir=str(settings.worker_dir),
+        autodiscover=False,
+        # Raw bytes keys everywhere: topic, table and router must hash the same bytes,
+        # or requests are routed to the wrong worker.
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        table_standby_replicas=1,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.rebalance_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        logging_config=None,
+    )
+    install_verified_end_offsets(app, settings.bootstrap_servers)
+    return app
