@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import mode
 
@@ -22,10 +22,9 @@ class CatalogService(mode.Service):  # type: ignore[misc]
 
     async def on_start(self) -> None:
         await self.ingestor.start()
-        revoked = self.ingestor.context.app.on_partitions_revoked
-        revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.ingestor.context.membership.on_revoked(self._on_revoked)
 
-    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
         await self.ingestor.revoke()
 
     async def on_stop(self) -> None:

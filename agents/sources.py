@@ -14,7 +14,6 @@ import time
 from typing import Any, ClassVar
 
 import mode
-from faust.types import TP
 
 from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
@@ -25,7 +24,6 @@ from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
 from mesh.sources.runner import SourceRunner
-from mesh.web.health import readiness
 from tables.cursors import CursorStore, cursor_partition
 
 log = logging.getLogger(__name__)
@@ -43,7 +41,8 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
         super().__init__(**kwargs)
         ctx = self.context
         self.metrics = SourceMetrics(ctx.metrics)
-        self.cursors = CursorStore(ctx)
+        assert ctx.cursors is not None, "register_tables() declares the cursor table first"
+        self.cursors = CursorStore(ctx.cursors)
         self.runners: dict[str, SourceRunner] = {}
         self._not_before: dict[str, float] = {}
         schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
@@ -54,7 +53,7 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
 
     async def on_start(self) -> None:
-        self.context.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.context.membership.on_revoked(self._on_revoked)
 
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
@@ -66,16 +65,15 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
             await self.sleep(0.25)
 
     def _owned(self) -> set[str]:
-        app = self.context.app
-        if not readiness(app)["ready"] or app.in_recovery:
+        membership = self.context.membership
+        if not membership.ready() or membership.recovering():
             return set()
-        actives = app.assignor.assigned_actives()
-        topic = self.cursors.changelog_topic
+        active = membership.active(self.cursors.changelog_topic)
         partitions = self.context.settings.topic_partitions
         return {
             spec.name
             for spec in self.context.domain.sources
-            if TP(topic, cursor_partition(spec.name, partitions)) in actives
+            if cursor_partition(spec.name, partitions) in active
         }
 
     async def _reconcile(self) -> None:
@@ -113,15 +111,14 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
             # The next owner recovers cursors from the changelog: get them there first.
             await self.context.app.producer.flush()
 
-    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
-        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
+    async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
         topic = self.cursors.changelog_topic
         partitions = self.context.settings.topic_partitions
         await self._stop(
             [
                 name
                 for name in self.runners
-                if TP(topic, cursor_partition(name, partitions)) in revoked
+                if (topic, cursor_partition(name, partitions)) in revoked
             ]
         )
 

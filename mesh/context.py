@@ -9,25 +9,35 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from mesh.cache import ReadCache
+from mesh.catalog.stores import CatalogStores
 from mesh.domain import DomainConfig
+from mesh.runtime.keyed_table import KeyedTable
+from mesh.runtime.membership import Membership
 from mesh.settings import Settings
 
 
 @dataclass
 class MeshContext:
-    """The worker's settings, domain, metrics registry and registered tables.
+    """The worker's settings, domain, metrics registry, tables and group view.
 
-    One is built per app by :func:`mesh.app.create_app`; nothing here is global, so
-    tests can build several apps in one process.
+    One is built per worker by :func:`mesh.app.create_app`; nothing here is global, so
+    tests can build several in one process.
     """
 
     settings: Settings
     domain: DomainConfig
     app: faust.App
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
-    tables: dict[str, Any] = field(default_factory=dict)
+    membership: Membership = field(init=False)
+    catalog: CatalogStores = field(default_factory=CatalogStores)
+    """The catalog's tables (declared by :func:`tables.register_tables`)."""
+    cursors: KeyedTable | None = None
+    """The source cursor table (declared by :func:`tables.register_tables`)."""
     cache: ReadCache | None = None
     """The GraphQL read caches; the catalog invalidates them as it writes."""
+
+    def __post_init__(self) -> None:
+        self.membership = Membership(self.app)
 
     def table_options(self) -> dict[str, Any]:
         """Store options for a new table: RocksDB with the block cache capped.

@@ -10,5 +10,5 @@ __all__ = ["register_tables"]
 
 def register_tables(context: MeshContext) -> None:
     """Declare every table of DictaMesh on ``context.app``."""
-    declare_cursor_table(context)
-    declare_catalog_tables(context, reverse_relations(context.domain))
+    context.cursors = declare_cursor_table(context)
+    context.catalog = declare_catalog_tables(context, reverse_relations(context.domain))

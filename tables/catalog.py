@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
-
 from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation
+from mesh.catalog.stores import CatalogStores
 from mesh.context import MeshContext
+from mesh.runtime.store import PartitionStore, declare_store
 
 
 def entity_table_name(entity_type: str) -> str:
@@ -29,44 +29,37 @@ def relation_table_name(relation: ReverseRelation) -> str:
     return "relations_" + relation.name.replace(".", "_")
 
 
-def partition_db(table: faust.Table[bytes, bytes], partition: int) -> Any:
-    """The RocksDB database of one table partition.
-
-    Faust's store API resolves partitions from the event being processed; the catalog
-    reads and writes across events (batches, REST), so it addresses the database directly.
-    """
-    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
-
-
 def member_key(parent: bytes, member: str) -> bytes:
     """The key of one member of a parent's relation: each member is its own record, so a
     change costs the same whether the parent has two children or two thousand."""
     return parent + b"\x00" + member.encode()
 
 
-def read_members(db: Any, parent: bytes) -> list[tuple[str, Any]]:
-    """``(member id, [version, present])`` of every member of ``parent`` in ``db``."""
+def read_members(store: PartitionStore, partition: int, parent: bytes) -> list[tuple[str, Any]]:
+    """``(member id, [version, present])`` of every member of ``parent``."""
     prefix = parent + b"\x00"
-    found: list[tuple[str, Any]] = []
-    for key, value in db.items(from_key=prefix):
-        if not key.startswith(prefix):
-            break
-        found.append((key[len(prefix) :].decode(), record.loads(value)))
-    return found
+    return [
+        (key[len(prefix) :].decode(), record.loads(value))
+        for key, value in store.items(partition, prefix)
+    ]
 
 
-def declare_catalog_tables(context: MeshContext, relations: list[ReverseRelation]) -> None:
+def declare_catalog_tables(context: MeshContext, relations: list[ReverseRelation]) -> CatalogStores:
     """Declare the entity and relation tables on ``context.app``."""
-    app = context.app
-    names = [entity_table_name(t) for t in context.domain.entities]
-    names += [relation_table_name(r) for r in relations]
-    for name in names:
-        context.tables[name] = app.Table(
+    stores = CatalogStores()
+
+    def declare(name: str) -> PartitionStore:
+        return declare_store(
+            context.app,
+            context.membership,
             name,
-            default=None,
             partitions=context.settings.topic_partitions,
-            key_type=bytes,
-            value_type=bytes,
             options=context.table_options(),
             help=f"Catalog table {name}.",
         )
+
+    for entity_type in context.domain.entities:
+        stores.entities[entity_type] = declare(entity_table_name(entity_type))
+    for relation in relations:
+        stores.relations[relation.name] = declare(relation_table_name(relation))
+    return stores

@@ -36,8 +36,6 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from faust.types import TP
-from rocksdict import WriteBatch
 
 from mesh.cache import changed_keys
 from mesh.catalog import record
@@ -49,7 +47,8 @@ from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
 from mesh.runtime.delivery import MessageBuffer, install_fast_delivery
 from mesh.runtime.partitioning import key_partition
-from tables.catalog import entity_table_name, member_key, partition_db, relation_table_name
+from mesh.runtime.store import PartitionStore
+from tables.catalog import member_key
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +102,10 @@ class CatalogIngestor:
         self.relations = relations
         self.by_topic = {self.domain.topic(t): t for t in self.domain.entities}
         self.relations_topic = relations_topic_name(context.settings.app_id)
-        self.relation_tables = {r.name: context.tables[relation_table_name(r)] for r in relations}
+        self.relation_tables = {r.name: context.catalog.relations[r.name] for r in relations}
         self._indexes = {table.name for table in self.relation_tables.values()}
-        self.entity_tables = {t: context.tables[entity_table_name(t)] for t in self.domain.entities}
+        self.entity_tables = {t: context.catalog.entities[t] for t in self.domain.entities}
+        self._stores = context.catalog.by_name()
         self.channel: faust.TopicT = context.app.topic(
             *self.by_topic,
             self.relations_topic,
@@ -203,12 +203,11 @@ class CatalogIngestor:
             self.metrics.events.labels(entity_type, result).inc(n)
         relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         partitions = self.context.settings.topic_partitions
-        owned = self.context.app.assignor.assigned_actives()
         for op in ops:
             key = op.parent.encode()
             partition = _partition_of(key, partitions)
             table = self.relation_tables[op.relation]
-            if TP(table.changelog_topic.get_topic_name(), partition) in owned:
+            if table.owns(partition):
                 # The parent's index is here: skip the round trip through the topic.
                 self._apply_relation_op(table, partition, key, op.as_json(), writes)
             else:
@@ -238,7 +237,7 @@ class CatalogIngestor:
         for writes, before in ((relation_writes, flight.pending), (entity_writes, [])):
             changelogs = {
                 (name, partition): await self._send_batches(
-                    self.context.tables[name].changelog_topic.get_topic_name(),
+                    self._stores[name].changelog_topic,
                     {partition: list(values.items())},
                 )
                 for (name, partition), values in writes.items()
@@ -256,17 +255,12 @@ class CatalogIngestor:
             # below: no request can read the old value in between and store it as current.
             await cache.invalidate(changed_keys(flight.writes, self._indexes))
         for (name, partition), offset in last.items():
-            table = self.context.tables[name]
-            db = partition_db(table, partition)
+            values = flight.writes[(name, partition)]
+            self._stores[name].write(partition, values, offset)
             overlay = self._overlay[(name, partition)]
-            batch = WriteBatch(raw_mode=True)
-            for key, value in flight.writes[(name, partition)].items():
-                batch.put(key, value)
+            for key, value in values.items():
                 if overlay.get(key) is value:  # not overwritten by a later batch
                     del overlay[key]
-            db.write(batch)
-            changelog = table.changelog_topic.get_topic_name()
-            table.data.set_persisted_offset(TP(changelog, partition), offset)
         if not self._revoking:
             ack = self.context.app.consumer.ack
             for message in flight.messages:
@@ -277,7 +271,7 @@ class CatalogIngestor:
 
     def _current(
         self,
-        table: faust.Table[bytes, bytes],
+        table: PartitionStore,
         partition: int,
         key: bytes,
         writes: dict[bytes, bytes],
@@ -287,7 +281,7 @@ class CatalogIngestor:
         in_flight = self._overlay[(table.name, partition)].get(key)
         if in_flight is not None:
             return record.loads(in_flight)
-        return record.loads(partition_db(table, partition).get(key))
+        return record.loads(table.get(partition, key))
 
     def _fold_entity(
         self,
@@ -355,7 +349,7 @@ class CatalogIngestor:
 
     def _apply_relation_op(
         self,
-        table: faust.Table[bytes, bytes],
+        table: PartitionStore,
         partition: int,
         key: bytes,
         op: dict[str, Any],

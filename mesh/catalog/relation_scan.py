@@ -11,35 +11,13 @@ handing the event loop back every few thousand records so the worker keeps servi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation
 from mesh.context import MeshContext
-from tables.catalog import entity_table_name, partition_db, relation_table_name
 
 YIELD_EVERY = 5000
-
-
-def _owned(context: MeshContext, table: Any) -> list[int]:
-    topic = table.changelog_topic.get_topic_name()
-    actives = context.app.assignor.assigned_actives()
-    return sorted(tp.partition for tp in actives if tp.topic == topic)
-
-
-def _items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
-    offset_key = table.data.offset_key  # Faust keeps its changelog offset in the DB
-    for key, value in partition_db(table, partition).items():
-        if key != offset_key:
-            yield key, value
-
-
-def _stable(context: MeshContext) -> tuple[int, int] | None:
-    app = context.app
-    if app.rebalancing or getattr(app, "in_recovery", False):
-        return None
-    return app.consumer_generation_id, app.rebalancing_count
 
 
 async def relation_report(context: MeshContext, relations: list[ReverseRelation]) -> dict[str, Any]:
@@ -47,18 +25,19 @@ async def relation_report(context: MeshContext, relations: list[ReverseRelation]
     [[member, version, parent URN | null]], "index_partitions", "entries": [[parent URN,
     member, version, present]]}}}``. ``stable`` is false when the worker was rebalancing or
     recovering at the start or the end of the scan: the caller must scan again."""
-    before = _stable(context)
+    membership = context.membership
+    before = membership.stamp()
     report: dict[str, Any] = {}
     scanned = 0
     for rel in relations:
-        children_table = context.tables[entity_table_name(rel.child_type)]
-        index_table = context.tables[relation_table_name(rel)]
+        children_table = context.catalog.entities[rel.child_type]
+        index_table = context.catalog.relations[rel.name]
         children: list[list[Any]] = []
         entries: list[list[Any]] = []
-        child_partitions = _owned(context, children_table) if before else []
-        index_partitions = _owned(context, index_table) if before else []
+        child_partitions = children_table.owned() if before else []
+        index_partitions = index_table.owned() if before else []
         for partition in child_partitions:
-            for _, value in _items(children_table, partition):
+            for _, value in children_table.items(partition):
                 rec = record.loads(value)
                 parent = None if rec["deleted"] else rec["state"].get(rel.field)
                 urn = None if parent is None else context.domain.urn(rel.parent_type, str(parent))
@@ -67,7 +46,7 @@ async def relation_report(context: MeshContext, relations: list[ReverseRelation]
                 if scanned % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         for partition in index_partitions:
-            for key, value in _items(index_table, partition):
+            for key, value in index_table.items(partition):
                 parent_urn, _, member = key.partition(b"\x00")
                 version, present = record.loads(value)
                 entries.append([parent_urn.decode(), member.decode(), int(version), present])
@@ -80,5 +59,5 @@ async def relation_report(context: MeshContext, relations: list[ReverseRelation]
             "index_partitions": index_partitions,
             "entries": entries,
         }
-    stable = before is not None and _stable(context) == before
+    stable = before is not None and membership.stamp() == before
     return {"worker": context.settings.worker_name, "stable": stable, "relations": report}

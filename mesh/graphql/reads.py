@@ -14,8 +14,9 @@ from typing import Any, Literal
 from mesh.cache import cache_key
 from mesh.catalog.fold import ReverseRelation, present_members
 from mesh.graphql.limits import PublicGraphQLError
+from mesh.runtime.store import PartitionStore
 from mesh.web.entities import CatalogReader
-from tables.catalog import partition_db, read_members, relation_table_name
+from tables.catalog import read_members
 
 KeyKind = Literal["entity", "relation"]
 
@@ -65,7 +66,7 @@ class Location:
     partition: int
     owner: str | None
     """``None`` when this worker actively owns the partition."""
-    store: Any
+    store: PartitionStore
     """The table holding the value: the entity's, or the relation's index."""
     urn: bytes
     """The key in :attr:`store`: the URN of the entity, or of the relation's parent."""
@@ -94,10 +95,10 @@ class LocalReads:
             raise ValueError(f"unknown relation {key.name!r}")
         return relation.parent_type
 
-    def _store(self, key: Key) -> Any:
+    def _store(self, key: Key) -> PartitionStore:
         if key.kind == "entity":
             return self.reader.table(key.name)
-        return self.reader.context.tables[relation_table_name(self.relations[key.name])]
+        return self.reader.context.catalog.relations[key.name]
 
     def locate(self, key: Key, *, forwarded: bool = False) -> Location:
         """Where ``key`` lives; :class:`UnavailableError` when nobody (or only we, stale) owns it.
@@ -126,5 +127,4 @@ class LocalReads:
         """The value of an owned key: the entity record (or ``None``), or the member ids."""
         if key.kind == "entity":
             return self.reader.read(location.store, location.partition, location.urn)
-        db = partition_db(location.store, location.partition)
-        return present_members(read_members(db, location.urn))
+        return present_members(read_members(location.store, location.partition, location.urn))

@@ -25,7 +25,6 @@ from mesh.catalog import record
 from mesh.domain import FieldType
 from mesh.graphql.reads import UnavailableError
 from mesh.web.entities import CatalogReader
-from tables.catalog import partition_db
 
 INTERNAL_SCAN_PATH = "/api/v1/internal/scan"
 SCAN_TIMEOUT_S = 15.0
@@ -95,16 +94,11 @@ def scan_local(
     if reader.recovering():
         raise UnavailableError("this worker is recovering its tables; retry")
     table = reader.table(entity_type)
-    topic = table.changelog_topic.get_topic_name()
-    offset_key = table.data.offset_key  # Faust keeps its changelog offset in the DB
     floor = None if after is None else sort_key(after)
     found: list[Record] = []
-    partitions = []
-    for tp in sorted(tp for tp in reader.app.assignor.assigned_actives() if tp.topic == topic):
-        partitions.append(tp.partition)
-        for key, value in partition_db(table, tp.partition).items():
-            if key == offset_key:
-                continue
+    partitions = table.owned()
+    for partition in partitions:
+        for _, value in table.items(partition):
             rec: Record = record.loads(value)
             if floor is not None and sort_key(rec["id"]) <= floor:
                 continue
@@ -133,7 +127,7 @@ async def scan_fleet(
     the fleet rebalancing): a page with holes would silently skip entities.
     """
     body = {"type": entity_type, "where": where, "after": after, "limit": limit}
-    peers = [str(u) for u in reader.app.assignor.tables_metadata() if not reader.is_self(str(u))]
+    peers = [u for u in reader.membership.peer_urls() if not reader.is_self(u)]
     answers = await asyncio.gather(
         *(_scan_peer(reader, u, body) for u in peers), return_exceptions=True
     )

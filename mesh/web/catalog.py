@@ -15,7 +15,7 @@ The latest schema version is asked of the registry; when it cannot answer, the v
 
 Counts cover the whole fleet. Each worker counts the records in the local RocksDB
 databases of the partitions it actively owns (``GET /api/v1/internal/counts``); the worker
-answering asks every worker the assignor knows (``app.assignor.tables_metadata()``, the
+answering asks every worker the assignor knows (:meth:`Membership.peer_urls`, the
 web URL of every group member) and adds the answers up per partition, each partition
 counted once. Partitions nobody reported (a worker down or the fleet rebalancing) make
 ``counts.complete`` false and add a warning. Counting reads every record: O(entities).
@@ -39,7 +39,6 @@ from mesh.web.entities import (
     json_response,
     register_entity_views,
 )
-from tables.catalog import partition_db
 
 COUNTS_PATH = "/api/v1/internal/counts"
 PEER_TIMEOUT_S = 5.0
@@ -52,22 +51,17 @@ PartitionCounts = dict[int, tuple[int, int]]
 def count_local(reader: CatalogReader) -> dict[str, PartitionCounts]:
     """Per entity type, the records of each partition this worker actively owns."""
     counts: dict[str, PartitionCounts] = {}
-    actives = reader.app.assignor.assigned_actives()
     for entity_type in reader.domain.entities:
         table = reader.table(entity_type)
-        topic = table.changelog_topic.get_topic_name()
-        offset_key = table.data.offset_key  # Faust keeps its changelog offset in the DB
         per_partition: PartitionCounts = {}
-        for tp in sorted(tp for tp in actives if tp.topic == topic):
+        for partition in table.owned():
             live = deleted = 0
-            for key, value in partition_db(table, tp.partition).items():
-                if key == offset_key:
-                    continue
+            for _, value in table.items(partition):
                 if record.loads(value).get("deleted"):
                     deleted += 1
                 else:
                     live += 1
-            per_partition[tp.partition] = (live, deleted)
+            per_partition[partition] = (live, deleted)
         counts[entity_type] = per_partition
     return counts
 
@@ -99,8 +93,7 @@ async def _peer_report(reader: CatalogReader, url: str) -> dict[str, Any]:
 
 async def fleet_counts(reader: CatalogReader) -> tuple[dict[str, Any], list[str]]:
     """Counts per entity type summed over the fleet, the coverage, and warnings."""
-    urls = [str(u) for u in reader.app.assignor.tables_metadata()]
-    peers = [u for u in urls if not reader.is_self(u)]
+    peers = [u for u in reader.membership.peer_urls() if not reader.is_self(u)]
     reports: list[dict[str, Any]] = [counts_report(reader)]
     warnings: list[str] = []
     answers = await asyncio.gather(

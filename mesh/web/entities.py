@@ -29,15 +29,12 @@ never forwarded again: stale metadata mid-rebalance answers 503 instead of bounc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from faust.exceptions import ConsumerNotStarted
-from faust.types import TP
 from faust.web import Request, Response, View
 from yarl import URL
 
@@ -46,7 +43,8 @@ from mesh.catalog.fold import ReverseRelation, present_members, reverse_relation
 from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
 from mesh.runtime.partitioning import key_partition
-from tables.catalog import entity_table_name, partition_db, read_members, relation_table_name
+from mesh.runtime.store import PartitionStore
+from tables.catalog import read_members
 
 WORKER_HEADER = "X-Mesh-Worker"
 PARTITION_HEADER = "X-Mesh-Partition"
@@ -151,73 +149,58 @@ class CatalogReader:
         self.context = context
         self.app = context.app
         self.domain = context.domain
+        self.membership = context.membership
         self.worker = context.settings.worker_name
         self.relations: list[ReverseRelation] = reverse_relations(context.domain)
-        self._actives_set: set[TP] = set()
-        self._actives_stamp: tuple[int, int] | None = None
         self._partitions: dict[tuple[str, bytes], int] = {}
+        self._partitions_stamp: tuple[int, int] | None = None
 
-    def table(self, entity_type: str) -> Any:
+    def table(self, entity_type: str) -> PartitionStore:
         """The entity table of ``entity_type``."""
-        return self.context.tables[entity_table_name(entity_type)]
+        return self.context.catalog.entities[entity_type]
 
     def partition(self, entity_type: str, key: bytes) -> int:
         """The partition the producers' default partitioner picks for ``key``.
 
-        Faust's consumer hashes with the topic's metadata (its real partition count);
-        before the consumer runs, the fleet's configured count is what topics are made with.
+        The consumer hashes with the topic's metadata (its real partition count); before
+        the consumer runs, the fleet's configured count is what topics are made with.
         """
-        self._actives()  # forgets the remembered partitions when the group rebalanced
+        stamp = self.membership.stamp()
+        if stamp != self._partitions_stamp:  # a partition count may have changed with it
+            self._partitions.clear()
+            self._partitions_stamp = stamp
         known = self._partitions.get((entity_type, key))
         if known is not None:
             return known
-        found: int | None = None
-        with contextlib.suppress(ConsumerNotStarted):
-            found = self.app.consumer.key_partition(self.domain.topic(entity_type), key)
+        found = self.membership.key_partition(self.domain.topic(entity_type), key)
         if found is None:
             return key_partition(key, self.context.settings.topic_partitions)
         # murmur2 is pure Python in aiokafka: remember what GraphQL asks again and again.
         if len(self._partitions) >= _PARTITIONS_KEPT:
             self._partitions.clear()
-        self._partitions[(entity_type, key)] = int(found)
-        return int(found)
+        if stamp is not None:
+            self._partitions[(entity_type, key)] = found
+        return found
 
-    def owns(self, table: Any, partition: int) -> bool:
+    def owns(self, table: PartitionStore, partition: int) -> bool:
         """True when this worker actively owns ``partition`` of ``table``."""
-        tp = TP(table.changelog_topic.get_topic_name(), partition)
-        return tp in self._actives()
-
-    def _actives(self) -> set[TP]:
-        # Faust's assignor builds a new set on every call, and GraphQL asks once per key:
-        # keep it until the group rebalances (never while it does).
-        app = self.app
-        stamp = (app.consumer_generation_id, app.rebalancing_count)
-        if app.rebalancing or stamp != self._actives_stamp:
-            self._actives_set = set(app.assignor.assigned_actives())
-            self._actives_stamp = None if app.rebalancing else stamp
-            self._partitions.clear()  # a partition count may have changed with it
-        return self._actives_set
+        return table.owns(partition)
 
     def recovering(self) -> bool:
         """True while active partitions are being rebuilt from their changelogs."""
-        return bool(getattr(self.app, "in_recovery", False))
+        return self.membership.recovering()
 
-    def owner_url(self, table: Any, partition: int) -> str | None:
+    def owner_url(self, table: PartitionStore, partition: int) -> str | None:
         """The web URL of the worker actively owning ``partition``, per Faust's assignor."""
-        topic = table.changelog_topic.get_topic_name()
-        for url, topics in self.app.router.table_metadata(table.name).items():
-            if partition in topics.get(topic, ()):
-                return str(url)
-        return None
+        return self.membership.owner_url(table.name, table.changelog_topic, partition)
 
     def is_self(self, url: str) -> bool:
         """True when ``url`` is this worker's own web server."""
-        mine, other = URL(str(self.app.conf.canonical_url)), URL(url)
-        return (mine.host, mine.port) == (other.host, other.port)
+        return self.membership.is_self(url)
 
-    def read(self, table: Any, partition: int, key: bytes) -> Any:
+    def read(self, table: PartitionStore, partition: int, key: bytes) -> Any:
         """The decoded value of ``key`` in the local DB of ``partition`` (owned here)."""
-        return record.loads(partition_db(table, partition).get(key))
+        return record.loads(table.get(partition, key))
 
     async def forward(self, view: View, request: Request, owner: str) -> Response:
         """Relay ``request`` to the worker at ``owner`` and its answer back, headers kept."""
@@ -313,8 +296,8 @@ def relations_body(
             }  # fmt: skip
     reverse: dict[str, Any] = {}
     for rel in (r for r in reader.relations if r.parent_type == entity_type):
-        table = reader.context.tables[relation_table_name(rel)]
-        members = present_members(read_members(partition_db(table, partition), key))
+        table = reader.context.catalog.relations[rel.name]
+        members = present_members(read_members(table, partition, key))
         reverse[rel.name.split(".", 1)[1]] = {
             "type": rel.child_type,
             "field": rel.field,

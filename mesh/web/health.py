@@ -5,23 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
 from faust.web import Request, Response, View
 
 from mesh.context import MeshContext
+from mesh.runtime.membership import Membership
 
 
-def readiness(app: faust.App) -> dict[str, Any]:
+def readiness(membership: Membership) -> dict[str, Any]:
     """The worker's readiness and the facts it is decided from."""
-    # TableManager has `recovery` at run time; its declared interface omits it.
-    recovered = bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
-    rebalancing = bool(app.rebalancing)
-    assigned = len(app.assignor.assigned_actives()) if recovered else 0
+    recovered = membership.tables_recovered()
+    rebalancing = membership.rebalancing()
     return {
         "ready": recovered and not rebalancing,
         "tables_recovered": recovered,
         "rebalancing": rebalancing,
-        "active_partitions": assigned,
+        "active_partitions": membership.active_count() if recovered else 0,
     }
 
 
@@ -38,7 +36,7 @@ def register_health_views(context: MeshContext) -> None:
     @app.page("/readyz")
     class Ready(View):  # type: ignore[misc]
         async def get(self, request: Request) -> Response:
-            state = readiness(app)
+            state = readiness(context.membership)
             return self.json(
                 {"status": "ready" if state["ready"] else "starting", "worker": worker, **state},
                 status=200 if state["ready"] else 503,

@@ -28,7 +28,7 @@ class _WorkerCollector(Collector):
         info = InfoMetricFamily("dictamesh_build", "DictaMesh version and worker identity.")
         info.add_metric([], {"version": __version__, "worker": settings.worker_name})
         yield info
-        state = readiness(self.context.app)
+        state = readiness(self.context.membership)
         yield GaugeMetricFamily(
             "dictamesh_worker_ready",
             "1 once tables are recovered and no rebalance runs.",

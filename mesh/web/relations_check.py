@@ -2,7 +2,7 @@
 
 ``GET /api/v1/internal/relations`` → this worker's child records and relation index
 entries (:func:`mesh.catalog.relation_scan.relation_report`) plus ``peers`` (the web URL
-of every worker of the group, per Faust's assignor) and ``partitions`` (the fleet's count).
+of every worker of the group) and ``partitions`` (the fleet's count).
 
 ``POST /api/v1/internal/relations/repair`` with ``{"ops": [{"relation", "parent",
 "member", "version", "present"}, …]}`` sends each as a repair to the relations topic,
@@ -69,7 +69,7 @@ def register_relations_check_views(context: MeshContext) -> None:
     class Relations(View):  # type: ignore[misc]
         async def get(self, request: Request) -> Response:
             report = await relation_report(context, relations)
-            peers = sorted(str(url) for url in app.assignor.tables_metadata())
+            peers = context.membership.peer_urls()
             body = {**report, "peers": peers, "partitions": partitions}
             return json_response(self, body, headers=headers)
 

@@ -1,0 +1,105 @@
+"""This worker's view of the group: who owns which partitions, and whether it is steady."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from faust.exceptions import ConsumerNotStarted
+from yarl import URL
+
+
+class Membership:
+    """The group as Faust's assignor and recovery see it, for this worker.
+
+    Active partitions are asked for once per key by GraphQL, and Faust's assignor builds a
+    new set on every call: they are kept until the group rebalances (never while it does).
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._active: dict[str, frozenset[int]] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    def rebalancing(self) -> bool:
+        """True while the group is rebalancing (until this worker's recovery ends)."""
+        return bool(self.app.rebalancing)
+
+    def recovering(self) -> bool:
+        """True while active partitions are being rebuilt from their changelogs."""
+        return bool(getattr(self.app, "in_recovery", False))
+
+    def tables_recovered(self) -> bool:
+        """True once this generation's recovery has completed."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return bool(recovery.completed.is_set())
+
+    def steady(self) -> bool:
+        """Neither rebalancing nor recovering."""
+        return not self.rebalancing() and not self.recovering()
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Changes with every rebalance; ``None`` while one is under way."""
+        if not self.steady():
+            return None
+        return self.app.consumer_generation_id, self.app.rebalancing_count
+
+    def active(self, topic: str) -> frozenset[int]:
+        """Partitions of ``topic`` (a changelog or a source topic) this worker actively owns."""
+        stamp = (self.app.consumer_generation_id, self.app.rebalancing_count)
+        if self.rebalancing() or stamp != self._stamp:
+            self._active = {}
+            self._stamp = None if self.rebalancing() else stamp
+        found = self._active.get(topic)
+        if found is None:
+            found = frozenset(
+                tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
+            )
+            if self._stamp is not None:
+                self._active[topic] = found
+        return found
+
+    def active_count(self) -> int:
+        """How many topic partitions (of every topic) this worker actively owns."""
+        return len(self.app.assignor.assigned_actives())
+
+    def owner_url(self, table: str, topic: str, partition: int) -> str | None:
+        """The web URL of the worker actively owning ``partition`` of ``table``'s changelog
+        ``topic``, per the assignor's last assignment."""
+        for url, topics in self.app.router.table_metadata(table).items():
+            if partition in topics.get(topic, ()):
+                return str(url)
+        return None
+
+    def peer_urls(self) -> list[str]:
+        """The web URL of every worker of the group (this one included)."""
+        return sorted(str(url) for url in self.app.assignor.tables_metadata())
+
+    def is_self(self, url: str) -> bool:
+        """True when ``url`` is this worker's own web server."""
+        mine, other = URL(str(self.app.conf.canonical_url)), URL(url)
+        return (mine.host, mine.port) == (other.host, other.port)
+
+    def ready(self) -> bool:
+        """Recovered and not rebalancing: the worker serves what it owns."""
+        return self.tables_recovered() and not self.rebalancing()
+
+    def on_revoked(self, handler: Callable[[set[tuple[str, int]]], Awaitable[None]]) -> None:
+        """Call ``handler`` with the ``(topic, partition)`` pairs being revoked, before the
+        group moves them (the rebalance waits for it)."""
+
+        async def receiver(sender: Any, *args: Any, **kwargs: Any) -> None:
+            revoked = args[0] if args else kwargs.get("revoked", set())
+            await handler({(tp.topic, tp.partition) for tp in revoked})
+
+        self.app.on_partitions_revoked.connect(receiver)  # type: ignore[arg-type]
+
+    def key_partition(self, topic: str, key: bytes) -> int | None:
+        """The partition the consumer's metadata puts ``key`` in (``None`` before the
+        consumer runs or while the topic is unknown)."""
+        with contextlib.suppress(ConsumerNotStarted):
+            found = self.app.consumer.key_partition(topic, key)
+            return None if found is None else int(found)
+        return None
