@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import mode
-
 from mesh.catalog.fold import reverse_relations
 from mesh.catalog.ingest import CatalogIngestor
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_topic
+from mesh.runtime.services import Service, add_service
 from mesh.schemas import load_event_schemas
 
 
-class CatalogService(mode.Service):  # type: ignore[misc]
+class CatalogService(Service):  # type: ignore[misc]
     """Runs the catalog ingestor for as long as the worker runs."""
 
     ingestor: ClassVar[CatalogIngestor]
@@ -30,7 +29,7 @@ class CatalogService(mode.Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self.ingestor.stop()
 
-    @mode.Service.task  # type: ignore[misc]
+    @Service.task  # type: ignore[misc]
     async def _ingest(self) -> None:
         await self.ingestor.run(lambda: self.should_stop)
 
@@ -54,4 +53,4 @@ def register_catalog_agents(context: MeshContext) -> None:
         pass
 
     _Catalog.ingestor = ingestor
-    context.app.service(_Catalog)
+    add_service(context.app, _Catalog)

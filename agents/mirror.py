@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-import mode
-
 from mesh.context import MeshContext
 from mesh.mirror import MirrorConsumer, build_mirror
+from mesh.runtime.services import Service, add_service
 
 log = logging.getLogger(__name__)
 
 
-class MirrorService(mode.Service):  # type: ignore[misc]
+class MirrorService(Service):  # type: ignore[misc]
     """Runs the mirror consumer for as long as the worker runs."""
 
     mirror: ClassVar[MirrorConsumer]
@@ -30,7 +29,7 @@ class MirrorService(mode.Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self.mirror.stop()
 
-    @mode.Service.task  # type: ignore[misc]
+    @Service.task  # type: ignore[misc]
     async def _mirror(self) -> None:
         await self.mirror.run(lambda: bool(self.should_stop))
 
@@ -49,4 +48,4 @@ def register_mirror(context: MeshContext) -> None:
         pass
 
     _Mirror.mirror = build_mirror(context.settings, context.domain, context.metrics)
-    context.app.service(_Mirror)
+    add_service(context.app, _Mirror)

@@ -13,11 +13,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-import mode
-
 from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_topic
+from mesh.runtime.services import Service, add_service
 from mesh.schemas import load_event_schemas
 from mesh.sources.children import catalog_children
 from mesh.sources.kinds import create_adapter
@@ -32,7 +31,7 @@ RESTART_AFTER_S = 10.0
 """How long an owned source whose loop stopped on an error waits before it starts again."""
 
 
-class SourceSupervisor(mode.Service):  # type: ignore[misc]
+class SourceSupervisor(Service):  # type: ignore[misc]
     """Starts a runner for every source this worker owns and stops those it loses."""
 
     context: ClassVar[MeshContext]
@@ -58,7 +57,7 @@ class SourceSupervisor(mode.Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
 
-    @mode.Service.task  # type: ignore[misc]
+    @Service.task  # type: ignore[misc]
     async def _reconcile_forever(self) -> None:
         while not self.should_stop:
             await self._reconcile()
@@ -130,4 +129,4 @@ def register_source_agents(context: MeshContext) -> None:
         pass
 
     _Supervisor.context = context
-    context.app.service(_Supervisor)
+    add_service(context.app, _Supervisor)

@@ -5,15 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 from prometheus_client import CollectorRegistry
 
 from mesh.cache import ReadCache
-from mesh.catalog.stores import CatalogStores
 from mesh.domain import DomainConfig
+from mesh.runtime.app import App
 from mesh.runtime.keyed_table import KeyedTable
 from mesh.runtime.membership import Membership
+from mesh.runtime.store import PartitionStore
 from mesh.settings import Settings
+
+
+@dataclass
+class CatalogStores:
+    """The catalog's tables of one worker."""
+
+    entities: dict[str, PartitionStore] = field(default_factory=dict)
+    """By entity type."""
+    relations: dict[str, PartitionStore] = field(default_factory=dict)
+    """By relation name (``customer.invoices``)."""
+
+    def by_name(self) -> dict[str, PartitionStore]:
+        """Every table by its name."""
+        return {s.name: s for s in (*self.entities.values(), *self.relations.values())}
 
 
 @dataclass
@@ -26,7 +40,7 @@ class MeshContext:
 
     settings: Settings
     domain: DomainConfig
-    app: faust.App
+    app: App
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     membership: Membership = field(init=False)
     catalog: CatalogStores = field(default_factory=CatalogStores)

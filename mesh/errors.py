@@ -20,11 +20,15 @@ turns one into a single clear message and a non-zero exit instead of a traceback
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MeshError(Exception):
     """Root of every error DictaMesh raises on purpose."""
 
     retriable: bool = False
+    retry_after: float | None = None
+    """Seconds the failed system asked to wait before the next try, if it said."""
 
     def __init__(self, message: str, *, retriable: bool | None = None) -> None:
         super().__init__(message)
@@ -115,3 +119,26 @@ class SourceAuthError(SourceError):
 
 class SourceDataError(SourceError):
     """An item's data does not fit its entity's schema; it goes to the dead-letter topic."""
+
+
+class ApiError(MeshError):
+    """An error answer: HTTP ``status`` with ``{"error": {"code", "message", **extra}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message, retriable=status == 503)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the answer."""
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}

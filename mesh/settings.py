@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,3 +120,12 @@ def load_settings() -> Settings:
         secret = any(word in field.lower() for word in ("password", "url", "token"))
         shown = "" if secret else f" (got {err.get('input')!r})"
         raise ConfigError(f"{err['msg']}{shown}", source="environment", key=env) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))

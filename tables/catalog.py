@@ -14,8 +14,7 @@ from typing import Any
 
 from mesh.catalog import record
 from mesh.catalog.fold import ReverseRelation
-from mesh.catalog.stores import CatalogStores
-from mesh.context import MeshContext
+from mesh.context import CatalogStores, MeshContext
 from mesh.runtime.store import PartitionStore, declare_store
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import mode
-
 from mesh.cache.read_cache import ReadCache, build_read_cache
 from mesh.context import MeshContext
+from mesh.runtime.services import Service, add_service
 
 
-class CacheService(mode.Service):  # type: ignore[misc]
+class CacheService(Service):  # type: ignore[misc]
     """Clears the response cache when partitions move; closes Redis on stop."""
 
     cache: ClassVar[ReadCache]
@@ -37,4 +36,4 @@ def register_read_cache(context: MeshContext) -> None:
 
     _Cache.cache = cache
     _Cache.context = context
-    context.app.service(_Cache)
+    add_service(context.app, _Cache)

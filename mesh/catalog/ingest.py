@@ -34,9 +34,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-import faust
-from aiokafka import AIOKafkaProducer
-
 from mesh.cache import changed_keys
 from mesh.catalog import record
 from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
@@ -45,7 +42,8 @@ from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
-from mesh.runtime.delivery import MessageBuffer, install_fast_delivery
+from mesh.runtime.delivery import MessageBuffer, Subscription
+from mesh.runtime.kafka import AIOKafkaProducer
 from mesh.runtime.partitioning import key_partition
 from mesh.runtime.store import PartitionStore
 from tables.catalog import member_key
@@ -106,17 +104,10 @@ class CatalogIngestor:
         self._indexes = {table.name for table in self.relation_tables.values()}
         self.entity_tables = {t: context.catalog.entities[t] for t in self.domain.entities}
         self._stores = context.catalog.by_name()
-        self.channel: faust.TopicT = context.app.topic(
-            *self.by_topic,
-            self.relations_topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=context.settings.topic_partitions,
-            internal=True,  # Faust creates missing topics with the fleet's partition count
-        )
         self.buffer = MessageBuffer({*self.by_topic, self.relations_topic}, BUFFER)
+        self.subscription = Subscription(
+            context.app, self.buffer.topics, context.settings.topic_partitions, self.buffer
+        )
         self.producer: AIOKafkaProducer | None = None
         self._schemas: dict[int, dict[str, Any]] = {}
         # Values sent but not yet in RocksDB, per (table, partition): later batches read them.
@@ -127,9 +118,8 @@ class CatalogIngestor:
         self._revoking = False
 
     def subscribe(self) -> None:
-        """Have Faust's consumer deliver the catalog topics to :attr:`channel`."""
-        self.context.app.topics.add(self.channel)
-        install_fast_delivery(self.context.app, self.buffer)
+        """Have the worker's consumer deliver the catalog topics to :attr:`buffer`."""
+        self.subscription.install()
 
     async def start(self) -> None:
         """Open the producer the batches are written with."""
@@ -262,9 +252,7 @@ class CatalogIngestor:
                 if overlay.get(key) is value:  # not overwritten by a later batch
                     del overlay[key]
         if not self._revoking:
-            ack = self.context.app.consumer.ack
-            for message in flight.messages:
-                ack(message)
+            self.subscription.ack(flight.messages)
         self.metrics.batch_seconds.observe(time.monotonic() - flight.started)
 
     # -- folding -------------------------------------------------------------------------

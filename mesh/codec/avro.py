@@ -1,4 +1,4 @@
-"""The Faust codec for change events: fastavro bodies in the Confluent wire format."""
+"""The codec of change events: fastavro bodies in the Confluent wire format."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import io
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from faust.serializers.codecs import Codec
 
 from mesh.codec.registry import RegistryClient
 from mesh.codec.wire import pack, unpack
@@ -14,7 +13,7 @@ from mesh.domain import DomainConfig
 from mesh.errors import CodecError, MeshError
 
 
-class AvroEventCodec(Codec):  # type: ignore[misc]
+class AvroEventCodec:
     """Encodes dicts with one entity type's event schema; decodes any registered writer.
 
     The schema is registered under ``subject`` on first use. Decoding resolves the
@@ -23,7 +22,6 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
     """
 
     def __init__(self, registry: RegistryClient, subject: str, schema: dict[str, Any]) -> None:
-        super().__init__()
         self.registry = registry
         self.subject = subject
         self.schema = schema
@@ -39,7 +37,9 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
             self._schema_id = self.registry.register(self.subject, self.schema)
         return self._schema_id
 
-    def _dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: Any) -> bytes:
+        """``obj`` in the Confluent wire format (:class:`~mesh.errors.CodecError` when it
+        does not fit the schema)."""
         buffer = io.BytesIO()
         try:
             schemaless_writer(buffer, self._parsed, obj)
@@ -49,7 +49,8 @@ class AvroEventCodec(Codec):  # type: ignore[misc]
             ) from exc
         return pack(self.schema_id, buffer.getvalue())
 
-    def _loads(self, s: bytes) -> Any:
+    def loads(self, s: bytes) -> Any:
+        """The event in ``s``, resolved to this codec's schema."""
         schema_id, body = unpack(s)
         known = self._writers.get(schema_id)
         if known is None:

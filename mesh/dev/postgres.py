@@ -16,6 +16,7 @@ from psycopg2 import sql
 
 from mesh.dev.process import ManagedProcess, require_free_port
 from mesh.errors import StackError
+from mesh.settings import redact_url
 
 _SEARCH_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -145,12 +146,3 @@ def ensure_database(server_url: str, database: str) -> str:
     finally:
         conn.close()
     return database_url(server_url, database)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -26,12 +26,12 @@ from mesh.dev.directus import (
     load_or_create_token,
     seed_directus,
 )
-from mesh.dev.postgres import ensure_database, redact_url, start_throwaway_postgres
+from mesh.dev.postgres import ensure_database, start_throwaway_postgres
 from mesh.dev.process import ManagedProcess, require_free_port
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import MeshError, StackError
 from mesh.schemas import load_event_schemas
-from mesh.settings import Settings
+from mesh.settings import Settings, redact_url
 
 Stoppable = Callable[[], Awaitable[None]]
 

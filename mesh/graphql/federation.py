@@ -38,11 +38,12 @@ from graphql import (
     value_from_ast_untyped,
 )
 
+from mesh.catalog.reader import parse_id
 from mesh.domain import DomainConfig, EntitySpec
+from mesh.errors import ApiError
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.loader import Loader
 from mesh.graphql.reads import Key, live
-from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
 

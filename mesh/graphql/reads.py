@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from mesh.cache import cache_key
 from mesh.catalog.fold import ReverseRelation, present_members
+from mesh.catalog.reader import CatalogReader
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.runtime.store import PartitionStore
-from mesh.web.entities import CatalogReader
 from tables.catalog import read_members
 
 KeyKind = Literal["entity", "relation"]

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 
 from mesh.catalog import record
+from mesh.catalog.reader import CatalogReader
 from mesh.domain import FieldType
 from mesh.graphql.reads import UnavailableError
-from mesh.web.entities import CatalogReader
 
 INTERNAL_SCAN_PATH = "/api/v1/internal/scan"
 SCAN_TIMEOUT_S = 15.0

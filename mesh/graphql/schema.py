@@ -30,7 +30,9 @@ import graphene
 from graphql import get_named_type
 from graphql.execution.collect_fields import collect_sub_fields
 
+from mesh.catalog.reader import parse_id
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
+from mesh.errors import ApiError
 from mesh.graphql.federation import federation_fields
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.lists import (
@@ -43,7 +45,6 @@ from mesh.graphql.lists import (
 )
 from mesh.graphql.loader import Loader
 from mesh.graphql.reads import Key, live
-from mesh.web.entities import ApiError, parse_id
 
 Record = dict[str, Any]
 

@@ -12,9 +12,9 @@ from mesh.mirror.decode import MirrorDecoder
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.tables import mirror_tables
 from mesh.mirror.writer import MirrorWriter
+from mesh.retry import RetryPolicy
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
-from mesh.sources.retry import RetryPolicy
 
 __all__ = ["build_mirror", "mirror_group"]
 

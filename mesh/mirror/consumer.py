@@ -27,9 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from mesh.errors import RegistryError
 from mesh.mirror.deadletters import send_dead_letters
 from mesh.mirror.decode import DeadLetter, MirrorDecoder
@@ -38,7 +35,8 @@ from mesh.mirror.lag import LagReporter
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.rows import MirrorRow, collapse
 from mesh.mirror.writer import MirrorWriter
-from mesh.sources.retry import RetryPolicy
+from mesh.retry import RetryPolicy
+from mesh.runtime.kafka import AIOKafkaConsumer, AIOKafkaProducer, KafkaError, TopicPartition
 
 __all__ = ["MirrorConsumer"]
 

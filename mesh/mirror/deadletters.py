@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaProducer
-
 from mesh.deadletter import dead_letter_headers
 from mesh.mirror.decode import DeadLetter
 from mesh.mirror.metrics import MirrorMetrics
+from mesh.runtime.kafka import AIOKafkaProducer
 
 __all__ = ["send_dead_letters"]
 

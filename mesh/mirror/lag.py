@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Gauge
+
+from mesh.runtime.kafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = ["LagReporter"]
 

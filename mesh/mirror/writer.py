@@ -21,12 +21,12 @@ from typing import Any
 import aiopg
 import psycopg2
 
-from mesh.dev.postgres import redact_url
 from mesh.mirror.errors import MirrorDatabaseError
 from mesh.mirror.migrations import migrate
 from mesh.mirror.rows import MirrorRow
 from mesh.mirror.tables import MirrorTable
 from mesh.mirror.upsert import UpsertStatement
+from mesh.settings import redact_url
 
 __all__ = ["MirrorWriter", "Rejected"]
 

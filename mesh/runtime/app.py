@@ -8,6 +8,9 @@ from mesh.runtime.end_offsets import install_verified_end_offsets
 from mesh.runtime.versions import check_runtime_versions
 from mesh.settings import Settings
 
+App = faust.App
+"""The worker's app, as the rest of the project names it."""
+
 
 def build_faust_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``: RocksDB tables in the worker's directory, raw bytes

@@ -151,14 +151,38 @@ class Positions:
             self.unsettled -= pending
 
 
-def install_fast_delivery(app: faust.App, buffer: MessageBuffer) -> Positions:
-    """Make ``app``'s consumer deliver the buffer's topics into ``buffer``; returns the
-    positions it keeps for them."""
-    consumer = app.consumer
-    positions = Positions(app, buffer.topics)
-    drain = _make_drain(buffer, positions)
-    consumer._drain_messages = types.MethodType(drain, consumer)  # type: ignore[attr-defined]
-    return positions
+class Subscription:
+    """Topics whose messages are delivered into a :class:`MessageBuffer` (in order per
+    partition) and acknowledged by the caller once handled."""
+
+    def __init__(self, app: faust.App, topics: set[str], partitions: int, buffer: MessageBuffer):
+        self.app = app
+        self.buffer = buffer
+        # Subscribed through a Faust channel, so its consumer group assigns the topics;
+        # internal: missing topics are created with the fleet's partition count.
+        self.channel = app.topic(
+            *sorted(topics),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+            internal=True,
+        )
+        self.positions = Positions(app, topics)
+
+    def install(self) -> None:
+        """Subscribe, and have the app's consumer deliver these topics into the buffer."""
+        self.app.topics.add(self.channel)
+        consumer = self.app.consumer
+        drain = _make_drain(self.buffer, self.positions)
+        consumer._drain_messages = types.MethodType(drain, consumer)  # type: ignore[attr-defined]
+
+    def ack(self, messages: list[Any]) -> None:
+        """Mark ``messages`` handled: the consumer commits their offsets."""
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
 
 
 def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., Any]:

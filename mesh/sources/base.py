@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.domain import DomainConfig, EntitySpec, SourceSpec
-from mesh.errors import SourceError
+from mesh.retry import RetryHook
 from mesh.sources.events import ChangeEvent, DeadLetter
 from mesh.sources.metrics import AdapterState
-
-RetryHook = Callable[[SourceError, int, float], None]
-"""Called before each retry sleep with the error, the attempt number and the delay."""
 
 Cursor = dict[str, Any]
 """An adapter's resume point: JSON-serialisable, opaque to everything but the adapter."""

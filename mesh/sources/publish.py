@@ -8,12 +8,12 @@ import json
 from collections.abc import Awaitable
 from typing import Any
 
-import faust
-
 from mesh.codec import AvroEventCodec
 from mesh.deadletter import dead_letter_headers
 from mesh.domain import DomainConfig, SourceSpec
 from mesh.errors import CodecError
+from mesh.runtime.app import App
+from mesh.runtime.kafka import TopicSender
 from mesh.sources.events import ChangeEvent, DeadLetter
 from mesh.sources.metrics import SourceMetrics
 
@@ -23,7 +23,7 @@ class EventPublisher:
 
     def __init__(
         self,
-        app: faust.App,
+        app: App,
         domain: DomainConfig,
         source: SourceSpec,
         codecs: dict[str, AvroEventCodec],
@@ -34,10 +34,8 @@ class EventPublisher:
         self.source = source
         self.codecs = codecs
         self.metrics = metrics
-        self.topics = {
-            name: app.topic(domain.topic(name), key_type=bytes, value_type=bytes) for name in codecs
-        }
-        self.dead_letters = app.topic(dead_letter_topic, key_type=bytes, value_type=bytes)
+        self.topics = {name: TopicSender(app, domain.topic(name)) for name in codecs}
+        self.dead_letters = TopicSender(app, dead_letter_topic)
 
     def prepare(self) -> None:
         """Register every schema now (blocking HTTP), not on the first event."""
@@ -64,12 +62,7 @@ class EventPublisher:
                     )
                 )
                 continue
-            sent = await self.topics[event.entity_type].send(
-                key=event.key(self.domain),
-                value=value,
-                key_serializer="raw",
-                value_serializer="raw",
-            )
+            sent = await self.topics[event.entity_type].send(event.key(self.domain), value)
             pending.append((sent, event.collection, event.op.value, "event"))
         for letter in dead:
             sent = await self.dead_letters.send(
@@ -85,8 +78,6 @@ class EventPublisher:
                         "position": letter.position,
                     },
                 ),
-                key_serializer="raw",
-                value_serializer="raw",
             )
             pending.append((sent, letter.collection, "", "dead"))
         await asyncio.gather(*(fut for fut, *_ in pending))

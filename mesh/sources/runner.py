@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 
-from mesh.errors import MeshError, SourceError
+from mesh.errors import MeshError
 from mesh.sources.base import SourceAdapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
@@ -45,7 +45,7 @@ class SourceRunner:
         adapter.should_stop = lambda: self.stopping
         adapter.on_retry = self._on_retry
 
-    def _on_retry(self, error: SourceError, attempt: int, delay: float) -> None:
+    def _on_retry(self, error: MeshError, attempt: int, delay: float) -> None:
         log.warning("source %s: %s; retry %d in %.1f s", self.name, error, attempt, delay)
         self.metrics.errors.labels(self.name, type(error).__name__).inc()
         self.metrics.set_state(self.name, AdapterState.BACKOFF)

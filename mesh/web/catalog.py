@@ -29,13 +29,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from faust.web import Request, Response, View
 
 from mesh.catalog import record
+from mesh.catalog.reader import CatalogReader
 from mesh.context import MeshContext
+from mesh.runtime.web import Request, Response, View
 from mesh.web.entities import (
     WORKER_HEADER,
-    CatalogReader,
     json_response,
     register_entity_views,
 )

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faust.web import Request, Response, View
 from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
 from mesh.cache import Recorder
+from mesh.catalog.reader import CatalogReader
 from mesh.context import MeshContext
 from mesh.graphql import GraphQLMetrics, Loader, LocalReads, build_schema
 from mesh.graphql.graphiql import GRAPHIQL_HTML
@@ -36,10 +36,10 @@ from mesh.graphql.limits import (
     format_errors,
     run_with_timeout,
 )
+from mesh.runtime.web import Request, Response, View
 from mesh.settings import Settings
 from mesh.web.entities import (
     WORKER_HEADER,
-    CatalogReader,
     json_bytes,
     json_bytes_response,
     json_response,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from faust.web import Request, Response, View
-
 from mesh.context import MeshContext
 from mesh.runtime.membership import Membership
+from mesh.runtime.web import Request, Response, View
 
 
 def readiness(membership: Membership) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faust.web import Request, Response, View
-
+from mesh.catalog.reader import CatalogReader
 from mesh.context import MeshContext
 from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.graphql.reads import Key, LocalReads, UnavailableError
 from mesh.graphql.scan import INTERNAL_SCAN_PATH, scan_local
-from mesh.web.entities import WORKER_HEADER, CatalogReader, json_response
+from mesh.runtime.web import Request, Response, View
+from mesh.web.entities import WORKER_HEADER, json_response
 
 MAX_KEYS = 10_000
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh import __version__
 from mesh.context import MeshContext
+from mesh.runtime.web import Request, Response, View
 from mesh.web.health import readiness
 
 # aiohttp refuses a charset inside content_type; Prometheus reads UTF-8 by default.

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faust.web import Request, Response, View
-
 from mesh.catalog import record
 from mesh.catalog.fold import RelationOp, reverse_relations
 from mesh.catalog.ingest import relations_topic_name
 from mesh.catalog.relation_scan import relation_report
 from mesh.context import MeshContext
 from mesh.runtime.partitioning import key_partition
+from mesh.runtime.web import Request, Response, View
 from mesh.web.entities import WORKER_HEADER, json_response
 
 RELATIONS_PATH = "/api/v1/internal/relations"

@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry
 from mesh.codec import AvroEventCodec, RegistryClient, build_codecs
 from mesh.domain import DomainConfig, parse_domain
 from mesh.mirror import MirrorConsumer, build_mirror
+from mesh.retry import RetryPolicy
 from mesh.schemas import load_event_schemas, write_after_schemas
 from mesh.settings import Settings
-from mesh.sources.retry import RetryPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 

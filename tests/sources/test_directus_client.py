@@ -37,8 +37,8 @@ from mesh.dev.directus import (
 from mesh.dev.process import free_port
 from mesh.domain import DomainConfig
 from mesh.errors import SourceAuthError, SourceError
+from mesh.retry import RetryPolicy
 from mesh.sources.directus.client import FEED_ACTIONS, DirectusAuth, DirectusClient
-from mesh.sources.retry import RetryPolicy
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
 
 pytestmark = pytest.mark.directus

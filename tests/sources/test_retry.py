@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.errors import SourceAuthError, SourceError
-from mesh.sources.retry import RetryPolicy, parse_retry_after
+from mesh.errors import MeshError, SourceAuthError, SourceError
+from mesh.retry import RetryPolicy, parse_retry_after
 
 bases = st.floats(min_value=0.001, max_value=10.0)
 factors = st.floats(min_value=1.0, max_value=1000.0)
@@ -31,12 +31,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sleeps: list[float] = []
-        self.retries: list[tuple[SourceError, int, float]] = []
+        self.retries: list[tuple[MeshError, int, float]] = []
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
 
-    def on_retry(self, error: SourceError, attempt: int, delay: float) -> None:
+    def on_retry(self, error: MeshError, attempt: int, delay: float) -> None:
         self.retries.append((error, attempt, delay))
 
 

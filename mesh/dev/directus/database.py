@@ -20,7 +20,7 @@ async def database_state(url: str) -> tuple[bool, str | None, bool]:
     # Both import psycopg2 (installed with aiopg): imported here so importing this is cheap.
     import psycopg2
 
-    from mesh.dev.postgres import redact_url
+    from mesh.settings import redact_url
 
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql") or not parts.path.strip("/"):

@@ -27,13 +27,13 @@ from typing import Any
 from pydantic import SecretStr
 
 from mesh.domain import DomainConfig, EntitySpec, SourceSpec
-from mesh.errors import SourceAuthError, SourceDataError, SourceError
+from mesh.errors import MeshError, SourceAuthError, SourceDataError
+from mesh.retry import RetryPolicy
 from mesh.sources.base import Cursor, PollResult, SourceAdapter
 from mesh.sources.directus.client import ActivityRow, DirectusAuth, DirectusClient
 from mesh.sources.events import ChangeEvent, DeadLetter, Op
 from mesh.sources.mapping import map_item
 from mesh.sources.metrics import AdapterState
-from mesh.sources.retry import RetryPolicy
 
 REFRESH_AFTER_S = 2.0
 """Delay between a referenced entity's delete and re-reading what pointed at it."""
@@ -89,7 +89,7 @@ class DirectusAdapter(SourceAdapter):
             should_stop=lambda: self.should_stop(),
         )
 
-    def _report_retry(self, error: SourceError, attempt: int, delay: float) -> None:
+    def _report_retry(self, error: MeshError, attempt: int, delay: float) -> None:
         if self.on_retry is not None:
             self.on_retry(error, attempt, delay)
 

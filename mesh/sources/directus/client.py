@@ -1,6 +1,6 @@
 """The Directus source's HTTP layer: the ``/activity`` change feed and batched item reads.
 
-Every call goes through a :class:`~mesh.sources.retry.RetryPolicy`. Failures arrive as
+Every call goes through a :class:`~mesh.retry.RetryPolicy`. Failures arrive as
 :class:`~mesh.errors.SourceError` (``retriable`` for timeouts, connection errors, 5xx and
 429, with the server's Retry-After) or :class:`~mesh.errors.SourceAuthError` when the
 credentials are rejected. Values come back as Directus sends them (decimals as strings,
@@ -29,7 +29,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from mesh.errors import SourceAuthError, SourceError
-from mesh.sources.retry import RetryHook, RetryPolicy, parse_retry_after
+from mesh.retry import RetryHook, RetryPolicy, parse_retry_after
 
 __all__ = ["FEED_ACTIONS", "ActivityRow", "DirectusAuth", "DirectusClient"]
 

@@ -1,6 +1,7 @@
-"""Full-jitter exponential backoff for calls to a source system.
+"""Full-jitter exponential backoff for calls to a system DictaMesh depends on (a source
+such as Directus, the mirror's Postgres).
 
-Only :class:`~mesh.errors.SourceError` with ``retriable=True`` is retried; anything else
+Only a :class:`~mesh.errors.MeshError` with ``retriable=True`` is retried; anything else
 (a rejected token, a 400, a bug) is raised at once. The policy holds no state between
 calls, so one instance can serve every request of a client concurrently.
 """
@@ -15,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from mesh.errors import SourceError
+from mesh.errors import MeshError
 
 __all__ = ["RetryHook", "RetryPolicy", "parse_retry_after"]
 
 T = TypeVar("T")
 
-RetryHook = Callable[[SourceError, int, float], None]
+RetryHook = Callable[[MeshError, int, float], None]
 """Called before each retry sleep with the error, the retry number (1 for the first retry)
 and the delay in seconds."""
 
@@ -30,7 +31,7 @@ _STOP_CHECK_S = 0.1
 
 
 class RetryPolicy:
-    """Retries failed source calls with full-jitter exponential backoff.
+    """Retries failed calls with full-jitter exponential backoff.
 
     The n-th retry (``n`` counted from 0) waits ``uniform(0, min(max_s, base_s * 2**n))``
     seconds ("full jitter": spreads a fleet's retries evenly instead of in waves).
@@ -79,7 +80,7 @@ class RetryPolicy:
         should_stop: Callable[[], bool] | None = None,
         max_attempts: int | None = None,
     ) -> T:
-        """Await ``fn()`` until it succeeds, retrying retriable :class:`SourceError`.
+        """Await ``fn()`` until it succeeds, retrying retriable :class:`MeshError`.
 
         ``max_attempts`` counts every try including the first (``None``: no limit). When
         attempts run out, or ``should_stop()`` turns true before or during a sleep, the
@@ -91,7 +92,7 @@ class RetryPolicy:
         while True:
             try:
                 return await fn()
-            except SourceError as exc:
+            except MeshError as exc:
                 if not exc.retriable:
                     raise
                 if max_attempts is not None and retry + 1 >= max_attempts:
