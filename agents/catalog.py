@@ -14,7 +14,7 @@ from mesh.runtime.services import Service, add_service
 from mesh.schemas import load_event_schemas
 
 
-class CatalogService(Service):  # type: ignore[misc]
+class CatalogService(Service):
     """Runs the catalog ingestor for as long as the worker runs."""
 
     ingestor: ClassVar[CatalogIngestor]
@@ -29,7 +29,7 @@ class CatalogService(Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self.ingestor.stop()
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _ingest(self) -> None:
         await self.ingestor.run(lambda: self.should_stop)
 

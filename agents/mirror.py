@@ -16,7 +16,7 @@ from mesh.runtime.services import Service, add_service
 log = logging.getLogger(__name__)
 
 
-class MirrorService(Service):  # type: ignore[misc]
+class MirrorService(Service):
     """Runs the mirror consumer for as long as the worker runs."""
 
     mirror: ClassVar[MirrorConsumer]
@@ -29,7 +29,7 @@ class MirrorService(Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self.mirror.stop()
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _mirror(self) -> None:
         await self.mirror.run(lambda: bool(self.should_stop))
 

@@ -31,7 +31,7 @@ RESTART_AFTER_S = 10.0
 """How long an owned source whose loop stopped on an error waits before it starts again."""
 
 
-class SourceSupervisor(Service):  # type: ignore[misc]
+class SourceSupervisor(Service):
     """Starts a runner for every source this worker owns and stops those it loses."""
 
     context: ClassVar[MeshContext]
@@ -57,7 +57,7 @@ class SourceSupervisor(Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _reconcile_forever(self) -> None:
         while not self.should_stop:
             await self._reconcile()

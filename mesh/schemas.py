@@ -21,7 +21,6 @@ from mesh.errors import ConfigError
 
 ENTITY_NAMESPACE = "dictamesh.entities"
 EVENT_NAMESPACE = "dictamesh.events"
-AFTER_PLACEHOLDER = f"{ENTITY_NAMESPACE}.After"
 
 Schema = dict[str, Any]
 

@@ -9,7 +9,7 @@ from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
 
 
-class CacheService(Service):  # type: ignore[misc]
+class CacheService(Service):
     """Clears the response cache when partitions move; closes Redis on stop."""
 
     cache: ClassVar[ReadCache]

@@ -51,7 +51,6 @@ FEDERATION_VERSION = "v2.3"
 FEDERATION_URL = f"https://specs.apollo.dev/federation/{FEDERATION_VERSION}"
 SDL_HEADER = f'extend schema @link(url: "{FEDERATION_URL}", import: ["@key"])'
 FEDERATION_FIELDS = frozenset({"_service", "_entities"})
-FEDERATION_TYPES = frozenset({"_Any", "_Entity", "_Service"})
 MAX_REPRESENTATIONS = 1000
 """Representations one ``_entities`` call may carry (each one is a read)."""
 

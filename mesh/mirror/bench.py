@@ -203,7 +203,8 @@ def _sql(url: str, statement: str) -> Any:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(statement)
-            return cur.fetchone()[0] if cur.description else None
+            row = cur.fetchone() if cur.description else None
+            return row[0] if row else None
     finally:
         conn.close()
 

@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka.errors import IllegalStateError
-from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP  # type: ignore[attr-defined]
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.types import TP
 from mode import Service
 

@@ -8,7 +8,7 @@ from typing import Any
 import faust
 
 
-class _KeyPartitionedTable(faust.Table[bytes, bytes]):  # type: ignore[misc]
+class _KeyPartitionedTable(faust.Table[bytes, bytes]):
     # Faust derives a key's partition from the event being processed; these tables are
     # written outside any stream, so the partition comes from the key.
     partition_of: Callable[[bytes, int], int]
@@ -47,7 +47,7 @@ def declare_keyed_table(
     class Table(_KeyPartitionedTable):
         pass
 
-    Table.partition_of = staticmethod(partition_of)  # type: ignore[assignment]
+    Table.partition_of = staticmethod(partition_of)
     table = Table(
         app,
         name=name,

@@ -8,7 +8,7 @@ import faust
 from faust.worker import Worker
 
 
-class _Worker(Worker):  # type: ignore[misc]
+class _Worker(Worker):
     """Faust's worker without its terminal spinner.
 
     The spinner's handler listens at DEBUG, which makes every library format its debug

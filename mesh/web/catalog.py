@@ -223,11 +223,11 @@ def register_catalog_views(context: MeshContext) -> None:
     headers = {WORKER_HEADER: reader.worker}
 
     @app.page("/api/v1/catalog/types")
-    class Types(View):  # type: ignore[misc]
+    class Types(View):
         async def get(self, request: Request) -> Response:
             return json_response(self, await types_body(reader), headers=headers)
 
     @app.page(COUNTS_PATH)
-    class Counts(View):  # type: ignore[misc]
+    class Counts(View):
         async def get(self, request: Request) -> Response:
             return json_response(self, counts_report(reader), headers=headers)

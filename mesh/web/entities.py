@@ -186,7 +186,7 @@ def register_entity_views(context: MeshContext) -> None:
         return rec
 
     @context.app.page("/api/v1/entities/{entity_type}/{entity_id}")
-    class Entity(View):  # type: ignore[misc]
+    class Entity(View):
         async def get(self, request: Request, entity_type: str, entity_id: str) -> Response:
             def local(partition: int, eid: str, key: bytes) -> dict[str, Any]:
                 return entity_body(stored(entity_type, partition, eid, key))
@@ -194,7 +194,7 @@ def register_entity_views(context: MeshContext) -> None:
             return await answer_for_key(self, request, reader, entity_type, entity_id, local)
 
     @context.app.page("/api/v1/entities/{entity_type}/{entity_id}/relations")
-    class Relations(View):  # type: ignore[misc]
+    class Relations(View):
         async def get(self, request: Request, entity_type: str, entity_id: str) -> Response:
             def local(partition: int, eid: str, key: bytes) -> dict[str, Any]:
                 rec = stored(entity_type, partition, eid, key)

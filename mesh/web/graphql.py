@@ -169,10 +169,10 @@ def register_graphql_views(context: MeshContext) -> None:
                 cache.forget(recorder)
 
     @app.page(GRAPHQL_PATH)
-    class GraphQL(View):  # type: ignore[misc]
+    class GraphQL(View):
         async def get(self, request: Request) -> Response:
             # Faust's Request type is abstract; at run time it is aiohttp's.
-            query_params = dict(request.query)  # type: ignore[attr-defined]
+            query_params = dict(request.query)
             accept = request.headers.get("Accept", "")
             if "text/html" in accept and "query" not in query_params:
                 return self.bytes(GRAPHIQL_HTML.encode(), content_type="text/html")

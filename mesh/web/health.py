@@ -28,12 +28,12 @@ def register_health_views(context: MeshContext) -> None:
     worker = context.settings.worker_name
 
     @app.page("/healthz")
-    class Health(View):  # type: ignore[misc]
+    class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "worker": worker})
 
     @app.page("/readyz")
-    class Ready(View):  # type: ignore[misc]
+    class Ready(View):
         async def get(self, request: Request) -> Response:
             state = readiness(context.membership)
             return self.json(

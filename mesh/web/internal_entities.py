@@ -52,11 +52,11 @@ def register_internal_entities_view(context: MeshContext) -> None:
         return json_response(view, body, status=400, headers=headers)
 
     @context.app.page(INTERNAL_ENTITIES_PATH)
-    class InternalEntities(View):  # type: ignore[misc]
+    class InternalEntities(View):
         async def post(self, request: Request) -> Response:
             try:
                 # Faust's Request type is abstract; at run time it is aiohttp's.
-                body = json.loads(await request.read())  # type: ignore[attr-defined]
+                body = json.loads(await request.read())
             except ValueError:
                 return refuse(self, "the body is not JSON")
             keys = body.get("keys") if isinstance(body, dict) else None
@@ -78,10 +78,10 @@ def register_internal_scan_view(context: MeshContext) -> None:
     headers = {WORKER_HEADER: reader.worker}
 
     @context.app.page(INTERNAL_SCAN_PATH)
-    class InternalScan(View):  # type: ignore[misc]
+    class InternalScan(View):
         async def post(self, request: Request) -> Response:
             try:
-                body = json.loads(await request.read())  # type: ignore[attr-defined]
+                body = json.loads(await request.read())
                 entity_type, where = body["type"], body.get("where") or {}
                 after, limit = body.get("after"), int(body["limit"])
                 if entity_type not in context.domain.entities or not isinstance(where, dict):

@@ -47,6 +47,6 @@ def register_metrics_view(context: MeshContext) -> None:
     registry = context.metrics
 
     @context.app.page("/metrics")
-    class Metrics(View):  # type: ignore[misc]
+    class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(generate_latest(registry), content_type=_CONTENT_TYPE)

@@ -65,7 +65,7 @@ def register_relations_check_views(context: MeshContext) -> None:
     partitions = context.settings.topic_partitions
 
     @app.page(RELATIONS_PATH)
-    class Relations(View):  # type: ignore[misc]
+    class Relations(View):
         async def get(self, request: Request) -> Response:
             report = await relation_report(context, relations)
             peers = context.membership.peer_urls()
@@ -73,11 +73,11 @@ def register_relations_check_views(context: MeshContext) -> None:
             return json_response(self, body, headers=headers)
 
     @app.page(REPAIR_PATH)
-    class Repair(View):  # type: ignore[misc]
+    class Repair(View):
         async def post(self, request: Request) -> Response:
             try:
                 # Faust's Request type is abstract; at run time it is aiohttp's.
-                body = json.loads(await request.read())  # type: ignore[attr-defined]
+                body = json.loads(await request.read())
                 ops = parse_repairs(body, names)
             except ValueError as exc:
                 error = {"error": {"code": "bad_request", "message": str(exc)}}

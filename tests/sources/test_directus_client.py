@@ -173,12 +173,6 @@ async def test_a_missing_collection_is_a_permanent_error(service: DirectusClient
     assert "permission" in str(caught.value)
 
 
-async def test_server_ok(service: DirectusClient) -> None:
-    assert await service.server_ok()
-    async with client(f"http://127.0.0.1:{free_port()}", static("x" * 20)) as nowhere:
-        assert not await nowhere.server_ok()
-
-
 # -- credentials ----------------------------------------------------------------------------
 
 
@@ -310,7 +304,6 @@ async def test_a_call_waits_for_a_restarted_directus(own: OwnDirectus) -> None:
             await once.activity_head(["customers"])
         assert caught.value.retriable
         assert own.service_token not in str(caught.value)
-        assert not await once.server_ok()
 
         async def restart_later() -> None:
             await asyncio.sleep(2)

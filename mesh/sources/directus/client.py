@@ -254,15 +254,6 @@ class DirectusClient:
             query["filter"] = {key: {"_gt": after}}
         return await self._read(self._items_path(collection), query)
 
-    async def server_ok(self) -> bool:
-        """True when ``GET /server/ping`` answers. One try, no retries: a readiness probe
-        must answer now, not after a backoff."""
-        try:
-            reply = await self._send("GET", "/server/ping")
-        except SourceError:
-            return False
-        return reply.status == 200
-
     # -- requests -------------------------------------------------------------------------
 
     def _where(self, method: str, path: str) -> str:
