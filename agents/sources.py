@@ -13,12 +13,13 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from mesh.catalog.children import children_lookup
+from mesh.catalog.reader import CatalogReader
 from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_topic
 from mesh.runtime.services import Service, add_service
 from mesh.schemas import load_event_schemas
-from mesh.sources.children import catalog_children
 from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
@@ -50,6 +51,8 @@ class SourceSupervisor(Service):
         )
         for spec in ctx.domain.sources:
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
+        self.children = children_lookup(CatalogReader(ctx))
+        """What points at an entity (for adapters whose source does not say), per the catalog."""
 
     async def on_start(self) -> None:
         self.context.membership.on_revoked(self._on_revoked)
@@ -91,7 +94,7 @@ class SourceSupervisor(Service):
         ctx = self.context
         spec = ctx.domain.source(name)
         adapter = create_adapter(spec, ctx.domain)
-        adapter.children = catalog_children(ctx)
+        adapter.children = self.children
         codecs = {t: self.codecs[t] for t in adapter.entities}
         publisher = EventPublisher(
             ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics

@@ -11,9 +11,17 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     │   └── SchemaIncompatibleError
     ├── CodecError             an event could not be encoded or decoded
     │   └── UnknownSchemaError the wire format names a schema id the registry does not know
-    └── SourceError            a source system (e.g. Directus) failed or refused a request
-        ├── SourceAuthError    credentials were rejected (not retriable without new ones)
-        └── SourceDataError    an item does not fit its entity's schema (dead-lettered)
+    ├── SourceError            a source system (e.g. Directus) failed or refused a request
+    │   ├── SourceAuthError    credentials were rejected (not retriable without new ones)
+    │   └── SourceDataError    an item does not fit its entity's schema (dead-lettered)
+    ├── UnavailableError       the fleet cannot read a key right now (rebalancing,
+    │                          recovering, owner not answering): retry after ``retry_after``
+    ├── ApiError               an HTTP error answer of the REST API (status, code, message)
+    ├── MirrorDatabaseError, MirrorRowError      (mesh.mirror)
+    ├── BodyTooLargeError, PublicGraphQLError    (mesh.graphql.limits; the latter is also
+    │                                             graphql-core's GraphQLError)
+    ├── BadRequestError, NotAllowedError         (mesh.web.graphql: HTTP 400 and 405)
+    └── FleetScanError                           (mesh.relations_check)
 
 ``retriable`` tells retry logic whether trying again may succeed.
 """
@@ -119,6 +127,15 @@ class SourceAuthError(SourceError):
 
 class SourceDataError(SourceError):
     """An item's data does not fit its entity's schema; it goes to the dead-letter topic."""
+
+
+class UnavailableError(MeshError):
+    """A key cannot be read right now: the fleet is rebalancing, this worker is recovering
+    its tables, or the owner did not answer. Always retriable; the message may be shown to
+    clients (it names the cause, never data)."""
+
+    retriable = True
+    retry_after = 1.0
 
 
 class ApiError(MeshError):

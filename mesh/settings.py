@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # --- web ---------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
+    peer_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a worker waits for another's answer (forwarded reads, GraphQL batches, list
+    scans, counts, child lookups) before the read fails as unavailable."""
     graphql_introspection: bool = True
     """Answer ``__schema``/``__type`` queries; switch off in production."""
     graphql_error_detail: bool = False

@@ -1,5 +1,6 @@
 """The catalog's read side: which entity type and id a request names, where its key lives
-(partition and owning worker) and reads of the partitions this worker owns.
+(partition and owning worker, asked of :mod:`mesh.catalog.router`) and reads of the
+partitions this worker owns.
 
 REST and GraphQL are faces over this: ids are parsed, keys partitioned and ownership
 decided here once, for both.
@@ -11,17 +12,16 @@ import unicodedata
 from typing import Any
 
 from mesh.catalog import record
-from mesh.catalog.fold import ReverseRelation, reverse_relations
+from mesh.catalog.fold import ReverseRelation, present_members, reverse_relations
+from mesh.catalog.router import FleetRouter
 from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
 from mesh.errors import ApiError
-from mesh.runtime.partitioning import key_partition
 from mesh.runtime.store import PartitionStore
+from tables.catalog import read_members
 
 MAX_ID_LENGTH = 255
 _MAX_INT = {FieldType.INTEGER: 2**31 - 1, FieldType.LONG: 2**63 - 1}
-_PARTITIONS_KEPT = 100_000
-"""Keys whose partition a reader remembers (then it starts again)."""
 
 
 def entity_spec(context: MeshContext, entity_type: str) -> EntitySpec:
@@ -67,7 +67,7 @@ def parse_id(spec: EntitySpec, entity_type: str, raw: str) -> str:
 
 
 class CatalogReader:
-    """Where a key lives (partition, owning worker) and reads of the local partition DBs."""
+    """Reads of the local partition DBs, with the fleet router that says where a key lives."""
 
     def __init__(self, context: MeshContext) -> None:
         self.context = context
@@ -75,53 +75,23 @@ class CatalogReader:
         self.domain = context.domain
         self.membership = context.membership
         self.worker = context.settings.worker_name
+        self.router = FleetRouter(context)
         self.relations: list[ReverseRelation] = reverse_relations(context.domain)
-        self._partitions: dict[tuple[str, bytes], int] = {}
-        self._partitions_stamp: tuple[int, int] | None = None
 
     def table(self, entity_type: str) -> PartitionStore:
         """The entity table of ``entity_type``."""
         return self.context.catalog.entities[entity_type]
 
-    def partition(self, entity_type: str, key: bytes) -> int:
-        """The partition the producers' default partitioner picks for ``key``.
-
-        The consumer hashes with the topic's metadata (its real partition count); before
-        the consumer runs, the fleet's configured count is what topics are made with.
-        """
-        stamp = self.membership.stamp()
-        if stamp != self._partitions_stamp:  # a partition count may have changed with it
-            self._partitions.clear()
-            self._partitions_stamp = stamp
-        known = self._partitions.get((entity_type, key))
-        if known is not None:
-            return known
-        found = self.membership.key_partition(self.domain.topic(entity_type), key)
-        if found is None:
-            return key_partition(key, self.context.settings.topic_partitions)
-        # murmur2 is pure Python in aiokafka: remember what GraphQL asks again and again.
-        if len(self._partitions) >= _PARTITIONS_KEPT:
-            self._partitions.clear()
-        if stamp is not None:
-            self._partitions[(entity_type, key)] = found
-        return found
-
-    def owns(self, table: PartitionStore, partition: int) -> bool:
-        """True when this worker actively owns ``partition`` of ``table``."""
-        return table.owns(partition)
-
     def recovering(self) -> bool:
         """True while active partitions are being rebuilt from their changelogs."""
         return self.membership.recovering()
 
-    def owner_url(self, table: PartitionStore, partition: int) -> str | None:
-        """The web URL of the worker actively owning ``partition``, per Faust's assignor."""
-        return self.membership.owner_url(table.name, table.changelog_topic, partition)
-
-    def is_self(self, url: str) -> bool:
-        """True when ``url`` is this worker's own web server."""
-        return self.membership.is_self(url)
-
     def read(self, table: PartitionStore, partition: int, key: bytes) -> Any:
         """The decoded value of ``key`` in the local DB of ``partition`` (owned here)."""
         return record.loads(table.get(partition, key))
+
+    def members(self, relation: ReverseRelation, partition: int, parent: bytes) -> list[str]:
+        """The present member ids of ``relation`` for the parent URN ``parent`` (its index is
+        co-partitioned with the parent entity, so ``partition`` is the parent's)."""
+        store = self.context.catalog.relations[relation.name]
+        return present_members(read_members(store, partition, parent))

@@ -6,9 +6,10 @@ request per other owner to ``/api/v1/internal/entities``). The HTTP side is
 ``mesh.web.graphql``.
 """
 
+from mesh.errors import UnavailableError
 from mesh.graphql.loader import INTERNAL_ENTITIES_PATH, BatchRecord, Loader
 from mesh.graphql.metrics import GraphQLMetrics
-from mesh.graphql.reads import Key, LocalReads, UnavailableError
+from mesh.graphql.reads import Key, LocalReads
 from mesh.graphql.schema import build_schema
 
 __all__ = [

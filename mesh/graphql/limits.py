@@ -53,7 +53,7 @@ from graphql import (
 )
 from graphql.language import VisitorAction
 
-from mesh.errors import MeshError
+from mesh.errors import MeshError, UnavailableError
 
 __all__ = [
     "INTERNAL_ERROR_MESSAGE",
@@ -117,11 +117,11 @@ class GraphQLLimits:
             raise ValueError("GraphQLLimits.timeout_s must be positive")
 
 
-class PublicGraphQLError(GraphQLError):
+class PublicGraphQLError(MeshError, GraphQLError):
     """An error whose message is meant for the client, e.g. ``no customer with id 9``.
 
     Raise it from a resolver; :func:`format_errors` keeps its message even when
-    ``error_detail`` is off.
+    ``error_detail`` is off (as it does an :class:`~mesh.errors.UnavailableError`'s).
     """
 
 
@@ -481,12 +481,12 @@ async def run_with_timeout(
 
 def _is_public(error: GraphQLError) -> bool:
     """True for graphql's own errors (syntax, validation, limits, variable values that do
-    not fit their type) and PublicGraphQLError; false when an unexpected exception of a
-    resolver is the cause."""
+    not fit their type), PublicGraphQLError and UnavailableError; false when an unexpected
+    exception of a resolver is the cause."""
     if isinstance(error, PublicGraphQLError):
         return True
     original = error.original_error
-    return original is None or isinstance(original, GraphQLError)
+    return original is None or isinstance(original, GraphQLError | UnavailableError)
 
 
 def format_errors(errors: Collection[GraphQLError], limits: GraphQLLimits) -> list[dict[str, Any]]:

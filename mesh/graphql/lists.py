@@ -15,9 +15,9 @@ from typing import Any
 import graphene
 
 from mesh.domain import EntitySpec, FieldType
+from mesh.errors import UnavailableError
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.loader import Loader
-from mesh.graphql.reads import UnavailableError
 from mesh.graphql.scan import decode_cursor, encode_cursor, scan_fleet
 
 DEFAULT_PAGE = 20

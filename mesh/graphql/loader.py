@@ -18,23 +18,21 @@ response can be cached until one of those keys changes (:mod:`mesh.cache`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
-
 from mesh.cache import ReadCache, Recorder
+from mesh.catalog.router import FleetRouter
+from mesh.errors import UnavailableError
 from mesh.graphql.metrics import GraphQLMetrics
-from mesh.graphql.reads import Key, LocalReads, Location, UnavailableError
+from mesh.graphql.reads import Key, LocalReads, Location
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 INTERNAL_ENTITIES_PATH = "/api/v1/internal/entities"
-REMOTE_TIMEOUT_S = 10.0
 _MAX_SETTLE_TICKS = 20
 """Ticks a flush waits for more keys at most (each tick is microseconds)."""
 
@@ -82,7 +80,7 @@ class Loader:
     """Batches and caches the reads of one GraphQL request (build one per request)."""
 
     reads: LocalReads
-    http: aiohttp.ClientSession
+    router: FleetRouter
     metrics: GraphQLMetrics
     worker: str
     batches: list[BatchRecord] = field(default_factory=list)
@@ -286,19 +284,15 @@ class Loader:
 
     async def _remote(self, owner: str, keys: list[Key]) -> dict[Key, Any]:
         self._record("remote", owner, keys)
-        url = owner.rstrip("/") + INTERNAL_ENTITIES_PATH
         body = {"keys": [k.as_json() for k in keys]}
-        timeout = aiohttp.ClientTimeout(total=REMOTE_TIMEOUT_S)
         try:
-            async with self.http.post(url, json=body, timeout=timeout) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise UnavailableError(f"the worker at {owner} answered {resp.status}")
-            answers = json.loads(raw)["results"]
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            why = f"the worker owning these keys ({owner}) did not answer: {exc!r}"
-            error = UnavailableError(why)
-            return dict.fromkeys(keys, error)
+            answer = await self.router.ask(owner, INTERNAL_ENTITIES_PATH, method="POST", body=body)
+            if answer.status != 200:
+                raise UnavailableError(f"the worker at {owner} answered {answer.status}")
+            answers = answer.json()["results"]
+        except (ValueError, KeyError, TypeError) as exc:
+            why = f"the worker owning these keys ({owner}) answered nonsense: {exc!r}"
+            return dict.fromkeys(keys, UnavailableError(why))
         except UnavailableError as exc:
             return dict.fromkeys(keys, exc)
         results: dict[Key, Any] = {}

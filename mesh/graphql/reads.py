@@ -12,18 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mesh.cache import cache_key
-from mesh.catalog.fold import ReverseRelation, present_members
+from mesh.catalog.fold import ReverseRelation
 from mesh.catalog.reader import CatalogReader
-from mesh.graphql.limits import PublicGraphQLError
 from mesh.runtime.store import PartitionStore
-from tables.catalog import read_members
 
 KeyKind = Literal["entity", "relation"]
-
-
-class UnavailableError(PublicGraphQLError):
-    """A key cannot be read right now (rebalancing, recovering, owner not answering);
-    its message is shown to clients, who should retry."""
 
 
 def live(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -107,24 +100,13 @@ class LocalReads:
         assignment metadata mid-rebalance fails the read instead of bouncing it around.
         """
         entity_type = self.entity_type(key)
-        reader = self.reader
-        urn = reader.domain.urn(entity_type, key.id).encode()
-        partition = reader.partition(entity_type, urn)
-        table = reader.table(entity_type)
-        if reader.owns(table, partition):
-            if reader.recovering():
-                raise UnavailableError("this worker is recovering its tables; retry")
-            return Location(partition, None, self._store(key), urn)
-        owner = None if forwarded else reader.owner_url(table, partition)
-        if owner is None or reader.is_self(owner):
-            raise UnavailableError(
-                f"no worker owns partition {partition} of {entity_type} right now "
-                "(the fleet is rebalancing); retry"
-            )
-        return Location(partition, owner, self._store(key), urn)
+        urn = self.reader.domain.urn(entity_type, key.id).encode()
+        route = self.reader.router.route(entity_type, urn, forwarded=forwarded)
+        return Location(route.partition, route.owner, self._store(key), urn)
 
     def read(self, key: Key, location: Location) -> Any:
         """The value of an owned key: the entity record (or ``None``), or the member ids."""
         if key.kind == "entity":
             return self.reader.read(location.store, location.partition, location.urn)
-        return present_members(read_members(location.store, location.partition, location.urn))
+        relation = self.relations[key.name]
+        return self.reader.members(relation, location.partition, location.urn)

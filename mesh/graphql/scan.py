@@ -12,22 +12,17 @@ members do). The cursor is the last id of a page, base64-encoded to stay opaque.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-import aiohttp
 
 from mesh.catalog import record
 from mesh.catalog.reader import CatalogReader
 from mesh.domain import FieldType
-from mesh.graphql.reads import UnavailableError
+from mesh.errors import UnavailableError
 
 INTERNAL_SCAN_PATH = "/api/v1/internal/scan"
-SCAN_TIMEOUT_S = 15.0
 
 Record = dict[str, Any]
 
@@ -108,16 +103,6 @@ def scan_local(
     return {"partitions": partitions, "records": found[:limit]}
 
 
-async def _scan_peer(reader: CatalogReader, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    timeout = aiohttp.ClientTimeout(total=SCAN_TIMEOUT_S)
-    target = url.rstrip("/") + INTERNAL_SCAN_PATH
-    async with reader.app.http_client.post(target, json=body, timeout=timeout) as resp:
-        raw = await resp.read()
-        if resp.status != 200:
-            raise UnavailableError(f"the worker at {url} answered {resp.status} to a scan")
-        return dict(json.loads(raw))
-
-
 async def scan_fleet(
     reader: CatalogReader, entity_type: str, where: dict[str, Any], after: str | None, limit: int
 ) -> list[Record]:
@@ -127,15 +112,17 @@ async def scan_fleet(
     the fleet rebalancing): a page with holes would silently skip entities.
     """
     body = {"type": entity_type, "where": where, "after": after, "limit": limit}
-    peers = [u for u in reader.membership.peer_urls() if not reader.is_self(u)]
-    answers = await asyncio.gather(
-        *(_scan_peer(reader, u, body) for u in peers), return_exceptions=True
-    )
+    answers = await reader.router.ask_all(INTERNAL_SCAN_PATH, method="POST", body=body)
     parts = [scan_local(reader, entity_type, where, after, limit)]
-    for url, answer in zip(peers, answers, strict=True):
-        if isinstance(answer, BaseException):
-            raise UnavailableError(f"the worker at {url} did not scan: {answer!r}")
-        parts.append(answer)
+    for url, answer in answers:
+        if isinstance(answer, UnavailableError):
+            raise answer
+        if answer.status != 200:
+            raise UnavailableError(f"the worker at {url} answered {answer.status} to a scan")
+        try:
+            parts.append(dict(answer.json()))
+        except ValueError:
+            raise UnavailableError(f"the worker at {url} answered a scan with nonsense") from None
     scanned = {p for part in parts for p in part["partitions"]}
     missing = sorted(set(range(reader.context.settings.topic_partitions)) - scanned)
     if missing:

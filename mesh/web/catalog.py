@@ -15,10 +15,10 @@ The latest schema version is asked of the registry; when it cannot answer, the v
 
 Counts cover the whole fleet. Each worker counts the records in the local RocksDB
 databases of the partitions it actively owns (``GET /api/v1/internal/counts``); the worker
-answering asks every worker the assignor knows (:meth:`Membership.peer_urls`, the
-web URL of every group member) and adds the answers up per partition, each partition
-counted once. Partitions nobody reported (a worker down or the fleet rebalancing) make
-``counts.complete`` false and add a warning. Counting reads every record: O(entities).
+answering asks every other worker of the group (through the fleet router) and adds the
+answers up per partition, each partition counted once. Partitions nobody reported (a
+worker down or the fleet rebalancing) make ``counts.complete`` false and add a warning.
+Counting reads every record: O(entities).
 """
 
 from __future__ import annotations
@@ -32,16 +32,13 @@ import aiohttp
 
 from mesh.catalog import record
 from mesh.catalog.reader import CatalogReader
+from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
+from mesh.errors import UnavailableError
 from mesh.runtime.web import Request, Response, View
-from mesh.web.entities import (
-    WORKER_HEADER,
-    json_response,
-    register_entity_views,
-)
+from mesh.web.entities import json_response, register_entity_views
 
 COUNTS_PATH = "/api/v1/internal/counts"
-PEER_TIMEOUT_S = 5.0
 REGISTRY_TIMEOUT_S = 3.0
 
 PartitionCounts = dict[int, tuple[int, int]]
@@ -81,29 +78,20 @@ def counts_report(reader: CatalogReader) -> dict[str, Any]:
     }
 
 
-async def _peer_report(reader: CatalogReader, url: str) -> dict[str, Any]:
-    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-    async with reader.app.http_client.get(url.rstrip("/") + COUNTS_PATH, timeout=timeout) as resp:
-        if resp.status != 200:
-            raise aiohttp.ClientResponseError(
-                resp.request_info, resp.history, status=resp.status, message="counts refused"
-            )
-        return dict(json.loads(await resp.read()))
-
-
 async def fleet_counts(reader: CatalogReader) -> tuple[dict[str, Any], list[str]]:
     """Counts per entity type summed over the fleet, the coverage, and warnings."""
-    peers = [u for u in reader.membership.peer_urls() if not reader.is_self(u)]
     reports: list[dict[str, Any]] = [counts_report(reader)]
     warnings: list[str] = []
-    answers = await asyncio.gather(
-        *(_peer_report(reader, u) for u in peers), return_exceptions=True
-    )
-    for url, answer in zip(peers, answers, strict=True):
-        if isinstance(answer, BaseException):
-            warnings.append(f"worker at {url} did not report counts: {type(answer).__name__}")
+    for url, answer in await reader.router.ask_all(COUNTS_PATH):
+        if isinstance(answer, UnavailableError):
+            warnings.append(f"worker at {url} did not report counts: {answer}")
+        elif answer.status != 200:
+            warnings.append(f"worker at {url} did not report counts: HTTP {answer.status}")
         else:
-            reports.append(answer)
+            try:
+                reports.append(dict(answer.json()))
+            except ValueError:
+                warnings.append(f"worker at {url} did not report counts: not JSON")
     totals: dict[str, list[int]] = {t: [0, 0] for t in reader.domain.entities}
     seen: dict[str, set[int]] = {t: set() for t in reader.domain.entities}
     workers: dict[str, list[int]] = {}

@@ -20,9 +20,9 @@ recovering or owner unreachable: retry after ``Retry-After``).
 Routing: the key is the URN's bytes, as the ingestor stores it; its partition is what the
 producers' default partitioner (murmur2) picks for the entity topic, computed by Faust's
 consumer from the topic's metadata. The worker actively owning that partition answers from
-the partition's local RocksDB database; any other forwards the request to the owner named
-by Faust's assignor (``app.router.table_metadata``) and relays the answer (not Faust's
-``route_req``: it drops the owner's headers). Answers carry ``X-Mesh-Worker`` (who read
+the partition's local RocksDB database; any other forwards the request to the owner (both
+decided by the fleet router, :mod:`mesh.catalog.router`) and relays the answer (not
+Faust's ``route_req``: it drops the owner's headers). Answers carry ``X-Mesh-Worker`` (who read
 it), ``X-Mesh-Partition`` and, when relayed, ``X-Mesh-Routed-Via``. A forwarded request is
 never forwarded again: stale metadata mid-rebalance answers 503 instead of bouncing.
 """
@@ -33,21 +33,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
-from mesh.catalog.fold import present_members
 from mesh.catalog.reader import CatalogReader, entity_spec, parse_id
+from mesh.catalog.router import PARTITION_HEADER, ROUTED_HEADER, WORKER_HEADER
 from mesh.context import MeshContext
-from mesh.errors import ApiError
+from mesh.errors import ApiError, UnavailableError
 from mesh.runtime.web import Request, Response, View
-from tables.catalog import read_members
-
-WORKER_HEADER = "X-Mesh-Worker"
-PARTITION_HEADER = "X-Mesh-Partition"
-ROUTED_HEADER = "X-Mesh-Routed-Via"
-FORWARD_TIMEOUT_S = 10.0
-_RETRY = {"Retry-After": "1"}
 
 
 def json_response(
@@ -74,27 +64,16 @@ async def forward(reader: CatalogReader, view: View, request: Request, owner: st
     # The path exactly as received (still percent-encoded), so the owner parses the
     # same id. Faust's Request type is abstract; at run time it is aiohttp's.
     raw_path = str(request.raw_path)  # type: ignore[attr-defined]
-    url = URL(owner.rstrip("/") + raw_path, encoded=True)
     headers = {ROUTED_HEADER: reader.worker, "Accept": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
-    try:
-        async with reader.app.http_client.get(url, headers=headers, timeout=timeout) as resp:
-            body = await resp.read()
-            status, content_type = resp.status, resp.content_type
-            kept = {
-                name: resp.headers[name]
-                for name in (WORKER_HEADER, PARTITION_HEADER, "Retry-After")
-                if name in resp.headers
-            }
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ApiError(
-            503,
-            "unavailable",
-            f"the worker owning this key ({owner}) did not answer: {type(exc).__name__}",
-            headers=_RETRY,
-        ) from None
+    answer = await reader.router.ask(owner, raw_path, headers=headers)
+    kept = {
+        name: answer.headers[name]
+        for name in (WORKER_HEADER, PARTITION_HEADER, "Retry-After")
+        if name in answer.headers
+    }
     kept[ROUTED_HEADER] = reader.worker
-    return view.bytes(body, content_type=content_type, status=status, headers=kept)
+    return view.bytes(answer.body, content_type=answer.content_type, status=answer.status,
+                      headers=kept)  # fmt: skip
 
 
 LocalAnswer = Callable[[int, str, bytes], dict[str, Any]]
@@ -114,25 +93,16 @@ async def answer_for_key(
     try:
         entity_id = parse_id(entity_spec(reader.context, entity_type), entity_type, raw_id)
         key = reader.domain.urn(entity_type, entity_id).encode()
-        partition = reader.partition(entity_type, key)
-        headers[PARTITION_HEADER] = str(partition)
-        table = reader.table(entity_type)
-        if reader.owns(table, partition):
-            if reader.recovering():
-                raise ApiError(
-                    503, "unavailable", "this worker is recovering its tables", headers=_RETRY
-                )
-            return json_response(view, local(partition, entity_id, key), headers=headers)
-        owner = None if ROUTED_HEADER in request.headers else reader.owner_url(table, partition)
-        if owner is None or reader.is_self(owner):
-            raise ApiError(
-                503,
-                "unavailable",
-                f"no worker owns partition {partition} of {entity_type} right now "
-                "(the fleet is rebalancing); retry",
-                headers=_RETRY,
-            )
-        return await forward(reader, view, request, owner)
+        headers[PARTITION_HEADER] = str(reader.router.partition(entity_type, key))
+        route = reader.router.route(entity_type, key, forwarded=ROUTED_HEADER in request.headers)
+        if route.owner is None:
+            return json_response(view, local(route.partition, entity_id, key), headers=headers)
+        return await forward(reader, view, request, route.owner)
+    except UnavailableError as exc:
+        retry = {"Retry-After": f"{exc.retry_after or 1:g}"}
+        error = ApiError(503, "unavailable", str(exc), headers=retry)
+        headers.update(error.headers)
+        return json_response(view, error.body(), status=error.status, headers=headers)
     except ApiError as error:
         headers.update(error.headers)
         return json_response(view, error.body(), status=error.status, headers=headers)
@@ -163,8 +133,7 @@ def relations_body(
             }  # fmt: skip
     reverse: dict[str, Any] = {}
     for rel in (r for r in reader.relations if r.parent_type == entity_type):
-        table = reader.context.catalog.relations[rel.name]
-        members = present_members(read_members(table, partition, key))
+        members = reader.members(rel, partition, key)
         reverse[rel.name.split(".", 1)[1]] = {
             "type": rel.child_type,
             "field": rel.field,

@@ -25,7 +25,9 @@ from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
 from mesh.cache import Recorder
 from mesh.catalog.reader import CatalogReader
+from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
+from mesh.errors import MeshError
 from mesh.graphql import GraphQLMetrics, Loader, LocalReads, build_schema
 from mesh.graphql.graphiql import GRAPHIQL_HTML
 from mesh.graphql.limits import (
@@ -39,7 +41,6 @@ from mesh.graphql.limits import (
 from mesh.runtime.web import Request, Response, View
 from mesh.settings import Settings
 from mesh.web.entities import (
-    WORKER_HEADER,
     json_bytes,
     json_bytes_response,
     json_response,
@@ -49,12 +50,15 @@ GRAPHQL_PATH = "/graphql"
 DEBUG_HEADER = "X-Mesh-Debug"
 
 
-class BadRequestError(Exception):
+class BadRequestError(MeshError):
     """The HTTP request is not a GraphQL request (answered 400)."""
 
 
-class NotAllowedError(Exception):
+class NotAllowedError(MeshError):
     """A mutation over GET (answered 405)."""
+
+    def __init__(self) -> None:
+        super().__init__("only queries can be sent with GET; use POST")
 
 
 def _params(data: Any) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -139,7 +143,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 operation = get_operation_ast(document, operation_name)
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
-                loader = Loader(reads, app.http_client, metrics, reader.worker,
+                loader = Loader(reads, reader.router, metrics, reader.worker,
                                 cache=use, recorder=recorder)  # fmt: skip
                 executed = execute(
                     schema, document, variable_values=variables,
@@ -161,8 +165,8 @@ def register_graphql_views(context: MeshContext) -> None:
         except BadRequestError as exc:
             bad = {"errors": [{"message": str(exc)}]}
             return json_response(view, bad, status=400, headers=headers)
-        except NotAllowedError:
-            bad = {"errors": [{"message": "only queries can be sent with GET; use POST"}]}
+        except NotAllowedError as exc:
+            bad = {"errors": [{"message": str(exc)}]}
             return json_response(view, bad, status=405, headers={**headers, "Allow": "POST"})
         finally:
             if cache is not None and recorder is not None:

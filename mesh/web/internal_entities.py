@@ -16,12 +16,14 @@ import json
 from typing import Any
 
 from mesh.catalog.reader import CatalogReader
+from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
+from mesh.errors import UnavailableError
 from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
-from mesh.graphql.reads import Key, LocalReads, UnavailableError
+from mesh.graphql.reads import Key, LocalReads
 from mesh.graphql.scan import INTERNAL_SCAN_PATH, scan_local
 from mesh.runtime.web import Request, Response, View
-from mesh.web.entities import WORKER_HEADER, json_response
+from mesh.web.entities import json_response
 
 MAX_KEYS = 10_000
 

@@ -19,10 +19,11 @@ from mesh.catalog import record
 from mesh.catalog.fold import RelationOp, reverse_relations
 from mesh.catalog.ingest import relations_topic_name
 from mesh.catalog.relation_scan import relation_report
+from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
 from mesh.runtime.partitioning import key_partition
 from mesh.runtime.web import Request, Response, View
-from mesh.web.entities import WORKER_HEADER, json_response
+from mesh.web.entities import json_response
 
 RELATIONS_PATH = "/api/v1/internal/relations"
 REPAIR_PATH = "/api/v1/internal/relations/repair"

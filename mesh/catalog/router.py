@@ -1,0 +1,177 @@
+"""The fleet router: which partition and worker own a key, and how to ask them.
+
+Every read that may cross workers goes through here: the REST entity API, the GraphQL
+loader, list scans, the fleet-wide counts and the sources' child lookups. So there is one
+answer to "who owns this key", one pooled peer client (Faust's), one timeout
+(``MESH_PEER_TIMEOUT_S``) and one policy for a fleet that cannot answer right now: the
+read fails with :class:`~mesh.errors.UnavailableError` (retriable, ``retry_after`` set),
+which each face turns into its own "retry": REST a 503 with ``Retry-After``, GraphQL an
+error naming the cause, a source adapter its backoff. Nothing retries inside the router: a
+rebalance takes seconds, longer than a client should wait on one request.
+
+Ownership is Faust's assignor's (the worker actively owning the changelog partition of the
+entity's table); partitions are the producers' default partitioner's (murmur2) over the
+entity topic. A forwarded read is never forwarded again: stale metadata mid-rebalance
+fails it instead of bouncing it between workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from mesh.context import MeshContext
+from mesh.errors import UnavailableError
+from mesh.runtime.partitioning import key_partition
+
+WORKER_HEADER = "X-Mesh-Worker"
+"""Names the worker that answered (every answer of the web API carries it)."""
+PARTITION_HEADER = "X-Mesh-Partition"
+ROUTED_HEADER = "X-Mesh-Routed-Via"
+"""On a forwarded request: the worker that forwarded it (so it is never forwarded again)."""
+
+_PARTITIONS_KEPT = 100_000
+"""Keys whose partition a router remembers (then it starts again)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a key lives: its partition and, when another worker owns it, that worker's URL."""
+
+    partition: int
+    owner: str | None
+    """``None`` when this worker actively owns the partition."""
+
+
+@dataclass(frozen=True)
+class PeerAnswer:
+    """What a peer worker answered."""
+
+    url: str
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        """The body decoded; ``ValueError`` when it is not JSON."""
+        return json.loads(self.body)
+
+
+class FleetRouter:
+    """Key → partition → owning worker, and requests to the owners (see the module doc)."""
+
+    def __init__(self, context: MeshContext) -> None:
+        self.context = context
+        self.membership = context.membership
+        self.worker = context.settings.worker_name
+        self.timeout = aiohttp.ClientTimeout(total=context.settings.peer_timeout_s)
+        self._partitions: dict[tuple[str, bytes], int] = {}
+        self._partitions_stamp: tuple[int, int] | None = None
+
+    # -- where -----------------------------------------------------------------------------
+
+    def partition(self, entity_type: str, key: bytes) -> int:
+        """The partition the producers' default partitioner picks for ``key``.
+
+        The consumer hashes with the topic's metadata (its real partition count); before
+        the consumer runs, the fleet's configured count is what topics are made with.
+        """
+        stamp = self.membership.stamp()
+        if stamp != self._partitions_stamp:  # a partition count may have changed with it
+            self._partitions.clear()
+            self._partitions_stamp = stamp
+        known = self._partitions.get((entity_type, key))
+        if known is not None:
+            return known
+        topic = self.context.domain.topic(entity_type)
+        found = self.membership.key_partition(topic, key)
+        if found is None:
+            return key_partition(key, self.context.settings.topic_partitions)
+        # murmur2 is pure Python in aiokafka: remember what GraphQL asks again and again.
+        if len(self._partitions) >= _PARTITIONS_KEPT:
+            self._partitions.clear()
+        if stamp is not None:
+            self._partitions[(entity_type, key)] = found
+        return found
+
+    def route(self, entity_type: str, key: bytes, *, forwarded: bool = False) -> Route:
+        """Where the entity ``key`` (its URN's bytes) of ``entity_type`` lives.
+
+        :class:`UnavailableError` when this worker owns it but is recovering, or when no
+        other worker owns it (or, for a ``forwarded`` read, when this one does not).
+        """
+        partition = self.partition(entity_type, key)
+        store = self.context.catalog.entities[entity_type]
+        if store.owns(partition):
+            if self.membership.recovering():
+                raise UnavailableError("this worker is recovering its tables; retry")
+            return Route(partition, None)
+        owner = None
+        if not forwarded:
+            owner = self.membership.owner_url(store.name, store.changelog_topic, partition)
+        if owner is None or self.is_self(owner):
+            raise UnavailableError(
+                f"no worker owns partition {partition} of {entity_type} right now "
+                "(the fleet is rebalancing); retry"
+            )
+        return Route(partition, owner)
+
+    def is_self(self, url: str) -> bool:
+        """True when ``url`` is this worker's own web server."""
+        return self.membership.is_self(url)
+
+    def peers(self) -> list[str]:
+        """The web URL of every other worker of the group."""
+        return [u for u in self.membership.peer_urls() if not self.is_self(u)]
+
+    # -- asking ----------------------------------------------------------------------------
+
+    async def ask(
+        self,
+        url: str,
+        path: str,
+        *,
+        method: str = "GET",
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PeerAnswer:
+        """``method path`` of the worker at ``url`` (``path`` as received: still
+        percent-encoded); :class:`UnavailableError` when it does not answer in time.
+
+        Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
+        """
+        target = URL(url.rstrip("/") + path, encoded=True)
+        try:
+            async with self.context.app.http_client.request(
+                method, target, json=body, headers=headers, timeout=self.timeout
+            ) as resp:
+                return PeerAnswer(
+                    url, resp.status, await resp.read(), resp.content_type, dict(resp.headers)
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UnavailableError(
+                f"the worker at {url} did not answer: {type(exc).__name__}"
+            ) from None
+
+    async def ask_all(
+        self, path: str, *, method: str = "GET", body: Any = None
+    ) -> list[tuple[str, PeerAnswer | UnavailableError]]:
+        """Ask every other worker at once; each peer's answer or why it gave none."""
+        peers = self.peers()
+        answers = await asyncio.gather(
+            *(self.ask(u, path, method=method, body=body) for u in peers), return_exceptions=True
+        )
+        found: list[tuple[str, PeerAnswer | UnavailableError]] = []
+        for url, answer in zip(peers, answers, strict=True):
+            if isinstance(answer, UnavailableError | PeerAnswer):
+                found.append((url, answer))
+            else:
+                raise answer
+        return found
