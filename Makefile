@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint types pytest soak install clean
 
-$(STAMP): pyproject.toml tests/graphql/compose/package-lock.json
+$(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lock.json
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
 	@echo "==> creating the virtualenv in $(VENV) and installing DictaMesh (first run: ~1 min)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]'
+	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]' -e ./tooling
 	@echo "==> installing Apollo's composition checker for the federation tests (npm)"
 	@npm ci --prefix tests/graphql/compose --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)

@@ -1,8 +1,8 @@
 """Faust agents and services. Each module registers what it runs on a MeshContext's app."""
 
-from agents.catalog import register_catalog_agents
-from agents.mirror import register_mirror
-from agents.sources import register_source_agents
+from mesh.agents.catalog import register_catalog_agents
+from mesh.agents.mirror import register_mirror
+from mesh.agents.sources import register_source_agents
 from mesh.context import MeshContext
 
 __all__ = ["register_agents"]

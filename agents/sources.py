@@ -24,7 +24,7 @@ from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
 from mesh.sources.runner import SourceRunner
-from tables.cursors import CursorStore, cursor_partition
+from mesh.tables.cursors import CursorStore, cursor_partition
 
 log = logging.getLogger(__name__)
 

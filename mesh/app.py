@@ -17,10 +17,10 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshCo
     ``domain`` defaults to the file at ``settings.domain_config``.
     """
     # Imported here so that importing mesh never imports the agent modules' dependencies.
-    from agents import register_agents
+    from mesh.agents import register_agents
     from mesh.cache.service import register_read_cache
+    from mesh.tables import register_tables
     from mesh.web import register_views
-    from tables import register_tables
 
     domain = domain or load_domain(settings.domain_config)
     context = MeshContext(settings=settings, domain=domain, app=build_faust_app(settings))

@@ -1,62 +1,41 @@
-"""The ``mesh`` command line: one entry point for the worker, registry, dev stack and checks."""
+"""The ``mesh`` command line: the worker, the checks and the operator commands.
+
+The tooling (``mesh dev``, ``mesh registry``, ``mesh bench``) is another distribution,
+``dictamesh-tooling``; its commands join this one through the ``dictamesh.commands``
+entry points when it is installed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from mesh import __version__
 from mesh.errors import ConfigError, MeshError
 from mesh.settings import Settings, load_settings
 
+COMMANDS_GROUP = "dictamesh.commands"
+TOOLING_COMMANDS = ("dev", "registry", "bench")
+"""Commands of the tooling distribution, named in the error when it is not installed."""
+
+AddCommand = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+"""What a ``dictamesh.commands`` entry point loads: it adds its sub-command(s), each with
+``set_defaults(run=fn)``, ``fn(settings, args) -> exit code``."""
+
+
+def tooling_commands() -> list[AddCommand]:
+    """The sub-commands other installed distributions add."""
+    return [e.load() for e in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
+
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from mesh.app import run_worker
 
     return run_worker(settings)
-
-
-def _cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
-    from mesh.registry import serve_registry
-
-    data = args.data or settings.state_dir / "registry" / "registry.db"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    print(f"schema registry on http://{args.host}:{args.port} (storage {data})", flush=True)
-    asyncio.run(serve_registry(args.host, args.port, data))
-    return 0
-
-
-def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from mesh.dev.stack import run_dev_stack
-
-    return run_dev_stack(settings)
-
-
-def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    if args.bench == "ingest":
-        from mesh.bench.ingest import run_ingest
-
-        return run_ingest(settings, args.events)
-    if args.bench == "graphql":
-        from mesh.bench.graphql import run_graphql
-
-        return run_graphql(settings, args.duration, args.concurrency, args.customers, args.warmup)
-    if args.bench == "mirror":
-        from mesh.domain import load_domain
-        from mesh.mirror.bench import bench_mirror
-
-        result = asyncio.run(
-            bench_mirror(settings, load_domain(settings.domain_config), events=args.events)
-        )
-        print("\n".join(result.lines()))
-        return 0
-    from mesh.bench.freshness import run_freshness
-
-    return run_freshness(settings, args.items, args.bulk)
 
 
 def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,6 +85,23 @@ def _cmd_relations(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.samples import write_samples
+
+    written = write_samples(args.dir)
+    for path in written:
+        print(f"wrote {path}")
+    target = args.dir.absolute()
+    print(
+        "edit the domain config, then point DictaMesh at it:\n"
+        f"  export MESH_DOMAIN_CONFIG={target / 'config' / 'domain.yaml'}\n"
+        f"  export MESH_SCHEMAS_DIR={target / 'schemas'}\n"
+        "  mesh schemas --write   # the Avro records of your entities\n"
+        "  mesh check"
+    )
+    return 0
+
+
 def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.model_dump().items():
         print(f"{name} = {value}")
@@ -119,34 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("worker", help="run one worker of the fleet").set_defaults(run=_cmd_worker)
-    registry = sub.add_parser("registry", help="run the Confluent-compatible schema registry")
-    registry.add_argument("--host", default="127.0.0.1")
-    registry.add_argument("--port", type=int, default=8081)
-    registry.add_argument("--data", type=Path, default=None, help="SQLite file for schemas")
-    registry.set_defaults(run=_cmd_registry)
-    sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
-        run=_cmd_dev
-    )
-    bench = sub.add_parser("bench", help="benchmarks against the local stack")
-    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    freshness = benches.add_parser("freshness", help="Directus write → Kafka event delay")
-    freshness.add_argument("--items", type=int, default=200, help="single writes (p50/p99)")
-    freshness.add_argument("--bulk", type=int, default=10_000, help="items in the bulk load")
-    freshness.set_defaults(run=_cmd_bench)
-    ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
-    ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
-    ingest.set_defaults(run=_cmd_bench)
-    graphql = benches.add_parser(
-        "graphql", help="POST /graphql requests/s, p50/p99, 1 and 2 workers"
-    )
-    graphql.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
-    graphql.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
-    graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
-    graphql.set_defaults(run=_cmd_bench)
-    mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
-    mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
-    mirror.set_defaults(run=_cmd_bench)
+    for command in tooling_commands():
+        command(sub)
     sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
         run=_cmd_check
     )
@@ -172,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scan-timeout", type=float, default=120.0, help="seconds to wait for a steady fleet"
     )
     check.set_defaults(run=_cmd_relations)
+    init = sub.add_parser("init", help="write the sample domain config and schemas to edit")
+    init.add_argument("dir", nargs="?", type=Path, default=Path("."), help="where (default: .)")
+    init.set_defaults(run=_cmd_init)
     sub.add_parser("config", help="print the effective settings, secrets masked").set_defaults(
         run=_cmd_config
     )
@@ -180,7 +153,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mesh`` console script."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    added = {e.name for e in entry_points(group=COMMANDS_GROUP)}
+    if argv and argv[0] in TOOLING_COMMANDS and argv[0] not in added:
+        print(
+            f"mesh: `mesh {argv[0]}` belongs to DictaMesh's tooling, which is not installed "
+            "here: pip install dictamesh-tooling (in a checkout: make install)",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
         logging.basicConfig(

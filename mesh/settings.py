@@ -7,15 +7,14 @@ print as ``**********`` and are only unwrapped where a connection is made.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.errors import ConfigError
-
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from mesh.samples import SAMPLES
 
 
 class Settings(BaseSettings):
@@ -31,10 +30,14 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8081",
         validation_alias=AliasChoices("MESH_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"),
     )
-    domain_config: Path = _PROJECT_ROOT / "config" / "domain.yaml"
-    schemas_dir: Path = _PROJECT_ROOT / "schemas"
-    state_dir: Path = _PROJECT_ROOT / ".state"
-    """Local state: worker tables, registry storage, the dev stack's services."""
+    domain_config: Path = SAMPLES / "config" / "domain.yaml"
+    """The domain config; the default is the shipped sample (``config/domain.yaml`` of the
+    repository). Point it at your own copy: ``mesh init`` writes one to start from."""
+    schemas_dir: Path = SAMPLES / "schemas"
+    """The Avro schemas of the domain (the shipped sample's by default, as above)."""
+    state_dir: Path = Path(".state")
+    """Local state (worker tables; the dev stack's services), relative to the working
+    directory unless absolute."""
     worker_name: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9_.-]+$")
     """Names this worker's data directory (a StatefulSet pod name in production)."""
     rocksdb_block_cache_mb: int = Field(default=16, ge=1, le=65536)
@@ -68,37 +71,20 @@ class Settings(BaseSettings):
 
     # --- connected services -------------------------------------------------------
     database_url: SecretStr | None = None
-    """Postgres for the mirror (and the dev stack's Directus); unset: a throwaway cluster."""
+    """Postgres for the mirror; unset: no mirror (the dev stack starts a throwaway one)."""
     redis_url: SecretStr | None = None
     """Redis for the fleet's shared cache of cross-worker reads; unset: each worker
     caches only responses built from its own partitions."""
     cache_ttl_s: int = Field(default=300, ge=1, le=86_400)
     """How long Redis keeps a cached read nobody changes or reads."""
 
-    # --- the dev stack ------------------------------------------------------------------
-    dev_host: str = "127.0.0.1"
-    broker_port: int = Field(default=9092, ge=1, le=65535)
-    registry_port: int = Field(default=8081, ge=1, le=65535)
-    directus_port: int = Field(default=8055, ge=1, le=65535)
-    postgres_port: int = Field(default=15432, ge=1, le=65535)
-    """Port of the throwaway Postgres cluster (used only when MESH_DATABASE_URL is unset)."""
-    cache_dir: Path = Field(
-        default=Path.home() / ".cache" / "dictamesh",
-        validation_alias=AliasChoices("MESH_CACHE_DIR"),
-    )
-    """Downloads reused across runs and clones (the Directus install)."""
-    directus_admin_email: str = Field(
-        default="admin@example.com",
-        validation_alias=AliasChoices("MESH_DIRECTUS_ADMIN_EMAIL", "DIRECTUS_ADMIN_EMAIL"),
-    )
-    directus_admin_password: SecretStr = Field(
-        default=SecretStr("dictamesh"),
-        validation_alias=AliasChoices("MESH_DIRECTUS_ADMIN_PASSWORD", "DIRECTUS_ADMIN_PASSWORD"),
-    )
-    seed_rows: bool = True
-    """Seed sample rows into the dev stack's Directus."""
-
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("domain_config", "schemas_dir", "state_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # Absolute once read, so a later chdir (or a subprocess) means the same place.
+        return path.expanduser().absolute()
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -112,10 +98,18 @@ class Settings(BaseSettings):
         return self.state_dir / "workers" / self.worker_name
 
 
-def load_settings() -> Settings:
-    """Read :class:`Settings` from the environment; raise :class:`ConfigError` if invalid."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+@overload
+def load_settings() -> Settings: ...
+@overload
+def load_settings(model: type[SettingsT]) -> SettingsT: ...
+def load_settings(model: type[Settings] = Settings) -> Settings:
+    """Read ``model`` (:class:`Settings` or an extension of it) from the environment; raise
+    :class:`ConfigError` if invalid."""
     try:
-        return Settings()
+        return model()
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

@@ -2,8 +2,8 @@
 
 from mesh.catalog.fold import reverse_relations
 from mesh.context import MeshContext
-from tables.catalog import declare_catalog_tables
-from tables.cursors import declare_cursor_table
+from mesh.tables.catalog import declare_catalog_tables
+from mesh.tables.cursors import declare_cursor_table
 
 __all__ = ["register_tables"]
 

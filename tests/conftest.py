@@ -18,11 +18,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.postgres import can_connect, start_throwaway_postgres
+from mesh_tooling.dev.process import ManagedProcess, free_port
 from redis.exceptions import RedisError
-
-from mesh.dev.broker import start_broker
-from mesh.dev.postgres import can_connect, start_throwaway_postgres
-from mesh.dev.process import ManagedProcess, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.fixtures.directus"]

@@ -46,7 +46,7 @@ from mesh.runtime.delivery import MessageBuffer, Subscription
 from mesh.runtime.kafka import AIOKafkaProducer
 from mesh.runtime.partitioning import key_partition
 from mesh.runtime.store import PartitionStore
-from tables.catalog import member_key
+from mesh.tables.catalog import member_key
 
 log = logging.getLogger(__name__)
 

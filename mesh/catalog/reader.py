@@ -18,7 +18,7 @@ from mesh.context import MeshContext
 from mesh.domain import EntitySpec, FieldType
 from mesh.errors import ApiError
 from mesh.runtime.store import PartitionStore
-from tables.catalog import read_members
+from mesh.tables.catalog import read_members
 
 MAX_ID_LENGTH = 255
 _MAX_INT = {FieldType.INTEGER: 2**31 - 1, FieldType.LONG: 2**63 - 1}

@@ -61,7 +61,7 @@ class _Batch:
 
 class MirrorConsumer:
     """Consumes the entity topics into Postgres; ``writer=None`` consumes without writing
-    (the baseline of :mod:`mesh.mirror.bench`)."""
+    (the baseline of :mod:`mesh_tooling.bench.mirror`)."""
 
     def __init__(
         self,

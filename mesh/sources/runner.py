@@ -16,7 +16,7 @@ from mesh.errors import MeshError
 from mesh.sources.base import SourceAdapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
-from tables.cursors import CursorStore
+from mesh.tables.cursors import CursorStore
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.process import ManagedProcess, free_port
 
 from mesh.codec import AvroEventCodec, RegistryClient, build_codecs
 from mesh.deadletter import dead_letter_topic
-from mesh.dev.broker import start_broker
-from mesh.dev.process import ManagedProcess, free_port
 from mesh.domain import DomainConfig
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings

@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.process import free_port
 
-from mesh.dev.broker import start_broker
-from mesh.dev.process import free_port
 from tests.sources.capture_fixtures import (
     DirectusAdmin,
     MeshWorker,

@@ -18,8 +18,7 @@ import aiohttp
 import psycopg2
 import pytest
 import pytest_asyncio
-
-from mesh.dev.directus import (
+from mesh_tooling.dev.directus import (
     DEFAULT_ROWS,
     DirectusClient,
     DirectusService,
@@ -28,7 +27,8 @@ from mesh.dev.directus import (
     is_installed,
     seed_directus,
 )
-from mesh.dev.process import free_port
+from mesh_tooling.dev.process import free_port
+
 from mesh.domain import DomainConfig, FieldType
 from mesh.errors import PortInUseError, StackError
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, TIMINGS, DirectusHandle, cache_dir

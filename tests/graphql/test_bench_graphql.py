@@ -6,9 +6,9 @@ Redis) to stay short; the CLI runs one and two workers with the same code.
 
 from __future__ import annotations
 
+from mesh_tooling.bench.graphql import GraphQLBench, report
 from pydantic import SecretStr
 
-from mesh.bench.graphql import GraphQLBench, report
 from mesh.settings import Settings
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from mesh_tooling.dev.postgres import ensure_database
 from psycopg2 import sql
 
-from mesh.dev.postgres import ensure_database
 from tests.mirror.support import Scenario
 
 

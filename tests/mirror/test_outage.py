@@ -12,10 +12,10 @@ import os
 import uuid
 from pathlib import Path
 
+from mesh_tooling.dev.postgres import ensure_database, start_throwaway_postgres
+from mesh_tooling.dev.process import ManagedProcess, free_port
 from prometheus_client import CollectorRegistry
 
-from mesh.dev.postgres import ensure_database, start_throwaway_postgres
-from mesh.dev.process import ManagedProcess, free_port
 from tests.mirror.events import event
 from tests.mirror.support import Scenario, wait_until
 

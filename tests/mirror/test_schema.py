@@ -11,7 +11,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from agents.mirror import MirrorService
+from mesh.agents.mirror import MirrorService
 from mesh.app import create_app
 from mesh.domain import parse_domain
 from mesh.errors import ConfigError

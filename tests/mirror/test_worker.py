@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import psycopg2
 import yaml
+from mesh_tooling.dev.process import ManagedProcess, free_port
 
-from mesh.dev.process import ManagedProcess, free_port
 from tests.mirror.events import event
 from tests.mirror.support import Scenario, domain_data, own_topics, wait_until
 

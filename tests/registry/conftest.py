@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
-
-from mesh.registry import create_registry_app
+from mesh_tooling.registry import create_registry_app
 
 
 class RegistryServer:

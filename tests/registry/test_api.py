@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+from mesh_tooling.registry import CONTENT_TYPE
 
-from mesh.registry import CONTENT_TYPE
 from tests.registry.conftest import Api, RegistryServer, db_counts, fld, record
 
 USER = record("User", fld("id", "long"), fld("name", "string"), namespace="acme")
@@ -489,10 +489,10 @@ def test_references_are_resolved_stored_and_returned(api: Api) -> None:
 
 
 def test_each_request_is_logged_once_at_debug(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="mesh.registry.server")
+    caplog.set_level(logging.DEBUG, logger="mesh_tooling.registry.server")
     api("GET", "/subjects?deleted=true")
     api("GET", "/subjects/nope/versions")
-    lines = [r.getMessage() for r in caplog.records if r.name == "mesh.registry.server"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mesh_tooling.registry.server"]
     assert [line.rsplit(" (", 1)[0] for line in lines] == [
         "GET /subjects?deleted=true -> 200",
         "GET /subjects/nope/versions -> 404",

@@ -1,4 +1,4 @@
-"""Avro schema-resolution rules (mesh.registry.compatibility), without any server."""
+"""Avro schema-resolution rules (mesh_tooling.registry.compatibility), without any server."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from mesh_tooling.registry.compatibility import CompatibilityLevel, check, check_compatibility
+from mesh_tooling.registry.schema import ParsedSchema, parse_schema
 
-from mesh.registry.compatibility import CompatibilityLevel, check, check_compatibility
-from mesh.registry.schema import ParsedSchema, parse_schema
 from tests.registry.conftest import fld, record
 
 

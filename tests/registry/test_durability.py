@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import requests
+from mesh_tooling.registry import serve_registry
 
 from mesh.errors import PortInUseError, StackError
-from mesh.registry import serve_registry
 from tests.registry.conftest import Api, RegistryServer, db_counts, fld, record
 
 
@@ -74,7 +74,7 @@ def test_registrations_survive_a_killed_process(tmp_path: Path) -> None:
     port = free_port()
     script = (
         "import asyncio, pathlib, sys\n"
-        "from mesh.registry import serve_registry\n"
+        "from mesh_tooling.registry import serve_registry\n"
         "asyncio.run(serve_registry('127.0.0.1', int(sys.argv[1]), pathlib.Path(sys.argv[2])))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(port), str(db_path)])

@@ -8,9 +8,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mesh_tooling.registry.compatibility import CompatibilityLevel, check_compatibility
+from mesh_tooling.registry.schema import parse_schema
 
-from mesh.registry.compatibility import CompatibilityLevel, check_compatibility
-from mesh.registry.schema import parse_schema
 from tests.registry.conftest import fld, record
 
 PROPERTY_SETTINGS = settings(

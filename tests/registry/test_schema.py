@@ -1,4 +1,4 @@
-"""Schema parsing, validation and canonical form (mesh.registry.schema)."""
+"""Schema parsing, validation and canonical form (mesh_tooling.registry.schema)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from mesh_tooling.registry.schema import parse_schema
 
 from mesh.errors import RegistryError
-from mesh.registry.schema import parse_schema
 from tests.registry.conftest import fld, record
 
 

@@ -33,11 +33,11 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.directus import DirectusClient
+from mesh_tooling.dev.process import ManagedProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.dev.broker import start_broker
-from mesh.dev.directus import DirectusClient
-from mesh.dev.process import ManagedProcess, free_port
 from mesh.domain import DomainConfig, EntitySpec, FieldType
 from mesh.errors import StackError
 

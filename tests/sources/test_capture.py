@@ -28,17 +28,17 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import pytest_asyncio
-
-from mesh.deadletter import dead_letter_topic
-from mesh.dev.broker import start_broker
-from mesh.dev.directus import (
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.directus import (
     DEFAULT_ROWS,
     DirectusService,
     DirectusSettings,
     generate_service_token,
     seed_directus,
 )
-from mesh.dev.process import free_port
+from mesh_tooling.dev.process import free_port
+
+from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
 from tests.conftest import start_registry
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD

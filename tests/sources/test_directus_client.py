@@ -21,20 +21,20 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from pydantic import SecretStr
-from yarl import URL
-
-from mesh.dev.directus import (
+from mesh_tooling.dev.directus import (
     SERVICE_ROLE,
     DirectusService,
     DirectusSettings,
     generate_service_token,
     seed_directus,
 )
-from mesh.dev.directus import (
+from mesh_tooling.dev.directus import (
     DirectusClient as AdminApi,
 )
-from mesh.dev.process import free_port
+from mesh_tooling.dev.process import free_port
+from pydantic import SecretStr
+from yarl import URL
+
 from mesh.domain import DomainConfig
 from mesh.errors import SourceAuthError, SourceError
 from mesh.retry import RetryPolicy

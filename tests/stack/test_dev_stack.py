@@ -16,8 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-
-from mesh.dev.process import free_port, port_is_free
+from mesh_tooling.dev.process import free_port, port_is_free
 
 pytestmark = [pytest.mark.stack, pytest.mark.directus]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-
-from mesh.dev.process import ManagedProcess, free_port, port_is_free
+from mesh_tooling.dev.process import ManagedProcess, free_port, port_is_free
 
 
 @pytest_asyncio.fixture(scope="module")

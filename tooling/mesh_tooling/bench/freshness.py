@@ -23,7 +23,7 @@ from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import StackError
 from mesh.schemas import load_event_schemas
-from mesh.settings import Settings
+from mesh_tooling.settings import DevSettings
 
 BULK_BATCH = 500
 
@@ -57,7 +57,7 @@ def _percentile(values: list[float], q: float) -> float:
 class FreshnessBench:
     """One benchmark run against the stack described by ``settings``."""
 
-    def __init__(self, settings: Settings, entity_type: str = "customer") -> None:
+    def __init__(self, settings: DevSettings, entity_type: str = "customer") -> None:
         self.settings = settings
         self.domain: DomainConfig = load_domain(settings.domain_config)
         self.entity_type = entity_type
@@ -180,7 +180,7 @@ class FreshnessBench:
         }
 
 
-def run_freshness(settings: Settings, items: int, bulk: int) -> int:
+def run_freshness(settings: DevSettings, items: int, bulk: int) -> int:
     """``mesh bench freshness``: print the figures; return the exit code."""
     bench = FreshnessBench(settings)
     print(

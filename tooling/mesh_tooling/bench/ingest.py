@@ -31,12 +31,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from mesh.codec import RegistryClient, build_codecs
-from mesh.dev.broker import start_broker
-from mesh.dev.process import ManagedProcess, free_port
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import StackError
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.process import ManagedProcess, free_port
 
 PARTITIONS = 8
 

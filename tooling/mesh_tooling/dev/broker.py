@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mesh.dev.process import ManagedProcess, require_free_port, wait_for_port
 from mesh.errors import StackError
+from mesh_tooling.dev.process import ManagedProcess, require_free_port, wait_for_port
 
 
 def broker_binary() -> Path:

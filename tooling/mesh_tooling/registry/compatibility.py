@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from mesh.registry.schema import ParsedSchema
+from mesh_tooling.registry.schema import ParsedSchema
 
 __all__ = ["CompatibilityLevel", "check", "check_compatibility"]
 

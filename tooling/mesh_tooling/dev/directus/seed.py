@@ -30,13 +30,13 @@ from pathlib import Path
 
 import aiohttp
 
-from mesh.dev.directus.access import SERVICE_EMAIL, ensure_service_user
-from mesh.dev.directus.client import DirectusClient
-from mesh.dev.directus.rows import DEFAULT_ROWS, seed_rows
-from mesh.dev.directus.schema import directus_entities, ensure_schema
-from mesh.dev.directus.settings import write_private_file
 from mesh.domain import DomainConfig
 from mesh.errors import StackError
+from mesh_tooling.dev.directus.access import SERVICE_EMAIL, ensure_service_user
+from mesh_tooling.dev.directus.client import DirectusClient
+from mesh_tooling.dev.directus.rows import DEFAULT_ROWS, seed_rows
+from mesh_tooling.dev.directus.schema import directus_entities, ensure_schema
+from mesh_tooling.dev.directus.settings import write_private_file
 
 __all__ = ["SeedResult", "generate_service_token", "load_or_create_token", "seed_directus"]
 

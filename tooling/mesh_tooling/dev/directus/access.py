@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mesh.dev.directus.client import DirectusClient
 from mesh.errors import StackError
+from mesh_tooling.dev.directus.client import DirectusClient
 
 __all__ = ["SERVICE_EMAIL", "SERVICE_ROLE", "SYSTEM_READ_COLLECTIONS", "ensure_service_user"]
 

@@ -12,7 +12,7 @@ each twice: as is (answered from the read caches once warm) and with ``Cache-Con
 no-cache`` (executed against the tables every time). With ``MESH_REDIS_URL`` set the
 workers share their cross-worker reads through that Redis.
 
-The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh.bench.load`)
+The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh_tooling.bench.load`)
 runs in this process, on the same cores as the workers.
 """
 
@@ -33,15 +33,15 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from mesh.bench.ingest import PARTITIONS, IngestBench, _metric
-from mesh.bench.load import LoadResult, generate_load
 from mesh.codec import RegistryClient, build_codecs
-from mesh.dev.process import ManagedProcess, free_port
 from mesh.errors import StackError
 from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
+from mesh_tooling.bench.ingest import PARTITIONS, IngestBench, _metric
+from mesh_tooling.bench.load import LoadResult, generate_load
+from mesh_tooling.dev.process import ManagedProcess, free_port
 
 INVOICES, ITEMS, PRODUCTS = 20, 5, 10
 BY_ID = "query ($id: ID!) { customer(id: $id) { id name email } }"

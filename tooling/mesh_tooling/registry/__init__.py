@@ -10,10 +10,10 @@ Modules: ``schema`` (parse, validate, canonical form), ``compatibility`` (Avro r
 rules, pure), ``store`` (SQLite), ``server`` (HTTP routes).
 """
 
-from mesh.registry.compatibility import CompatibilityLevel, check, check_compatibility
-from mesh.registry.schema import ParsedSchema, parse_schema
-from mesh.registry.server import CONTENT_TYPE, create_registry_app, serve_registry
-from mesh.registry.store import SchemaStore
+from mesh_tooling.registry.compatibility import CompatibilityLevel, check, check_compatibility
+from mesh_tooling.registry.schema import ParsedSchema, parse_schema
+from mesh_tooling.registry.server import CONTENT_TYPE, create_registry_app, serve_registry
+from mesh_tooling.registry.store import SchemaStore
 
 __all__ = [
     "CONTENT_TYPE",

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from mesh.dev.process import ManagedProcess
 from mesh.errors import StackError
+from mesh_tooling.dev.process import ManagedProcess
 
 __all__ = [
     "CLI",

@@ -20,23 +20,27 @@ vars), ``database`` (bootstrap state of the database), ``service`` (the server p
 ``seed`` (the seed's entry point and service token).
 """
 
-from mesh.dev.directus.access import SERVICE_EMAIL, SERVICE_ROLE, SYSTEM_READ_COLLECTIONS
-from mesh.dev.directus.client import DirectusClient
-from mesh.dev.directus.install import (
+from mesh_tooling.dev.directus.access import SERVICE_EMAIL, SERVICE_ROLE, SYSTEM_READ_COLLECTIONS
+from mesh_tooling.dev.directus.client import DirectusClient
+from mesh_tooling.dev.directus.install import (
     DIRECTUS_VERSION,
     ensure_installed,
     install_dir_for,
     is_installed,
 )
-from mesh.dev.directus.rows import DEFAULT_ROWS
-from mesh.dev.directus.seed import (
+from mesh_tooling.dev.directus.rows import DEFAULT_ROWS
+from mesh_tooling.dev.directus.seed import (
     SeedResult,
     generate_service_token,
     load_or_create_token,
     seed_directus,
 )
-from mesh.dev.directus.service import DirectusService
-from mesh.dev.directus.settings import DirectusSecrets, DirectusSettings, load_or_create_secrets
+from mesh_tooling.dev.directus.service import DirectusService
+from mesh_tooling.dev.directus.settings import (
+    DirectusSecrets,
+    DirectusSettings,
+    load_or_create_secrets,
+)
 
 __all__ = [
     "DEFAULT_ROWS",

@@ -18,20 +18,21 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from mesh.dev.broker import start_broker
-from mesh.dev.directus import (
+from mesh.domain import DomainConfig, load_domain
+from mesh.errors import MeshError, StackError
+from mesh.schemas import load_event_schemas
+from mesh.settings import redact_url
+from mesh_tooling.dev.broker import start_broker
+from mesh_tooling.dev.directus import (
     DirectusService,
     DirectusSettings,
     ensure_installed,
     load_or_create_token,
     seed_directus,
 )
-from mesh.dev.postgres import ensure_database, start_throwaway_postgres
-from mesh.dev.process import ManagedProcess, require_free_port
-from mesh.domain import DomainConfig, load_domain
-from mesh.errors import MeshError, StackError
-from mesh.schemas import load_event_schemas
-from mesh.settings import Settings, redact_url
+from mesh_tooling.dev.postgres import ensure_database, start_throwaway_postgres
+from mesh_tooling.dev.process import ManagedProcess, require_free_port
+from mesh_tooling.settings import DevSettings
 
 Stoppable = Callable[[], Awaitable[None]]
 
@@ -44,7 +45,7 @@ def say(message: str) -> None:
 class DevStack:
     """The running stack: what was started, so that all of it can be stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DevSettings) -> None:
         self.settings = settings
         self.logs = settings.state_dir / "logs"
         self.children: list[tuple[str, ManagedProcess]] = []
@@ -250,7 +251,7 @@ async def _http_ok(url: str) -> bool:
         return resp.status == 200
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: DevSettings) -> int:
     stack = DevStack(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -289,6 +290,6 @@ async def _run(settings: Settings) -> int:
     return code
 
 
-def run_dev_stack(settings: Settings) -> int:
+def run_dev_stack(settings: DevSettings) -> int:
     """Run the stack until Ctrl-C; return the process exit code."""
     return asyncio.run(_run(settings))

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from mesh.dev.directus.client import DirectusClient
-from mesh.dev.directus.schema import AUTO_TIMESTAMPS, creation_order
 from mesh.domain import EntitySpec, FieldSpec, FieldType
+from mesh_tooling.dev.directus.client import DirectusClient
+from mesh_tooling.dev.directus.schema import AUTO_TIMESTAMPS, creation_order
 
 __all__ = ["DEFAULT_ROWS", "seed_rows"]
 

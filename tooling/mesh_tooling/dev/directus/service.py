@@ -14,11 +14,11 @@ from typing import Any, Self
 
 import aiohttp
 
-from mesh.dev.directus.database import database_state
-from mesh.dev.directus.install import CLI, file_tail, require_node
-from mesh.dev.directus.settings import DirectusSettings, directus_environment
-from mesh.dev.process import ManagedProcess, require_free_port
 from mesh.errors import StackError
+from mesh_tooling.dev.directus.database import database_state
+from mesh_tooling.dev.directus.install import CLI, file_tail, require_node
+from mesh_tooling.dev.directus.settings import DirectusSettings, directus_environment
+from mesh_tooling.dev.process import ManagedProcess, require_free_port
 
 __all__ = ["DirectusService"]
 

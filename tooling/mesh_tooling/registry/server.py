@@ -44,9 +44,9 @@ from typing import Any
 from aiohttp import web
 
 from mesh.errors import PortInUseError, RegistryError, SchemaIncompatibleError, StackError
-from mesh.registry.compatibility import CompatibilityLevel, check_compatibility
-from mesh.registry.schema import ParsedSchema, invalid_schema, parse_schema
-from mesh.registry.store import (
+from mesh_tooling.registry.compatibility import CompatibilityLevel, check_compatibility
+from mesh_tooling.registry.schema import ParsedSchema, invalid_schema, parse_schema
+from mesh_tooling.registry.store import (
     DEFAULT_COMPATIBILITY,
     SchemaStore,
     StoredSchema,

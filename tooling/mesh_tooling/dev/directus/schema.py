@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mesh.dev.directus.client import DirectusClient
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
 from mesh.errors import StackError
+from mesh_tooling.dev.directus.client import DirectusClient
 
 __all__ = ["AUTO_TIMESTAMPS", "creation_order", "directus_entities", "ensure_schema"]
 

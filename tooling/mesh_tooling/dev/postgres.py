@@ -14,9 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 from psycopg2 import sql
 
-from mesh.dev.process import ManagedProcess, require_free_port
 from mesh.errors import StackError
 from mesh.settings import redact_url
+from mesh_tooling.dev.process import ManagedProcess, require_free_port
 
 _SEARCH_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

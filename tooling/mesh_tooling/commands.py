@@ -1,0 +1,94 @@
+"""The tooling's ``mesh`` sub-commands (``dictamesh.commands`` entry points): each ``add_*``
+adds its parser; the command reads :class:`~mesh_tooling.settings.DevSettings`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from mesh.settings import Settings, load_settings
+from mesh_tooling.settings import DevSettings
+
+
+def _dev_settings() -> DevSettings:
+    return load_settings(DevSettings)
+
+
+def _cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh_tooling.registry import serve_registry
+
+    data = args.data or settings.state_dir / "registry" / "registry.db"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    print(f"schema registry on http://{args.host}:{args.port} (storage {data})", flush=True)
+    asyncio.run(serve_registry(args.host, args.port, data))
+    return 0
+
+
+def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh_tooling.dev.stack import run_dev_stack
+
+    return run_dev_stack(_dev_settings())
+
+
+def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "ingest":
+        from mesh_tooling.bench.ingest import run_ingest
+
+        return run_ingest(settings, args.events)
+    if args.bench == "graphql":
+        from mesh_tooling.bench.graphql import run_graphql
+
+        return run_graphql(settings, args.duration, args.concurrency, args.customers, args.warmup)
+    if args.bench == "mirror":
+        from mesh.domain import load_domain
+        from mesh_tooling.bench.mirror import bench_mirror
+
+        result = asyncio.run(
+            bench_mirror(settings, load_domain(settings.domain_config), events=args.events)
+        )
+        print("\n".join(result.lines()))
+        return 0
+    from mesh_tooling.bench.freshness import run_freshness
+
+    return run_freshness(_dev_settings(), args.items, args.bulk)
+
+
+def add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mesh registry``: the Confluent-compatible schema registry of the dev stack."""
+    registry = sub.add_parser("registry", help="run the Confluent-compatible schema registry")
+    registry.add_argument("--host", default="127.0.0.1")
+    registry.add_argument("--port", type=int, default=8081)
+    registry.add_argument("--data", type=Path, default=None, help="SQLite file for schemas")
+    registry.set_defaults(run=_cmd_registry)
+
+
+def add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mesh dev``: the whole local stack in the foreground."""
+    sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
+        run=_cmd_dev
+    )
+
+
+def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mesh bench …``: the benchmarks against the local stack."""
+    bench = sub.add_parser("bench", help="benchmarks against the local stack")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    freshness = benches.add_parser("freshness", help="Directus write → Kafka event delay")
+    freshness.add_argument("--items", type=int, default=200, help="single writes (p50/p99)")
+    freshness.add_argument("--bulk", type=int, default=10_000, help="items in the bulk load")
+    freshness.set_defaults(run=_cmd_bench)
+    ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
+    ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
+    ingest.set_defaults(run=_cmd_bench)
+    graphql = benches.add_parser(
+        "graphql", help="POST /graphql requests/s, p50/p99, 1 and 2 workers"
+    )
+    graphql.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    graphql.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
+    graphql.set_defaults(run=_cmd_bench)
+    mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
+    mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
+    mirror.set_defaults(run=_cmd_bench)
