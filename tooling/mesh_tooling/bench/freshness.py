@@ -23,6 +23,7 @@ from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import StackError
 from mesh.schemas import load_event_schemas
+from mesh_tooling.dev.readiness import wait_until_following
 from mesh_tooling.settings import DevSettings
 
 BULK_BATCH = 500
@@ -187,6 +188,11 @@ def run_freshness(settings: DevSettings, items: int, bulk: int) -> int:
         f"freshness against {bench.base} (entity {bench.entity_type}, topic {bench.topic}): "
         f"{items} single writes, then {bulk} items in requests of {BULK_BATCH}"
     )
+    worker = f"http://{settings.web_host}:{settings.web_port}"
+    sources = [bench.entity.source]
+    waited = asyncio.run(wait_until_following([worker], sources, timeout=300))
+    if waited >= 1:
+        print(f"waited {waited:.0f} s for the worker at {worker} to follow {sources[0]}")
     figures = asyncio.run(bench.run(items, bulk))
     print(
         f"write → event delay: p50 {figures['p50_s'] * 1000:.0f} ms, "

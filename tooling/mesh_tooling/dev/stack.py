@@ -32,6 +32,7 @@ from mesh_tooling.dev.directus import (
 )
 from mesh_tooling.dev.postgres import ensure_database, start_throwaway_postgres
 from mesh_tooling.dev.process import ManagedProcess, require_free_port
+from mesh_tooling.dev.readiness import wait_until_following
 from mesh_tooling.settings import DevSettings
 
 Stoppable = Callable[[], Awaitable[None]]
@@ -139,6 +140,10 @@ class DevStack:
                 **source_env,
             }
         )
+        waited = await wait_until_following(
+            [f"http://{s.web_host}:{s.web_port}"], [src.name for src in domain.sources], say=say
+        )
+        say(f"the sources follow their change feeds (first snapshot took {waited:.0f} s)")
         self.summary = [
             ("Kafka broker", f"{broker_url}  (bootstrap servers {host}:{s.broker_port})"),
             ("Schema registry", registry_url),
