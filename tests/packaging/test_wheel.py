@@ -10,6 +10,7 @@ install (``pip install <wheel>`` into a clean Python).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +30,20 @@ READY_WITHIN_S = 180
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The product's wheel, built from the checkout as ``pip wheel .`` builds it."""
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist),
-         str(PROJECT_ROOT)],
-        check=True, timeout=600,
+    """The product's wheel, built as ``pip wheel .`` builds it, from a copy of the checkout
+    without build leftovers (setuptools packs whatever an old ``build/`` still holds)."""
+    source = tmp_path_factory.mktemp("source") / "dictamesh"
+    shutil.copytree(
+        PROJECT_ROOT, source, symlinks=True,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "node_modules"),
     )  # fmt: skip
+    dist = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist),
+         str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     (found,) = dist.glob("dictamesh-*.whl")
     return found
 
