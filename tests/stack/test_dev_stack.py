@@ -146,7 +146,8 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
 
 
 async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> None:
-    """"stack ready" comes after the first snapshot: a write made now is a change event."""
+    """The "stack ready" line comes after the first snapshot: a write made now is a change
+    event."""
     assert any("the sources follow their change feeds" in line for line in first_run.output)
     worker = first_run.line("Worker").split()[0].removesuffix("/healthz")
     async with aiohttp.ClientSession() as http, http.get(f"{worker}/metrics") as resp:
