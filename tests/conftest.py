@@ -1,27 +1,28 @@
 """Shared fixtures: real services, started once per test session.
 
-The broker (Tansu) and the schema registry are started here on free ports. Postgres is
+The broker (Tansu) and the schema registry are started on free ports (by
+:mod:`tests.support.services`, which tests starting their own use too). Postgres is
 the server on 127.0.0.1:5432 when one answers there (CI and dev machines), otherwise a
 throwaway cluster. Nothing is mocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from mesh_tooling.dev.broker import start_broker
 from mesh_tooling.dev.postgres import can_connect, start_throwaway_postgres
 from mesh_tooling.dev.process import ManagedProcess, free_port
 from redis.exceptions import RedisError
+
+from tests.support.services import own_broker, start_registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.fixtures.directus"]
@@ -41,29 +42,8 @@ def session_dir() -> Iterator[Path]:
 @pytest_asyncio.fixture(scope="session")
 async def broker(session_dir: Path) -> AsyncIterator[str]:
     """``host:port`` of a real Kafka-protocol broker (Tansu, memory storage)."""
-    port = free_port()
-    proc = await start_broker("127.0.0.1", port, session_dir / "logs")
-    yield f"127.0.0.1:{port}"
-    await proc.stop()
-
-
-async def start_registry(data: Path, log_dir: Path) -> tuple[ManagedProcess, str]:
-    """Run ``mesh registry`` as a user would, on a free port, storing into ``data``."""
-    port = free_port()
-    proc = ManagedProcess(
-        "schema registry",
-        [sys.executable, "-m", "mesh", "registry", "--port", str(port), "--data", str(data)],
-        log_path=log_dir / f"registry-{port}.log",
-    )
-    await proc.start()
-    url = f"http://127.0.0.1:{port}"
-
-    async def probe() -> bool:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/subjects") as resp:
-            return resp.status == 200
-
-    await proc.wait_ready(probe, timeout=30)
-    return proc, url
+    async with contextlib.AsyncExitStack() as cleanup:
+        yield await own_broker(cleanup, session_dir / "logs")
 
 
 @pytest_asyncio.fixture(scope="session")

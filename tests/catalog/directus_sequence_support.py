@@ -20,11 +20,8 @@ from psycopg2 import sql
 
 from mesh.catalog.fold import ReverseRelation, reverse_relations
 from mesh.domain import DomainConfig, FieldSpec, FieldType
-from tests.sources.capture_fixtures import (
-    DirectusAdmin,
-    MeshWorker,
-    entity_of,
-)
+from tests.support.directus_admin import DirectusAdmin, entity_of
+from tests.support.workers import MeshWorker
 
 ENTITY_TYPES = ("customer", "product", "invoice", "invoice_item")
 

@@ -21,16 +21,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from mesh_tooling.dev.broker import start_broker
-from mesh_tooling.dev.process import free_port
 
-from tests.sources.capture_fixtures import (
-    DirectusAdmin,
-    MeshWorker,
-    all_own_partitions,
-    wait_for_owner,
-    wait_until,
-)
+from tests.support.directus_admin import DirectusAdmin
+from tests.support.services import own_broker
+from tests.support.workers import MeshWorker, wait_for_owner, wait_stable
 
 RELATIONS_QUERY = "query Relations($id: ID!) { customer(id: $id) { invoices { id } } }"
 NO_CACHE = {"Cache-Control": "no-cache"}
@@ -41,7 +35,6 @@ class ScaleOutFleet:
     """Three workers of one fresh stack: ``worker-0`` started alone (as ``mesh dev`` does),
     then ``worker-1`` and ``worker-2`` added with empty state directories."""
 
-    http: aiohttp.ClientSession
     workers: list[MeshWorker]
     bootstrap: str
 
@@ -55,12 +48,7 @@ class ScaleOutFleet:
             await worker.start()
         for worker in added:
             await worker.wait_ready()
-        await wait_until(
-            lambda: all_own_partitions(self.http, self.workers),
-            timeout=120,
-            what="every worker ready and actively owning partitions",
-            interval=0.25,
-        )
+        await wait_stable(self.workers, timeout=120, interval=0.25)
 
     def errors(self) -> list[str]:
         return [f"{w.name}: {line}" for w in self.workers for line in w.errors()]
@@ -68,7 +56,6 @@ class ScaleOutFleet:
 
 async def start_scale_out_fleet(
     cleanup: contextlib.AsyncExitStack,
-    http: aiohttp.ClientSession,
     *,
     root: Path,
     env: Mapping[str, str],
@@ -77,12 +64,10 @@ async def start_scale_out_fleet(
     ``worker-1`` and ``worker-2`` are prepared, not started. ``env`` holds the stack's
     registry, Directus, Redis and mirror settings; partitions and timeouts keep their
     defaults, as ``mesh dev`` leaves them."""
-    port = free_port()
-    broker = await start_broker("127.0.0.1", port, root / "logs")
-    cleanup.push_async_callback(broker.stop)
+    bootstrap = await own_broker(cleanup, root / "logs")
     app_id = f"scale-out-{uuid.uuid4().hex[:8]}"  # Redis is shared: keys of no other run
     full_env = {
-        "MESH_BROKER_URL": f"kafka://127.0.0.1:{port}",
+        "MESH_BROKER_URL": f"kafka://{bootstrap}",
         "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
         **env,
     }
@@ -96,7 +81,7 @@ async def start_scale_out_fleet(
     await first.start()
     await first.wait_ready(timeout=120)
     await wait_for_owner([first], timeout=120)
-    return ScaleOutFleet(http, workers, f"127.0.0.1:{port}")
+    return ScaleOutFleet(workers, bootstrap)
 
 
 @dataclass

@@ -20,17 +20,9 @@ import pytest_asyncio
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    Fleet,
-    Worker,
-    customer,
-    entity,
-    invoice,
-    invoice_item,
-    open_fleet,
-    product,
-    wait_until,
-)
+from tests.support.fleet import Fleet, customer, entity, invoice, invoice_item, open_fleet, product
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 APP_ID = "catalog-convergence"
 PARTITIONS = 6
@@ -128,7 +120,7 @@ RELATION_QUERIES = {
 
 
 async def graphql_members(
-    worker: Worker, parent: str, parent_id: int, relation: str, *, no_cache: bool
+    worker: MeshWorker, parent: str, parent_id: int, relation: str, *, no_cache: bool
 ) -> set[str] | str:
     """The ids GraphQL lists in ``parent.relation``, or the error it gave."""
     headers = {"Cache-Control": "no-cache"} if no_cache else {}
@@ -146,7 +138,7 @@ async def graphql_members(
     return {m["id"] for m in answer["data"][parent][relation]}
 
 
-async def graphql_differences(model: Model, reader: Worker) -> list[str]:
+async def graphql_differences(model: Model, reader: MeshWorker) -> list[str]:
     """Where GraphQL on ``reader``, cached and not, disagrees with the model's relations
     (of every customer and every live invoice)."""
     wrong: list[str] = []
@@ -160,7 +152,7 @@ async def graphql_differences(model: Model, reader: Worker) -> list[str]:
     return wrong
 
 
-async def converged(fleet: Fleet, model: Model, reader: Worker) -> list[str]:
+async def converged(fleet: Fleet, model: Model, reader: MeshWorker) -> list[str]:
     """Every difference between the API and the model (empty once converged)."""
     wrong: list[str] = []
     for (entity_type, entity_id), (version, deleted) in sorted(fleet.latest.items()):

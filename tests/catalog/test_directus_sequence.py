@@ -50,12 +50,9 @@ from tests.catalog.directus_sequence_support import (
     rest_differences,
 )
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
-from tests.sources.capture_fixtures import (
-    DirectusAdmin,
-    MeshWorker,
-    start_following_fleet,
-    wait_until,
-)
+from tests.support.directus_admin import DirectusAdmin
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker, start_following_fleet
 
 pytestmark = pytest.mark.directus
 
@@ -119,7 +116,7 @@ async def fleet(
         )
         mirror_dsn = make_database()
         workers = await start_following_fleet(
-            cleanup, http, app_id=APP_ID, root=root, names=("sequence-a", "sequence-b"),
+            cleanup, app_id=APP_ID, root=root, names=("sequence-a", "sequence-b"),
             directus=seeded, registry_url=registry_url, partitions=PARTITIONS,
             env={"MESH_DATABASE_URL": mirror_dsn},
         )  # fmt: skip

@@ -19,16 +19,9 @@ import pytest_asyncio
 from mesh.catalog.ingest import relations_topic_name
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    Fleet,
-    Worker,
-    customer,
-    dead_letters_of,
-    entity,
-    invoice,
-    open_fleet,
-    wait_until,
-)
+from tests.support.fleet import Fleet, customer, dead_letters_of, entity, invoice, open_fleet
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 APP_ID = "catalog-relations-check"
 PARTITIONS = 4
@@ -58,7 +51,7 @@ async def fleet(
         yield fleet
 
 
-async def members(worker: Worker, customer_id: int) -> set[str] | None:
+async def members(worker: MeshWorker, customer_id: int) -> set[str] | None:
     """The invoices a customer lists (``None`` while it is not in the catalog yet)."""
     answer = await worker.get(entity("customer", customer_id) + "/relations")
     if answer.status != 200:
@@ -66,11 +59,11 @@ async def members(worker: Worker, customer_id: int) -> set[str] | None:
     return {m["id"] for m in answer.body["reverse"]["invoices"]["members"]}
 
 
-async def members_are(worker: Worker, customer_id: int, expected: set[str]) -> bool:
+async def members_are(worker: MeshWorker, customer_id: int, expected: set[str]) -> bool:
     return await members(worker, customer_id) == expected
 
 
-async def check(worker: Worker, *flags: str) -> tuple[int, str]:
+async def check(worker: MeshWorker, *flags: str) -> tuple[int, str]:
     """Run ``mesh relations check`` as an operator would; its exit status and output."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "relations", "check", "--url", worker.base,

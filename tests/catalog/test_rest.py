@@ -16,9 +16,8 @@ import pytest_asyncio
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
+from tests.support.fleet import (
     TIMEOUT,
-    Answer,
     Fleet,
     at_version,
     customer,
@@ -29,8 +28,9 @@ from tests.catalog.rest_fixtures import (
     invoice_item,
     open_fleet,
     product,
-    wait_until,
 )
+from tests.support.waiting import wait_until
+from tests.support.workers import Answer
 
 APP_ID = "catalog-rest"
 PARTITIONS = 4

@@ -38,7 +38,8 @@ from tests.catalog.scale_out_support import (
     start_scale_out_fleet,
 )
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
-from tests.sources.capture_fixtures import DirectusAdmin, wait_until
+from tests.support.directus_admin import DirectusAdmin
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.directus
 
@@ -67,7 +68,6 @@ async def test_relations_are_right_on_every_worker_after_one_of_three_is_killed(
         )
         fleet = await start_scale_out_fleet(
             cleanup,
-            http,
             root=root,
             env={
                 "MESH_SCHEMA_REGISTRY_URL": registry_url,

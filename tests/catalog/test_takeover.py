@@ -25,15 +25,9 @@ import pytest_asyncio
 from mesh.domain import DomainConfig
 from mesh.runtime.partitioning import key_partition
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    Fleet,
-    Worker,
-    customer,
-    entity,
-    invoice,
-    open_fleet,
-    wait_until,
-)
+from tests.support.fleet import Fleet, customer, entity, invoice, open_fleet
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 APP_ID = "catalog-takeover"
 PARTITIONS = 6
@@ -58,7 +52,7 @@ def partition_of(domain: DomainConfig, entity_type: str, entity_id: int) -> int:
     return key_partition(domain.urn(entity_type, str(entity_id)).encode(), PARTITIONS)
 
 
-async def owners(reader: Worker) -> dict[str, set[int]]:
+async def owners(reader: MeshWorker) -> dict[str, set[int]]:
     """The partitions each worker owns, as the customers' answers name them."""
     found: dict[str, set[int]] = {}
     for c in range(1, CUSTOMERS + 1):
@@ -69,7 +63,7 @@ async def owners(reader: Worker) -> dict[str, set[int]]:
 
 
 async def relation_differences(
-    fleet: Fleet, reader: Worker, want: dict[int, set[str]]
+    fleet: Fleet, reader: MeshWorker, want: dict[int, set[str]]
 ) -> list[str]:
     wrong = []
     for c, invoices in sorted(want.items()):
@@ -121,7 +115,7 @@ async def test_relation_changes_waiting_for_a_dead_owner_are_applied_by_its_succ
 
     wrong: list[str] = []
 
-    async def right(reader: Worker) -> bool:
+    async def right(reader: MeshWorker) -> bool:
         try:
             wrong[:] = await relation_differences(fleet, reader, want)
         except (OSError, TimeoutError) as exc:
@@ -144,7 +138,7 @@ async def test_relation_changes_waiting_for_a_dead_owner_are_applied_by_its_succ
         )
 
 
-async def _all_seen(fleet: Fleet, reader: Worker) -> bool:
+async def _all_seen(fleet: Fleet, reader: MeshWorker) -> bool:
     for c in range(1, CUSTOMERS + 1):
         if (await reader.get(entity("customer", c))).status != 200:
             return False

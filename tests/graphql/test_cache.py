@@ -22,11 +22,9 @@ import pytest_asyncio
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
+from tests.support.fleet import (
     TIMEOUT,
-    Answer,
     Fleet,
-    Worker,
     at_version,
     customer,
     entity,
@@ -35,8 +33,9 @@ from tests.catalog.rest_fixtures import (
     invoice_item,
     open_fleet,
     product,
-    wait_until,
 )
+from tests.support.waiting import wait_until
+from tests.support.workers import Answer, MeshWorker
 
 QUERY = """{ customer(id: "1") { id name invoices { id number
     items { id quantity product { id name } } } } }"""
@@ -77,7 +76,7 @@ class Model:
         return {"customer": {"id": "1", "name": self.customers[1], "invoices": invoices}}
 
 
-async def ask(worker: Worker, query: str, headers: dict[str, str] | None = None) -> Any:
+async def ask(worker: MeshWorker, query: str, headers: dict[str, str] | None = None) -> Any:
     """``POST /graphql`` on ``worker``: the answer's data (errors fail the test)."""
     async with (
         aiohttp.ClientSession() as http,
@@ -132,7 +131,7 @@ async def model(
         yield m
 
 
-async def _converged(worker: Worker, expected: Any) -> None:
+async def _converged(worker: MeshWorker, expected: Any) -> None:
     seen: list[Any] = []
 
     async def same() -> bool:
@@ -270,7 +269,7 @@ async def test_queries_racing_a_stream_of_changes_never_go_back(model: Model) ->
             answer = await fleet.workers[0].get(entity("customer", 1))
             shown.append((time.monotonic(), answer.body["version"]))
 
-    async def read(worker: Worker) -> None:
+    async def read(worker: MeshWorker) -> None:
         while not done.is_set():
             started = time.monotonic()
             data = await ask(worker, VERSION)

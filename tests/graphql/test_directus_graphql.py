@@ -30,12 +30,9 @@ from gql.transport.exceptions import TransportQueryError
 
 from mesh.domain import DomainConfig
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
-from tests.sources.capture_fixtures import (
-    DirectusAdmin,
-    MeshWorker,
-    start_following_fleet,
-    wait_until,
-)
+from tests.support.directus_admin import DirectusAdmin
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker, start_following_fleet
 
 pytestmark = pytest.mark.directus
 
@@ -91,7 +88,7 @@ async def fleet(
             http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
         )
         workers = await start_following_fleet(
-            cleanup, http, app_id=APP_ID, root=root, names=("gd-a", "gd-b"),
+            cleanup, app_id=APP_ID, root=root, names=("gd-a", "gd-b"),
             directus=seeded, registry_url=registry_url, partitions=PARTITIONS,
         )  # fmt: skip
         fleet = Fleet(admin, workers)

@@ -25,17 +25,9 @@ from graphql import TypeDefinitionNode, graphql, parse
 from mesh.domain import DomainConfig
 from mesh.graphql import build_schema
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    TIMEOUT,
-    Fleet,
-    Worker,
-    customer,
-    invoice,
-    invoice_item,
-    open_fleet,
-    product,
-    wait_until,
-)
+from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 COMPOSE_DIR = Path(__file__).parent / "compose"
 ENTITY_TYPES = ("Customer", "Product", "Invoice", "InvoiceItem")
@@ -140,7 +132,7 @@ async def fleet(
         yield fleet
 
 
-async def post(worker: Worker, query: str, variables: dict[str, Any] | None = None) -> Any:
+async def post(worker: MeshWorker, query: str, variables: dict[str, Any] | None = None) -> Any:
     """``POST /graphql`` with ``X-Mesh-Debug: batches``; the JSON answer (status 200)."""
     body = {"query": query, "variables": variables}
     async with (
@@ -188,7 +180,7 @@ async def test_entities_resolve_in_order_in_one_batch_per_owner(fleet: Fleet) ->
     for worker in fleet.workers:
         last: list[Any] = []
 
-        async def answered(w: Worker = worker, last: list[Any] = last) -> bool:
+        async def answered(w: MeshWorker = worker, last: list[Any] = last) -> bool:
             last[:] = [await post(w, ENTITIES_QUERY, variables)]
             return bool(last[0].get("data") == {"_entities": expected})
 

@@ -36,17 +36,9 @@ from hypothesis import strategies as st
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    TIMEOUT,
-    Fleet,
-    Worker,
-    customer,
-    invoice,
-    invoice_item,
-    open_fleet,
-    product,
-    wait_until,
-)
+from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 APP_ID = "graphql-fuzz"
 PARTITIONS = 4
@@ -113,7 +105,7 @@ class Answer:
 
 
 def call(
-    worker: Worker,
+    worker: MeshWorker,
     body: bytes | None = None,
     *,
     method: str = "POST",
@@ -137,7 +129,7 @@ def call(
     return Answer(resp.status_code, ctype, resp.text, decoded)
 
 
-def post_json(worker: Worker, request: Any) -> Answer:
+def post_json(worker: MeshWorker, request: Any) -> Answer:
     return call(worker, json.dumps(request).encode())
 
 

@@ -22,17 +22,9 @@ from gql.transport.exceptions import TransportQueryError
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.catalog.rest_fixtures import (
-    TIMEOUT,
-    Fleet,
-    Worker,
-    customer,
-    invoice,
-    invoice_item,
-    open_fleet,
-    product,
-    wait_until,
-)
+from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
 
 APP_ID = "graphql"
 PARTITIONS = 4
@@ -57,7 +49,7 @@ async def fleet(
 
 
 async def run(
-    worker: Worker, query: str, variables: dict[str, Any] | None = None, *, debug: bool = False
+    worker: MeshWorker, query: str, variables: dict[str, Any] | None = None, *, debug: bool = False
 ) -> Any:
     """Execute ``query`` on ``worker`` with gql; the ``ExecutionResult`` (raises on errors)."""
     headers = {"X-Mesh-Debug": "batches"} if debug else {}
@@ -68,7 +60,7 @@ async def run(
         )
 
 
-async def converged(worker: Worker, query: str, expected: Any, **kw: Any) -> Any:
+async def converged(worker: MeshWorker, query: str, expected: Any, **kw: Any) -> Any:
     """Run ``query`` until its data equals ``expected`` (events take a moment to fold)."""
     last: list[Any] = []
 
@@ -84,7 +76,7 @@ async def converged(worker: Worker, query: str, expected: Any, **kw: Any) -> Any
     return last[0]
 
 
-async def post(worker: Worker, body: bytes, content_type: str = "application/json") -> Any:
+async def post(worker: MeshWorker, body: bytes, content_type: str = "application/json") -> Any:
     """``POST /graphql`` with a raw body: ``(status, content type, JSON body)``."""
     async with (
         aiohttp.ClientSession() as http,
@@ -236,7 +228,7 @@ async def test_unknown_deleted_and_invalid_ids_are_clear_errors(fleet: Fleet) ->
     for query, message in cases.items():
         for worker in (a, b):
 
-            async def refused(w: Worker = worker, q: str = query, m: str = message) -> bool:
+            async def refused(w: MeshWorker = worker, q: str = query, m: str = message) -> bool:
                 try:
                     await run(w, q)
                 except TransportQueryError as exc:

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import pytest_asyncio
-from mesh_tooling.dev.broker import start_broker
 from mesh_tooling.dev.directus import (
     DEFAULT_ROWS,
     DirectusService,
@@ -40,22 +39,12 @@ from mesh_tooling.dev.process import free_port
 
 from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
-from tests.conftest import start_registry
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.sources.capture_fixtures import (
-    OPS,
-    Activity,
-    DirectusAdmin,
-    Event,
-    EventLog,
-    KafkaLog,
-    MeshWorker,
-    entity_of,
-    expected_after,
-    states,
-    wait_for_owner,
-    wait_until,
-)
+from tests.sources.capture_fixtures import OPS, Event, EventLog, KafkaLog, expected_after
+from tests.support.directus_admin import Activity, DirectusAdmin, entity_of
+from tests.support.services import own_broker, start_registry
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker, states, wait_for_owner
 
 pytestmark = [pytest.mark.directus]
 
@@ -114,9 +103,7 @@ async def stack(
     root = tmp_path_factory.mktemp("capture")
     logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
-        port = free_port()
-        broker = await start_broker("127.0.0.1", port, logs)
-        cleanup.push_async_callback(broker.stop)
+        bootstrap = await own_broker(cleanup, logs)
         registry, registry_url = await start_registry(root / "registry.db", logs)
         cleanup.push_async_callback(registry.stop)
         directus = DirectusService(
@@ -144,7 +131,6 @@ async def stack(
         admin = await DirectusAdmin.login(
             http, directus.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
         )
-        bootstrap = f"127.0.0.1:{port}"
         events = await cleanup.enter_async_context(EventLog(bootstrap, registry_url))
         yield Stack(
             domain=sample_domain,

@@ -18,6 +18,8 @@ from mesh_tooling.dev.process import ManagedProcess, free_port, port_is_free
 
 @pytest_asyncio.fixture(scope="module")
 async def worker(broker: str, session_dir: Path) -> AsyncIterator[dict[str, object]]:
+    # Not tests.support.workers.MeshWorker: that names the worker, and these tests check the
+    # CLI's own defaults (worker-0) and how its process ends on a signal.
     state = session_dir / "worker-state"
     port = free_port()
     proc = ManagedProcess(

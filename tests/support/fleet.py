@@ -1,4 +1,5 @@
-"""Helpers for the catalog REST tests (``tests/catalog/test_rest.py``).
+"""A fleet of ``mesh worker`` processes with a broker and a registry of its own, and the
+events it is fed (the catalog REST, GraphQL and cache tests).
 
 Nothing is mocked: workers are ``python -m mesh worker`` subprocesses, change events are
 encoded with our codec (Avro, Confluent wire format, registered in a real registry) and
@@ -7,23 +8,17 @@ produced with aiokafka keyed by URN bytes, as any publisher would.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import shutil
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
-from mesh_tooling.dev.broker import start_broker
 from mesh_tooling.dev.process import ManagedProcess, free_port
 
 from mesh.codec import AvroEventCodec, RegistryClient, build_codecs
@@ -32,99 +27,13 @@ from mesh.domain import DomainConfig
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
-from tests.conftest import start_registry
+from tests.support.services import own_broker, start_registry
+from tests.support.waiting import wait_until
+from tests.support.workers import Answer, MeshWorker, start_workers, wait_stable
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 TIMEOUT = 30.0
 """Seconds an event may take to show in the API (normally well under one)."""
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str | Callable[[], str]
-) -> None:
-    """Await ``check()`` until it is true; fail after ``timeout`` s saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"not within {timeout:.0f} s: {what() if callable(what) else what}"
-            )
-        await asyncio.sleep(0.1)
-
-
-@dataclass
-class Answer:
-    """One HTTP answer: status, headers and the decoded JSON body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: Any
-
-    @property
-    def worker(self) -> str | None:
-        """The worker that read the answer (``X-Mesh-Worker``)."""
-        return self.headers.get("X-Mesh-Worker")
-
-
-class Worker:
-    """One ``mesh worker`` of the fleet, with its own state directory and web port."""
-
-    def __init__(self, name: str, root: Path, env: Mapping[str, str]) -> None:
-        self.name = name
-        self.state_dir = root / "state" / name
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / "logs" / f"worker-{name}.log"
-        self.env = {
-            **env,
-            "MESH_WORKER_NAME": name,
-            "MESH_STATE_DIR": str(self.state_dir),
-            "MESH_WEB_PORT": str(self.port),
-        }
-        self.proc: ManagedProcess | None = None
-
-    async def start(self) -> None:
-        """Start the process (readiness is waited for by :meth:`Fleet.wait_stable`)."""
-        self.proc = ManagedProcess(
-            f"mesh worker {self.name}",
-            [sys.executable, "-m", "mesh", "worker"],
-            log_path=self.log_path,
-            env=self.env,
-        )
-        await self.proc.start()
-
-    async def stop(self) -> None:
-        """SIGTERM, and wait for the exit."""
-        if self.proc is not None:
-            await self.proc.stop(grace=30)
-
-    def wipe(self) -> None:
-        """Delete the worker's local state (its RocksDB tables)."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-
-    async def get(self, path: str) -> Answer:
-        """``GET path`` on this worker."""
-        timeout = aiohttp.ClientTimeout(total=15)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.get(self.base + path) as resp,
-        ):
-            text = await resp.text()
-            ctype = resp.content_type
-            body = await resp.json() if ctype == "application/json" else text
-            return Answer(resp.status, dict(resp.headers), body)
-
-    async def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample of ``/metrics`` (0 when absent)."""
-        text = (await self.get("/metrics")).body
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in str(text).splitlines():
-            head, _, value = line.rpartition(" ")
-            sample, _, rest = head.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-            if sample == name and got == wanted:
-                return float(value)
-        return 0.0
 
 
 @dataclass
@@ -137,28 +46,14 @@ class Fleet:
     dead_letter_topic: str
     producer: AIOKafkaProducer
     codecs: dict[str, AvroEventCodec]
-    workers: list[Worker]
+    workers: list[MeshWorker]
     registry: ManagedProcess
     latest: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)
     """Per (type, id): the newest version produced and whether it is a delete."""
 
     async def wait_stable(self, timeout: float = 90.0) -> None:
         """Wait until every worker is ready and actively owns partitions."""
-        seen: dict[str, Any] = {}
-
-        async def stable() -> bool:
-            for worker in self.workers:
-                try:
-                    answer = await worker.get("/readyz")
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    seen[worker.name] = type(exc).__name__
-                    return False
-                seen[worker.name] = answer.body
-                if answer.status != 200 or not answer.body["active_partitions"]:
-                    return False
-            return True
-
-        await wait_until(stable, timeout=timeout, what=lambda: f"a stable fleet: {seen}")
+        await wait_stable(self.workers, timeout=timeout)
 
     async def send(
         self,
@@ -214,12 +109,9 @@ async def open_fleet(
     (``env`` adds to or overrides their environment)."""
     logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
-        port = free_port()
-        broker = await start_broker("127.0.0.1", port, logs)
-        cleanup.push_async_callback(broker.stop)
+        bootstrap = await own_broker(cleanup, logs)
         registry, registry_url = await start_registry(root / "registry.db", logs)
         cleanup.push_async_callback(registry.stop)
-        bootstrap = f"127.0.0.1:{port}"
         dead_letters = dead_letter_topic(app_id)
         # Made before the workers start, with the fleet's partition count, so events can
         # be produced at once (the workers would declare them too).
@@ -236,7 +128,6 @@ async def open_fleet(
         worker_env = {
             "MESH_BROKER_URL": f"kafka://{bootstrap}",
             "MESH_SCHEMA_REGISTRY_URL": registry_url,
-            "MESH_APP_ID": app_id,
             "MESH_TOPIC_PARTITIONS": str(partitions),
             "MESH_REBALANCE_TIMEOUT_S": "3",
             "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
@@ -245,10 +136,19 @@ async def open_fleet(
             "MESH_DIRECTUS_TOKEN": "unused",
             **(env or {}),
         }
-        workers = [Worker(name, root, worker_env) for name in names]
-        for worker in workers:
-            await worker.start()
-            cleanup.push_async_callback(worker.stop)
+        workers = await start_workers(
+            cleanup,
+            [
+                MeshWorker(
+                    name,
+                    app_id=app_id,
+                    state_dir=root / "state" / name,
+                    log_dir=logs,
+                    env=worker_env,
+                )
+                for name in names
+            ],
+        )
         schemas = load_event_schemas(domain, Settings().schemas_dir)
         fleet = Fleet(
             domain=domain,
@@ -265,7 +165,7 @@ async def open_fleet(
 
 
 async def eventually(
-    worker: Worker, path: str, check: Callable[[Answer], bool], *, timeout: float = TIMEOUT
+    worker: MeshWorker, path: str, check: Callable[[Answer], bool], *, timeout: float = TIMEOUT
 ) -> Answer:
     """``GET path`` on ``worker`` until ``check`` accepts the answer; return it."""
     last: list[Answer] = []
