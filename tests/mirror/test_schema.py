@@ -153,10 +153,10 @@ def _settings(tmp_path: Path, **values: Any) -> Settings:
 def test_the_worker_runs_the_mirror_only_with_a_database(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="agents.mirror"):
+    with caplog.at_level(logging.INFO, logger="mesh.agents.mirror"):
         app = create_app(_settings(tmp_path)).app
     assert not any(issubclass(s, MirrorService) for s in app._extra_services)
-    assert [r.getMessage() for r in caplog.records if r.name == "agents.mirror"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "mesh.agents.mirror"] == [
         "postgres mirror off: MESH_DATABASE_URL is not set"
     ]
     app = create_app(_settings(tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")).app
