@@ -18,6 +18,8 @@ from mesh import __version__
 from mesh.errors import ConfigError, MeshError
 from mesh.settings import Settings, load_settings
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""The installed package: in a checkout its samples link out of it, in a wheel they are in it."""
 COMMANDS_GROUP = "dictamesh.commands"
 TOOLING_COMMANDS = ("dev", "registry", "bench")
 """Commands of the tooling distribution, named in the error when it is not installed."""
@@ -65,6 +67,14 @@ def _cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 
     domain = load_domain(settings.domain_config)
     if args.write:
+        if settings.schemas_dir.resolve().is_relative_to(PACKAGE_DIR):
+            raise ConfigError(
+                f"{settings.schemas_dir} is the sample shipped inside the installed package; "
+                "copy it out with `mesh init DIR` and set MESH_SCHEMAS_DIR (and "
+                "MESH_DOMAIN_CONFIG) to your copy",
+                source="environment",
+                key="MESH_SCHEMAS_DIR",
+            )
         changed = write_after_schemas(domain, settings.schemas_dir)
         for path in changed:
             print(f"wrote {path}")

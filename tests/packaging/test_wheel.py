@@ -128,6 +128,18 @@ def test_mesh_init_writes_a_domain_to_edit(venv: Path, empty_dir: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 2
     assert "exist already; nothing was written" in again.stderr
+    shipped = subprocess.run(
+        [str(venv / "mesh"), "schemas", "--write"], cwd=empty_dir, env=user_env(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shipped.returncode == 2  # never writes into the installed package
+    assert "copy it out with `mesh init DIR`" in shipped.stderr
+    mine = subprocess.run(
+        [str(venv / "mesh"), "schemas", "--write"], cwd=empty_dir, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert mine.returncode == 0, mine.stderr
+    assert "schemas already match the domain config" in mine.stdout
 
 
 def test_tooling_commands_say_how_to_get_them(venv: Path, empty_dir: Path) -> None:
