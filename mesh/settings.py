@@ -52,6 +52,14 @@ class Settings(BaseSettings):
 
     # --- web ---------------------------------------------------------------------
     web_host: str = "127.0.0.1"
+    """The host other workers (and the relation check) reach this worker's web server at:
+    in a StatefulSet the pod's stable DNS name behind the headless Service."""
+    web_bind: str = "127.0.0.1"
+    """The address the web server listens on (``0.0.0.0`` in a container)."""
+    group_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Static group membership (KIP-345): a stable id per worker (the pod name), so a
+    restart within the session timeout keeps the worker's partitions instead of moving
+    them. Unset: dynamic membership."""
     web_port: int = Field(default=6066, ge=1, le=65535)
     peer_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long a worker waits for another's answer (forwarded reads, GraphQL batches, list
