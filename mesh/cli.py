@@ -29,9 +29,10 @@ AddCommand = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], N
 ``set_defaults(run=fn)``, ``fn(settings, args) -> exit code``."""
 
 
-def tooling_commands() -> list[AddCommand]:
-    """The sub-commands other installed distributions add."""
-    return [e.load() for e in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
+def tooling_commands() -> dict[str, AddCommand]:
+    """The sub-commands other installed distributions add, by name."""
+    found = sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+    return {e.name: e.load() for e in found}
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -118,14 +119,14 @@ def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(added: dict[str, AddCommand]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mesh", description="DictaMesh: change capture, entity catalog, federated GraphQL."
     )
     parser.add_argument("--version", action="version", version=f"mesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("worker", help="run one worker of the fleet").set_defaults(run=_cmd_worker)
-    for command in tooling_commands():
+    for command in added.values():
         command(sub)
     sub.add_parser("check", help="validate settings, domain config and schemas").set_defaults(
         run=_cmd_check
@@ -164,8 +165,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mesh`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser()
-    added = {e.name for e in entry_points(group=COMMANDS_GROUP)}
+    added = tooling_commands()
+    parser = _parser(added)
     if argv and argv[0] in TOOLING_COMMANDS and argv[0] not in added:
         print(
             f"mesh: `mesh {argv[0]}` belongs to DictaMesh's tooling, which is not installed "
