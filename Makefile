@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lo
 	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]' -e ./tooling
 	@echo "==> installing Apollo's composition checker for the federation tests (npm)"
 	@npm ci --prefix tests/graphql/compose --no-audit --no-fund --loglevel=error
+	@echo "==> installing checkov for the manifest tests in .venv-checkov (it pins an older packaging than pytest)"
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	@.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off 'checkov==3.3.30'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -39,4 +42,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-checkov .state .mypy_cache .ruff_cache .pytest_cache

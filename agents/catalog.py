@@ -37,7 +37,7 @@ class CatalogService(Service):
 def register_catalog_agents(context: MeshContext) -> None:
     """Subscribe the catalog topics and run the ingestor on ``context.app``."""
     relations = reverse_relations(context.domain)
-    registry = RegistryClient(context.settings.schema_registry_url)
+    registry = RegistryClient.from_settings(context.settings)
     schemas = load_event_schemas(context.domain, context.settings.schemas_dir)
     ingestor = CatalogIngestor(
         context,

@@ -47,7 +47,7 @@ class SourceSupervisor(Service):
         self._not_before: dict[str, float] = {}
         schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
         self.codecs = build_codecs(
-            ctx.domain, schemas, RegistryClient(ctx.settings.schema_registry_url)
+            ctx.domain, schemas, RegistryClient.from_settings(ctx.settings)
         )
         for spec in ctx.domain.sources:
             self.metrics.set_state(spec.name, AdapterState.STOPPED)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.errors import ConfigError
@@ -49,6 +56,24 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=10)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
     """Kept short: the first group join waits for it on the dev broker."""
+    topic_declare: bool = True
+    """Create missing topics at start (with the partitions and replication above). Turn
+    off where topics are managed elsewhere (Strimzi ``KafkaTopic`` resources from
+    ``mesh topics``): a missing topic is then an error instead of a guess."""
+
+    # --- Kafka and registry security ----------------------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle the brokers' certificates are checked against (unset: the system's)."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate for mutual TLS (Strimzi ``tls`` users); needs the key file."""
+    kafka_ssl_keyfile: Path | None = None
+    schema_registry_username: str | None = None
+    """Basic auth towards the schema registry (with the password below)."""
+    schema_registry_password: SecretStr | None = None
 
     # --- web ---------------------------------------------------------------------
     web_host: str = "127.0.0.1"
@@ -94,6 +119,30 @@ class Settings(BaseSettings):
         # Absolute once read, so a later chdir (or a subprocess) means the same place.
         return path.expanduser().absolute()
 
+    @model_validator(mode="after")
+    def _complete_security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"MESH_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "MESH_KAFKA_SASL_USERNAME and MESH_KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("set MESH_KAFKA_SSL_CERTFILE and MESH_KAFKA_SSL_KEYFILE together")
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            raise ValueError(
+                "set MESH_SCHEMA_REGISTRY_USERNAME and MESH_SCHEMA_REGISTRY_PASSWORD together"
+            )
+        return self
+
+    @property
+    def registry_auth(self) -> tuple[str, str] | None:
+        """``(user, password)`` for the schema registry's basic auth, if configured."""
+        if self.schema_registry_username is None or self.schema_registry_password is None:
+            return None
+        return self.schema_registry_username, self.schema_registry_password.get_secret_value()
+
     @property
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` list from :attr:`broker_url` (``kafka://a:9092;kafka://b:9092``)."""
@@ -121,6 +170,9 @@ def load_settings(model: type[Settings] = Settings) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
+        if not field:  # a rule across several settings: its message names them
+            message = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(message, source="environment") from None
         env = field if field.isupper() else f"MESH_{field.upper()}"
         secret = any(word in field.lower() for word in ("password", "url", "token"))
         shown = "" if secret else f" (got {err.get('input')!r})"

@@ -43,7 +43,7 @@ from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
 from mesh.runtime.delivery import MessageBuffer, Subscription
-from mesh.runtime.kafka import AIOKafkaProducer
+from mesh.runtime.kafka import AIOKafkaProducer, KafkaConnection
 from mesh.runtime.partitioning import key_partition
 from mesh.runtime.store import PartitionStore
 from mesh.tables.catalog import member_key
@@ -123,8 +123,7 @@ class CatalogIngestor:
 
     async def start(self) -> None:
         """Open the producer the batches are written with."""
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.context.settings.bootstrap_servers,
+        self.producer = KafkaConnection.from_settings(self.context.settings).producer(
             acks="all",
             linger_ms=2,
             max_batch_size=512 * 1024,

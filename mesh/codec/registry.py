@@ -18,6 +18,7 @@ from schema_registry.client.errors import ClientError
 from schema_registry.client.schema import AvroSchema
 
 from mesh.errors import RegistryError, UnknownSchemaError
+from mesh.settings import Settings
 
 ParsedSchema = Any  # fastavro's parsed schema is a plain dict/list/str
 
@@ -25,13 +26,25 @@ ParsedSchema = Any  # fastavro's parsed schema is a plain dict/list/str
 class RegistryClient:
     """Caching access to one schema registry (Confluent API)."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 10.0, auth: tuple[str, str] | None = None
+    ) -> None:
+        """``auth``: user and password for the registry's basic auth."""
         self.url = url
-        self._client = SchemaRegistryClient(url=url, timeout=httpx.Timeout(timeout))
+        self._client = SchemaRegistryClient(
+            url=url,
+            timeout=httpx.Timeout(timeout),
+            auth=httpx.BasicAuth(*auth) if auth else None,
+        )
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, ParsedSchema] = {}
         self._versions: dict[int, list[tuple[str, int]]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryClient:
+        """The registry ``settings`` name, with their basic auth if any."""
+        return cls(settings.schema_registry_url, auth=settings.registry_auth)
 
     def register(self, subject: str, schema: dict[str, Any]) -> int:
         """Register ``schema`` under ``subject`` (idempotent) and return its global id."""

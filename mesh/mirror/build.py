@@ -13,6 +13,7 @@ from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.tables import mirror_tables
 from mesh.mirror.writer import MirrorWriter
 from mesh.retry import RetryPolicy
+from mesh.runtime.kafka import KafkaConnection
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 
@@ -46,11 +47,11 @@ def build_mirror(
         if settings.database_url is None:
             raise ValueError("the mirror needs settings.database_url to write")
         writer = MirrorWriter(settings.database_url.get_secret_value(), tables)
-    registry = RegistryClient(settings.schema_registry_url)
+    registry = RegistryClient.from_settings(settings)
     schemas = load_event_schemas(domain, settings.schemas_dir)
     decoder = MirrorDecoder(domain, tables, build_codecs(domain, schemas, registry), registry)
     return MirrorConsumer(
-        servers=settings.bootstrap_servers,
+        kafka=KafkaConnection.from_settings(settings),
         group_id=group_id or mirror_group(settings.app_id),
         decoder=decoder,
         writer=writer,

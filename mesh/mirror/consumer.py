@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,13 @@ from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.rows import MirrorRow, collapse
 from mesh.mirror.writer import MirrorWriter
 from mesh.retry import RetryPolicy
-from mesh.runtime.kafka import AIOKafkaConsumer, AIOKafkaProducer, KafkaError, TopicPartition
+from mesh.runtime.kafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    KafkaConnection,
+    KafkaError,
+    TopicPartition,
+)
 
 __all__ = ["MirrorConsumer"]
 
@@ -66,7 +72,7 @@ class MirrorConsumer:
     def __init__(
         self,
         *,
-        servers: Sequence[str],
+        kafka: KafkaConnection,
         group_id: str,
         decoder: MirrorDecoder,
         writer: MirrorWriter | None,
@@ -77,7 +83,7 @@ class MirrorConsumer:
         rebalance_timeout_s: float = 10.0,
         lag_interval_s: float = 1.0,
     ) -> None:
-        self.servers = list(servers)
+        self.kafka = kafka
         self.group_id = group_id
         self.decoder = decoder
         self.writer = writer
@@ -100,8 +106,7 @@ class MirrorConsumer:
     async def start(self) -> None:
         """Join the group, open the dead-letter producer and start reporting lag."""
         timeout_ms = int(self.rebalance_timeout_s * 1000)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.servers,
+        self.consumer = self.kafka.consumer(
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -111,10 +116,10 @@ class MirrorConsumer:
             metadata_max_age_ms=30_000,  # notice entity topics created after the start
         )
         self.consumer.subscribe(self.decoder.topics)
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.servers, acks="all", linger_ms=5)
+        self.producer = self.kafka.producer(acks="all", linger_ms=5)
         self.lag = LagReporter(
             self.consumer,
-            self.servers,
+            self.kafka,
             self.decoder.topics,
             self.metrics.lag,
             lambda: [batch.firsts for batch in self._in_flight],

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import Gauge
 
-from mesh.runtime.kafka import AIOKafkaConsumer, TopicPartition
+from mesh.runtime.kafka import AIOKafkaConsumer, KafkaConnection, TopicPartition
 
 __all__ = ["LagReporter"]
 
@@ -28,14 +28,14 @@ class LagReporter:
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
-        servers: list[str],
+        kafka: KafkaConnection,
         topics: Iterable[str],
         gauge: Gauge,
         in_flight: Callable[[], Iterable[Mapping[TopicPartition, int]]],
     ) -> None:
         """``in_flight()``: the first offset per partition of each batch being applied."""
         self.consumer = consumer
-        self.offsets = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+        self.offsets = kafka.consumer(enable_auto_commit=False)
         self.topics = list(topics)
         self.gauge = gauge
         self.in_flight = in_flight

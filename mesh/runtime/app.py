@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from mesh.runtime.end_offsets import install_verified_end_offsets
+from mesh.runtime.kafka import KafkaConnection, faust_credentials
 from mesh.runtime.versions import check_runtime_versions
 from mesh.settings import Settings
 
@@ -24,6 +25,7 @@ def build_faust_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.worker_dir),
         autodiscover=False,
@@ -33,7 +35,7 @@ def build_faust_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
+        topic_allow_declare=settings.topic_declare,
         table_standby_replicas=1,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_session_timeout=settings.rebalance_timeout_s,
@@ -47,5 +49,5 @@ def build_faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         logging_config=None,
     )
-    install_verified_end_offsets(app, settings.bootstrap_servers)
+    install_verified_end_offsets(app, KafkaConnection.from_settings(settings))
     return app

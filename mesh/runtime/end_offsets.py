@@ -17,23 +17,23 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.types import TP
+
+from mesh.runtime.kafka import KafkaConnection
 
 FETCH_WAIT_MS = 20
 """How long the broker may hold an empty fetch; an empty answer ends the check."""
 
 
 async def read_end_offsets(
-    bootstrap: list[str], reported: Mapping[TP, int | None]
+    kafka: KafkaConnection, reported: Mapping[TP, int | None]
 ) -> dict[TP, int]:
     """The true end offsets (last offset + 1) of ``reported``'s partitions."""
     ends = {tp: offset or 0 for tp, offset in reported.items()}
     if not ends:
         return ends
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = kafka.consumer(
         enable_auto_commit=False,
         fetch_max_wait_ms=FETCH_WAIT_MS,
         max_partition_fetch_bytes=64 * 1024,  # only the tail matters, not the bytes in it
@@ -53,12 +53,12 @@ async def read_end_offsets(
     return ends
 
 
-def install_verified_end_offsets(app: faust.App, bootstrap: list[str]) -> None:
+def install_verified_end_offsets(app: faust.App, kafka: KafkaConnection) -> None:
     """Make ``app``'s consumer answer ``highwaters`` (used by recovery) with read offsets."""
     consumer = app.consumer
     reported_highwaters = consumer.highwaters
 
     async def highwaters(self: Any, *partitions: TP) -> Mapping[TP, int]:
-        return await read_end_offsets(bootstrap, await reported_highwaters(*partitions))
+        return await read_end_offsets(kafka, await reported_highwaters(*partitions))
 
     consumer.highwaters = types.MethodType(highwaters, consumer)  # type: ignore[method-assign]

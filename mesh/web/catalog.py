@@ -130,13 +130,15 @@ async def latest_schemas(
 ) -> tuple[dict[str, tuple[int | None, int | None]], list[str]]:
     """``(version, id)`` of the latest schema of each subject; ``(None, None)`` + a warning
     when the registry does not know the subject or cannot be reached."""
-    base = reader.context.settings.schema_registry_url.rstrip("/")
+    settings = reader.context.settings
+    base = settings.schema_registry_url.rstrip("/")
+    auth = aiohttp.BasicAuth(*settings.registry_auth) if settings.registry_auth else None
     timeout = aiohttp.ClientTimeout(total=REGISTRY_TIMEOUT_S)
     warnings: list[str] = []
 
     async def one(subject: str) -> tuple[int | None, int | None]:
         url = f"{base}/subjects/{quote(subject, safe='')}/versions/latest"
-        async with reader.app.http_client.get(url, timeout=timeout) as resp:
+        async with reader.app.http_client.get(url, timeout=timeout, auth=auth) as resp:
             if resp.status == 404:
                 warnings.append(f"schema subject {subject} is not registered yet")
                 return None, None

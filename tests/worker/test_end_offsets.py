@@ -14,6 +14,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 
 from mesh.runtime.end_offsets import read_end_offsets
+from mesh.runtime.kafka import KafkaConnection
 
 
 async def _topic(broker: str, partitions: int) -> str:
@@ -53,7 +54,7 @@ async def test_a_multi_record_last_batch_is_read_to_its_end(broker: str) -> None
         await consumer.stop()
     reported = {TP(tp.topic, tp.partition): offset for tp, offset in listed.items()}
 
-    ends = await read_end_offsets([broker], reported)
+    ends = await read_end_offsets(KafkaConnection([broker]), reported)
 
     assert ends == {tps[0]: 26, tps[1]: 4, tps[2]: 0}
     # Whatever the broker answered, the result is never short of it.
@@ -61,4 +62,4 @@ async def test_a_multi_record_last_batch_is_read_to_its_end(broker: str) -> None
 
 
 async def test_no_partitions_means_no_reads(broker: str) -> None:
-    assert await read_end_offsets([broker], {}) == {}
+    assert await read_end_offsets(KafkaConnection([broker]), {}) == {}

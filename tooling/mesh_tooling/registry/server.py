@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import json
 import logging
 import time
@@ -41,7 +42,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from mesh.errors import PortInUseError, RegistryError, SchemaIncompatibleError, StackError
 from mesh_tooling.registry.compatibility import CompatibilityLevel, check_compatibility
@@ -71,13 +74,20 @@ _MAX_REFERENCE_DEPTH = 32
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_registry_app(db_path: Path) -> web.Application:
+def create_registry_app(
+    db_path: Path, *, basic_auth: tuple[str, str] | None = None
+) -> web.Application:
     """The registry as an aiohttp application storing its data in SQLite file ``db_path``.
 
-    The database is opened when the app starts and closed on its cleanup.
+    The database is opened when the app starts and closed on its cleanup. ``basic_auth``
+    (user, password): every request must carry them, as Confluent's and Karapace's
+    registries can require.
     """
     registry = _Registry(db_path)
-    app = web.Application(middlewares=[_errors_and_logging])
+    middlewares: list[Middleware] = [_errors_and_logging]
+    if basic_auth is not None:
+        middlewares.append(_basic_auth(*basic_auth))
+    app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(registry.lifecycle)
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/schemas/types", registry.schema_types),
@@ -133,6 +143,21 @@ async def serve_registry(host: str, port: int, db_path: Path) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def _basic_auth(user: str, password: str) -> Middleware:
+    expected = aiohttp.BasicAuth(user, password).encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            response = _error(401, 401, "Unauthorized")
+            response.headers["WWW-Authenticate"] = 'Basic realm="schema-registry"'
+            return response
+        return await handler(request)
+
+    return check
 
 
 @web.middleware
