@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, le=10)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)
     """Kept short: the first group join waits for it on the dev broker."""
+    session_timeout_s: float | None = Field(default=None, gt=0, le=1800)
+    """How long the group waits for a silent worker before moving its partitions (unset:
+    the rebalance timeout). With static membership, longer than a pod restart (60 s), so a
+    rolling restart moves nothing."""
     topic_declare: bool = True
     """Create missing topics at start (with the partitions and replication above). Turn
     off where topics are managed elsewhere (Strimzi ``KafkaTopic`` resources from

@@ -22,6 +22,7 @@ def build_faust_app(settings: Settings) -> faust.App:
     """
     check_runtime_versions()
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    session_timeout = settings.session_timeout_s or settings.rebalance_timeout_s
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -38,8 +39,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         topic_allow_declare=settings.topic_declare,
         table_standby_replicas=1,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_session_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.rebalance_timeout_s / 3),
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=min(3.0, session_timeout / 3),
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=settings.group_instance_id,
         producer_acks=-1,
