@@ -46,9 +46,7 @@ class SourceSupervisor(Service):
         self.runners: dict[str, SourceRunner] = {}
         self._not_before: dict[str, float] = {}
         schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
-        self.codecs = build_codecs(
-            ctx.domain, schemas, RegistryClient.from_settings(ctx.settings)
-        )
+        self.codecs = build_codecs(ctx.domain, schemas, RegistryClient.from_settings(ctx.settings))
         for spec in ctx.domain.sources:
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
         self.children = children_lookup(CatalogReader(ctx))

@@ -31,6 +31,12 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return run_dev_stack(_dev_settings())
 
 
+def _cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh_tooling.seed import run_seed
+
+    return run_seed(_dev_settings(), rows=not args.no_rows, wait=args.wait)
+
+
 def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "ingest":
         from mesh_tooling.bench.ingest import run_ingest
@@ -68,6 +74,32 @@ def add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
         run=_cmd_dev
     )
+
+
+def add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mesh seed``: seed an already running Directus (the compose file's one-shot job)."""
+    seed = sub.add_parser(
+        "seed",
+        help="seed a running Directus with the domain's collections, service user and rows",
+        description=(
+            "Seed each Directus source of the domain config (its url, e.g. MESH_DIRECTUS_URL) "
+            "with the collections, a read-only service user whose static token is the one "
+            "the adapters use (the variable named by token_env, e.g. MESH_DIRECTUS_TOKEN) "
+            "and sample rows, logging in as MESH_DIRECTUS_ADMIN_EMAIL / "
+            "MESH_DIRECTUS_ADMIN_PASSWORD. Idempotent: a second run creates nothing."
+        ),
+    )
+    seed.add_argument(
+        "--no-rows", action="store_true", help="collections and service user only, no rows"
+    )
+    seed.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for Directus' /server/health to answer (default: 120)",
+    )
+    seed.set_defaults(run=_cmd_seed)
 
 
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
