@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
 
 from mesh.catalog.fold import reverse_relations
@@ -19,6 +20,9 @@ class CatalogService(Service):
 
     ingestor: ClassVar[CatalogIngestor]
 
+    def __post_init__(self) -> None:
+        self._ran = asyncio.Event()
+
     async def on_start(self) -> None:
         await self.ingestor.start()
         self.ingestor.context.membership.on_revoked(self._on_revoked)
@@ -26,12 +30,19 @@ class CatalogService(Service):
     async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
         await self.ingestor.revoke()
 
+    async def drain(self) -> None:
+        self.ingestor.drain()
+        await self._ran.wait()
+
     async def on_stop(self) -> None:
         await self.ingestor.stop()
 
     @Service.task
     async def _ingest(self) -> None:
-        await self.ingestor.run(lambda: self.should_stop)
+        try:
+            await self.ingestor.run(lambda: self.should_stop)
+        finally:
+            self._ran.set()
 
 
 def register_catalog_agents(context: MeshContext) -> None:

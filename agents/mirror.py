@@ -7,6 +7,7 @@ partitions are split between the workers' mirrors independently of Faust's assig
 from __future__ import annotations
 
 import logging
+import asyncio
 from typing import ClassVar
 
 from mesh.context import MeshContext
@@ -21,17 +22,29 @@ class MirrorService(Service):
 
     mirror: ClassVar[MirrorConsumer]
 
+    def __post_init__(self) -> None:
+        self._draining = False
+        self._ran = asyncio.Event()
+
     async def on_start(self) -> None:
         # Postgres is not touched here: the first batch connects (and migrates), retrying
         # while it is down, so a missing database never delays the worker's start.
         await self.mirror.start()
+
+    async def drain(self) -> None:
+        # run() notices within one fetch (half a second), stores and commits its last batch.
+        self._draining = True
+        await self._ran.wait()
 
     async def on_stop(self) -> None:
         await self.mirror.stop()
 
     @Service.task
     async def _mirror(self) -> None:
-        await self.mirror.run(lambda: bool(self.should_stop))
+        try:
+            await self.mirror.run(lambda: self._draining or bool(self.should_stop))
+        finally:
+            self._ran.set()
 
 
 def register_mirror(context: MeshContext) -> None:

@@ -44,6 +44,7 @@ class SourceSupervisor(Service):
         assert ctx.cursors is not None, "register_tables() declares the cursor table first"
         self.cursors = CursorStore(ctx.cursors)
         self.runners: dict[str, SourceRunner] = {}
+        self._draining = False
         self._not_before: dict[str, float] = {}
         schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
         self.codecs = build_codecs(ctx.domain, schemas, RegistryClient.from_settings(ctx.settings))
@@ -55,12 +56,17 @@ class SourceSupervisor(Service):
     async def on_start(self) -> None:
         self.context.membership.on_revoked(self._on_revoked)
 
+    async def drain(self) -> None:
+        # Each runner finishes its round (publish + cursor) and the cursors are flushed.
+        self._draining = True
+        await self._stop(list(self.runners))
+
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
 
     @Service.task
     async def _reconcile_forever(self) -> None:
-        while not self.should_stop:
+        while not self.should_stop and not self._draining:
             await self._reconcile()
             await self.sleep(0.25)
 
@@ -85,7 +91,7 @@ class SourceSupervisor(Service):
             if runner.done or name not in owned:
                 await self._stop([name])
         for name in sorted(owned - set(self.runners)):
-            if now >= self._not_before.get(name, 0.0):
+            if now >= self._not_before.get(name, 0.0) and not self._draining:
                 self._start(name)
 
     def _start(self, name: str) -> None:

@@ -116,6 +116,7 @@ class CatalogIngestor:
         # Held while a batch is taken, folded and queued, so revocation sees all or none.
         self._folding = asyncio.Lock()
         self._revoking = False
+        self._draining = False
 
     def subscribe(self) -> None:
         """Have the worker's consumer deliver the catalog topics to :attr:`buffer`."""
@@ -147,6 +148,8 @@ class CatalogIngestor:
         try:
             while not should_stop():
                 await self.buffer.wait()
+                if self._draining:
+                    break
                 async with self._folding:
                     batch = self.buffer.take(MAX_BATCH)
                     if not batch:
@@ -159,8 +162,19 @@ class CatalogIngestor:
                     put.cancel()
                     committer.result()  # a failed commit stops the worker, loudly
         finally:
-            await self._inflight.join()
+            # Finish the batches in flight, unless the committer itself failed (then they
+            # stay unacknowledged, and are delivered again after the restart).
+            joined = asyncio.ensure_future(self._inflight.join())
+            await asyncio.wait({joined, committer}, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
             committer.cancel()
+            await asyncio.gather(joined, committer, return_exceptions=True)
+
+    def drain(self) -> None:
+        """Take no further batch: :meth:`run` returns once the batches in flight are
+        committed and acknowledged (the worker is stopping; its consumer commits them)."""
+        self._draining = True
+        self.buffer.close()
 
     async def revoke(self) -> None:
         """Before partitions move: drop what is buffered, finish what is in flight.

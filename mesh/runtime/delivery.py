@@ -50,6 +50,7 @@ class MessageBuffer:
         self.arrived = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
+        self.closed = False
 
     def put(self, message: Any) -> None:
         """Add a message (the caller checked :meth:`full`)."""
@@ -63,10 +64,15 @@ class MessageBuffer:
         return len(self.messages) >= self.maxsize
 
     async def wait(self) -> None:
-        """Return once messages are buffered."""
-        while not self.messages:
+        """Return once messages are buffered, or the buffer is closed."""
+        while not self.messages and not self.closed:
             self.arrived.clear()
             await self.arrived.wait()
+
+    def close(self) -> None:
+        """Wake :meth:`wait` for good: the consumer of the buffer is stopping."""
+        self.closed = True
+        self.arrived.set()
 
     def take(self, most: int) -> list[Any]:
         """Up to ``most`` buffered messages (none if the buffer was cleared meanwhile)."""
