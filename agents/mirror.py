@@ -6,8 +6,8 @@ partitions are split between the workers' mirrors independently of Faust's assig
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
 from typing import ClassVar
 
 from mesh.context import MeshContext

@@ -18,6 +18,8 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     │                          recovering, owner not answering): retry after ``retry_after``
     ├── ApiError               an HTTP error answer of the REST API (status, code, message)
     ├── MirrorDatabaseError, MirrorRowError      (mesh.mirror)
+    ├── GenerationError                          (mesh.runtime.generation: the fleet
+    │                                             generation could not be read from Kafka)
     ├── BodyTooLargeError, PublicGraphQLError    (mesh.graphql.limits; the latter is also
     │                                             graphql-core's GraphQLError)
     ├── BadRequestError, NotAllowedError         (mesh.web.graphql: HTTP 400 and 405)
@@ -136,6 +138,10 @@ class UnavailableError(MeshError):
 
     retriable = True
     retry_after = 1.0
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ApiError(MeshError):

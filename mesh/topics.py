@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
+from mesh.runtime.generation import GENERATION_TOPIC_CONFIG, generation_topic
 from mesh.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -97,6 +98,17 @@ def fleet_topics(
     )
     # Faust's partition assignor elects its leader through this one-partition topic.
     topics.append(FleetTopic(f"{settings.app_id}-__assignor-__leader", 1, "group leader"))
+    # The fleet generation the shared cache is filed under (mesh.runtime.generation): one
+    # partition, so its first record is the same for every worker. Recreating the fleet's
+    # data means recreating this topic too.
+    topics.append(
+        FleetTopic(
+            generation_topic(settings.app_id),
+            1,
+            "fleet generation",
+            dict(GENERATION_TOPIC_CONFIG),
+        )
+    )
     return topics
 
 

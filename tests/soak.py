@@ -34,6 +34,8 @@ SCENARIOS = [
     Scenario("scale-out", "tests/catalog/test_scale_out.py", 20),
     Scenario("takeover", "tests/catalog/test_takeover.py", 10),
     Scenario("convergence", "tests/catalog/test_convergence.py", 10),
+    Scenario("rolling-restart", "tests/catalog/test_rolling_restart.py", 10),
+    Scenario("graceful-stop", "tests/mirror/test_graceful_stop.py", 10),
 ]
 
 

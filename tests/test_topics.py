@@ -33,7 +33,11 @@ def test_every_topic_a_worker_uses_is_listed(tmp_path: Path) -> None:
     assert {domain.topic(t) for t in domain.entities} <= set(topics)
     assert "shop.dead_letters" in topics
     assert topics["shop-__assignor-__leader"].partitions == 1
-    assert {t.partitions for n, t in topics.items() if "__assignor" not in n} == {12}
+    # The fleet generation: one partition (its first record is the generation), compacted.
+    assert topics["shop-generation"].partitions == 1
+    assert topics["shop-generation"].config == {"cleanup.policy": "compact"}
+    one_partition = {"shop-__assignor-__leader", "shop-generation"}
+    assert {t.partitions for n, t in topics.items() if n not in one_partition} == {12}
     for name in used - {domain.topic(t) for t in domain.entities}:
         if name.endswith("-changelog"):
             assert topics[name].config == {"cleanup.policy": "compact"}

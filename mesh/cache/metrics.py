@@ -12,10 +12,15 @@ CACHES = ("response", "shared")
 
 
 class CacheMetrics(Collector):
-    """Lookups (hit or miss), invalidations and failures per cache; the hit ratio and the
-    response cache's size are computed when scraped."""
+    """Lookups (hit or miss), invalidations and failures per cache; the hit ratio, the
+    response cache's size and the fleet generation are read when scraped."""
 
-    def __init__(self, registry: CollectorRegistry, response_bytes: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        response_bytes: Callable[[], int],
+        generation: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.lookups = Counter(
             "dictamesh_cache_lookups",
             "Cache lookups by cache (response: whole GraphQL responses in this worker; "
@@ -44,6 +49,7 @@ class CacheMetrics(Collector):
         self.hits = dict.fromkeys(CACHES, 0)
         self.misses = dict.fromkeys(CACHES, 0)
         self.response_bytes = response_bytes
+        self.generation = generation
         registry.register(self)
 
     def hit(self, cache: str, n: int = 1) -> None:
@@ -73,3 +79,13 @@ class CacheMetrics(Collector):
             "Bytes held by this worker's response cache.",
             value=float(self.response_bytes()),
         )
+        generation = GaugeMetricFamily(
+            "dictamesh_fleet_generation_info",
+            "The fleet generation the shared cache is used under (1); no sample while it "
+            "is being read or without Redis. Every worker of a fleet shows the same one.",
+            labels=["generation"],
+        )
+        current = self.generation()
+        if current is not None:
+            generation.add_metric([current], 1.0)
+        yield generation

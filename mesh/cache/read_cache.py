@@ -7,6 +7,9 @@ with the keys of each batch after Kafka acknowledged the batch and before it wri
 batch to RocksDB: first in Redis (the owner waits, retrying, while Redis does not answer:
 skipping it could let a cached value outlive its change), then in this worker's memory
 with no ``await`` between that and the write.
+
+Redis keys are filed under the fleet generation (:mod:`mesh.cache.generation`), so that
+what Redis holds from before Kafka's state was recreated is never read again.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from mesh.cache.generation import FleetGeneration
 from mesh.cache.metrics import CacheMetrics
 from mesh.cache.responses import Recorder, ResponseCache
 from mesh.cache.shared import SharedCache
+from mesh.runtime.generation import GenerationTopic, generation_topic, read_generation
+from mesh.runtime.kafka import KafkaConnection
 from mesh.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,17 +37,46 @@ _RETRY_MAX_S = 5.0
 
 
 class ReadCache:
-    """The response cache (``None``: off) and the shared cache (``None``: no Redis)."""
+    """The response cache (``None``: off) and the shared cache (``None``: no Redis), the
+    latter used under the fleet generation ``generation`` (required with it)."""
 
     def __init__(
         self,
         responses: ResponseCache | None,
         shared: SharedCache | None,
         metrics: CacheMetrics,
+        generation: FleetGeneration | None = None,
     ) -> None:
+        if shared is not None and generation is None:
+            raise ValueError("the shared cache needs the fleet generation")
         self.responses = responses
         self.shared = shared
         self.metrics = metrics
+        self.generation = generation
+        self._under: tuple[str, SharedCache] | None = None
+
+    def _redis(self) -> SharedCache | None:
+        """The shared cache under the generation this worker knows for certain; ``None``
+        without Redis or while the generation is being read."""
+        if self.shared is None or self.generation is None:
+            return None
+        current = self.generation.current
+        if current is None:
+            return None
+        if self._under is None or self._under[0] != current:
+            self._under = (current, self.shared.under(current))
+        return self._under[1]
+
+    def generation_changed(self, generation: str) -> None:
+        """The fleet generation is not the one known before (or the first one read):
+        forget the stored responses, whose remote reads were checked against the old one."""
+        if self.responses is not None:
+            self.responses.clear()
+
+    def start(self) -> None:
+        """Read the fleet generation (in the background) when Redis is used."""
+        if self.generation is not None:
+            self.generation.check()
 
     # -- whole responses ---------------------------------------------------------------
 
@@ -77,10 +112,11 @@ class ReadCache:
             self.responses.close(recorder)
 
     async def _still_valid(self, tokens: dict[bytes, str]) -> bool:
-        if self.shared is None:
+        shared = self._redis()
+        if shared is None:
             return False
         try:
-            return await self.shared.still_valid(tokens)
+            return await shared.still_valid(tokens)
         except (RedisError, OSError) as exc:
             self._failed("validate", exc)
             return False
@@ -89,11 +125,13 @@ class ReadCache:
 
     async def lookup(self, keys: Sequence[bytes]) -> list[tuple[str, Any | None]] | None:
         """``(token, value or None)`` per key from Redis; ``None`` without Redis or when it
-        fails (then the owners answer and nothing is stored)."""
-        if self.shared is None or not keys:
+        fails or the fleet generation is being read (then the owners answer and nothing is
+        stored)."""
+        shared = self._redis()
+        if shared is None or not keys:
             return None
         try:
-            found = await self.shared.lookup(keys)
+            found = await shared.lookup(keys)
         except (RedisError, OSError) as exc:
             self._failed("lookup", exc)
             return None
@@ -104,10 +142,13 @@ class ReadCache:
 
     async def fill(self, items: Sequence[tuple[bytes, str, Any]]) -> None:
         """Store values fetched from their owners (see :meth:`SharedCache.fill`)."""
-        if self.shared is None or not items:
+        shared = self._redis()
+        if shared is None or not items:
             return
         try:
-            await self.shared.fill(items)
+            # Under another generation than the lookup's (it changed meanwhile) the tokens
+            # match nothing, so nothing is stored.
+            await shared.fill(items)
         except (RedisError, OSError) as exc:
             self._failed("fill", exc)
 
@@ -124,34 +165,55 @@ class ReadCache:
     async def invalidate(self, keys: set[bytes]) -> None:
         """Make every cached read of ``keys`` stale; call right before writing them."""
         if self.shared is not None and keys:
-            delay = 0.1
-            while True:
-                try:
-                    dropped = await self.shared.invalidate(keys)
-                    break
-                except (RedisError, OSError) as exc:
-                    self.metrics.errors.labels(operation="invalidate").inc()
-                    log.warning(
-                        "Redis did not take the invalidation of %d keys (%r); the catalog "
-                        "waits and retries in %.1f s: no cached value may outlive its change. "
-                        "Check MESH_REDIS_URL and the Redis server.",
-                        len(keys), exc, delay,
-                    )  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_S)
+            dropped = await self._invalidate_shared(keys)
             self.metrics.invalidated.labels(cache="shared").inc(dropped)
         if self.responses is not None:
             dropped = self.responses.invalidate(keys)
             self.metrics.invalidated.labels(cache="response").inc(dropped)
 
+    async def _invalidate_shared(self, keys: set[bytes]) -> int:
+        """Invalidate ``keys`` in Redis under the generation known when this returns:
+        readers fill only under the generation they know, and a change must reach it."""
+        assert self.generation is not None  # checked in __init__
+        delay = 0.1
+        while True:
+            shared = self._redis()
+            if shared is None:
+                log.info("invalidation of %d keys waits for the fleet generation", len(keys))
+                await self.generation.wait()
+                continue
+            generation = self.generation.current
+            try:
+                dropped = await shared.invalidate(keys)
+            except (RedisError, OSError) as exc:
+                self.metrics.errors.labels(operation="invalidate").inc()
+                log.warning(
+                    "Redis did not take the invalidation of %d keys (%r); the catalog "
+                    "waits and retries in %.1f s: no cached value may outlive its change. "
+                    "Check MESH_REDIS_URL and the Redis server.",
+                    len(keys), exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if self.generation.current == generation:
+                return dropped
+            # The group rebalanced meanwhile: readers may use another generation from now
+            # on, so the change goes there too (invalidating more is always safe).
+
     def partitions_moved(self) -> None:
         """This worker's partitions are being reassigned: forget the stored responses,
-        whose local keys' changes may be written elsewhere from now on."""
+        whose local keys' changes may be written elsewhere from now on, and read the fleet
+        generation again (a rebalance is how a worker learns Kafka's state was reset)."""
         if self.responses is not None:
             self.responses.clear()
+        if self.generation is not None:
+            self.generation.check()
 
     async def close(self) -> None:
-        """Close the Redis connections."""
+        """Stop reading the generation; close the Redis connections."""
+        if self.generation is not None:
+            await self.generation.close()
         if self.shared is not None:
             await self.shared.close()
 
@@ -163,6 +225,7 @@ def build_read_cache(settings: Settings, registry: CollectorRegistry) -> ReadCac
     if settings.graphql_cache_mb:
         responses = ResponseCache(settings.graphql_cache_mb * 1024 * 1024)
     shared = None
+    generation = None
     if settings.redis_url is not None:
         client = Redis.from_url(
             settings.redis_url.get_secret_value(),
@@ -170,5 +233,19 @@ def build_read_cache(settings: Settings, registry: CollectorRegistry) -> ReadCac
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         shared = SharedCache(client, f"{settings.app_id}:cache:", settings.cache_ttl_s)
-    metrics = CacheMetrics(registry, lambda: responses.bytes if responses else 0)
-    return ReadCache(responses, shared, metrics)
+        kafka = KafkaConnection.from_settings(settings)
+        topic = GenerationTopic(
+            generation_topic(settings.app_id),
+            declare=settings.topic_declare,
+            replication_factor=settings.replication_factor,
+        )
+        generation = FleetGeneration(lambda: read_generation(kafka, topic))
+    metrics = CacheMetrics(
+        registry,
+        lambda: responses.bytes if responses else 0,
+        lambda: generation.current if generation else None,
+    )
+    cache = ReadCache(responses, shared, metrics, generation)
+    if generation is not None:
+        generation.on_change = cache.generation_changed
+    return cache

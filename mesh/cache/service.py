@@ -1,4 +1,5 @@
-"""The read caches' part of the worker's life: forget on rebalance, close on stop."""
+"""The read caches' part of the worker's life: the fleet generation read at start and on
+every rebalance, responses forgotten on rebalance, Redis closed on stop."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from mesh.runtime.services import Service, add_service
 
 
 class CacheService(Service):
-    """Clears the response cache when partitions move; closes Redis on stop."""
+    """Reads the fleet generation at start; clears the response cache and reads the
+    generation again when partitions move; closes Redis on stop."""
 
     cache: ClassVar[ReadCache]
     context: ClassVar[MeshContext]
 
     async def on_start(self) -> None:
+        self.cache.start()
         revoked = self.context.app.on_partitions_revoked
         revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 

@@ -14,7 +14,9 @@ replaced the token it holds. A key evicted or expired meanwhile has no token, wh
 matches none either. Responses that read a key remember its token, and a stored response
 is only served while every token it read is still in place (:meth:`still_valid`).
 
-All keys of one call go to one Redis server (no cluster slot routing).
+All keys of one call go to one Redis server (no cluster slot routing). The worker files
+its keys under the fleet generation (:meth:`SharedCache.under`,
+:mod:`mesh.cache.generation`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class SharedCache:
         self._fill = client.register_script(_FILL)
         self._invalidate = client.register_script(_INVALIDATE)
         self._valid = client.register_script(_VALID)
+
+    def under(self, generation: str) -> SharedCache:
+        """The same cache with its keys filed under ``generation`` (sharing the connection
+        pool): entries of one generation are never seen under another."""
+        return SharedCache(self.client, f"{self.prefix.decode()}{generation}:", self.ttl_s)
 
     def _names(self, keys: Iterable[bytes]) -> list[bytes]:
         return [self.prefix + key for key in keys]

@@ -29,13 +29,18 @@ from yarl import URL
 from mesh.context import MeshContext
 from mesh.errors import UnavailableError
 from mesh.runtime.partitioning import key_partition
+from mesh.runtime.store import PartitionStore
 
 WORKER_HEADER = "X-Mesh-Worker"
 """Names the worker that answered (every answer of the web API carries it)."""
 PARTITION_HEADER = "X-Mesh-Partition"
 ROUTED_HEADER = "X-Mesh-Routed-Via"
 """On a forwarded request: the worker that forwarded it (so it is never forwarded again)."""
+STANDBY_HEADER = "X-Mesh-Standby"
+"""On an answer read from this worker's standby replica because the owner did not answer."""
 
+STANDBY_MAX_LAG = 10
+"""Changelog records a standby replica may be behind and still answer for its owner."""
 _PARTITIONS_KEPT = 100_000
 """Keys whose partition a router remembers (then it starts again)."""
 
@@ -107,6 +112,15 @@ class FleetRouter:
         :class:`UnavailableError` when this worker owns it but is recovering, or when no
         other worker owns it (or, for a ``forwarded`` read, when this one does not).
         """
+        if self.membership.stopping():
+            raise UnavailableError("this worker is stopping; ask another")
+        if self.membership.rebalancing():
+            # Partitions are being revoked and their databases closed: a local read could
+            # answer "not found" for an entity that exists.
+            raise UnavailableError(
+                "the fleet is rebalancing; retry",
+                retry_after=max(1.0, self.context.settings.rebalance_timeout_s),
+            )
         partition = self.partition(entity_type, key)
         store = self.context.catalog.entities[entity_type]
         if store.owns(partition):
@@ -117,15 +131,30 @@ class FleetRouter:
         if not forwarded:
             owner = self.membership.owner_url(store.name, store.changelog_topic, partition)
         if owner is None or self.is_self(owner):
+            # A rebalance lasts about the rebalance timeout: retrying sooner only fails again.
             raise UnavailableError(
                 f"no worker owns partition {partition} of {entity_type} right now "
-                "(the fleet is rebalancing); retry"
+                "(the fleet is rebalancing); retry",
+                retry_after=max(1.0, self.context.settings.rebalance_timeout_s),
             )
         return Route(partition, owner)
 
     def is_self(self, url: str) -> bool:
         """True when ``url`` is this worker's own web server."""
         return self.membership.is_self(url)
+
+    def standby_readable(self, store: PartitionStore, partition: int) -> bool:
+        """True when a read of ``partition`` of ``store`` whose owner did not answer may be
+        served from this worker's standby replica instead.
+
+        While a static member restarts, the group keeps its partitions assigned to it
+        (that is what keeps a rolling restart from moving them), so nobody else owns them.
+        Only a replica at most :data:`STANDBY_MAX_LAG` changelog records behind answers,
+        and the answer says it came from one.
+        """
+        return not self.membership.recovering() and store.holds_standby(
+            partition, max_lag=STANDBY_MAX_LAG
+        )
 
     def peers(self) -> list[str]:
         """The web URL of every other worker of the group."""

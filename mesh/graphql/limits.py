@@ -496,7 +496,8 @@ def format_errors(errors: Collection[GraphQLError], limits: GraphQLLimits) -> li
     ``internal error`` and no extensions (the exception is logged here instead), and
     "Did you mean ...?" suggestions are cut from the rest. With ``error_detail=True``
     messages are kept and an unexpected exception's type and traceback are added under
-    ``extensions.exception``.
+    ``extensions.exception``. An error because the fleet could not answer right now has
+    ``extensions: {"code": "UNAVAILABLE", "retryAfter": seconds}``.
     """
     formatted: list[dict[str, Any]] = []
     for error in errors:
@@ -521,5 +522,12 @@ def format_errors(errors: Collection[GraphQLError], limits: GraphQLLimits) -> li
             )
             entry["message"] = INTERNAL_ERROR_MESSAGE
             entry.pop("extensions", None)
+        if isinstance(original, UnavailableError):
+            # What REST says with 503 + Retry-After, for clients that retry.
+            entry["extensions"] = {
+                **entry.get("extensions", {}),
+                "code": "UNAVAILABLE",
+                "retryAfter": original.retry_after or 1,
+            }
         formatted.append(entry)
     return formatted

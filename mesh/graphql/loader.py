@@ -43,7 +43,7 @@ class BatchRecord:
 
     round: int
     kind: str
-    """``local`` or ``remote``."""
+    """``local``, ``remote`` or ``standby``."""
     owner: str
     """This worker's name for local batches, the owner's URL for remote ones."""
     keys: int
@@ -255,7 +255,9 @@ class Loader:
                     results[key] = value
                 else:
                     tokens[key] = (name, token)
-        unanswered = [(o, [k for k, _ in owned if k not in results]) for o, owned in remote]
+        unanswered = [
+            (o, [(k, loc) for k, loc in owned if k not in results]) for o, owned in remote
+        ]
         answers = await asyncio.gather(
             *(self._remote(owner, owned) for owner, owned in unanswered if owned)
         )
@@ -267,6 +269,20 @@ class Loader:
             await self.cache.fill(fetched)
         return results
 
+    def _standby(self, owned: list[tuple[Key, Location]], why: UnavailableError) -> dict[Key, Any]:
+        """Keys whose owner did not answer: from this worker's standby replicas where it
+        holds them (see :meth:`FleetRouter.standby_readable`), else failed with ``why``."""
+        readable = [
+            (k, loc) for k, loc in owned if self.router.standby_readable(loc.store, loc.partition)
+        ]
+        results: dict[Key, Any] = dict.fromkeys((k for k, _ in owned), why)
+        if readable:
+            if self.recorder is not None:
+                self.recorder.cacheable = False  # a replica's answer may be a moment behind
+            self._record("standby", self.worker, [k for k, _ in readable])
+            results.update(self._local_reads(readable))
+        return results
+
     def _record(self, kind: str, owner: str, keys: list[Key]) -> None:
         names = sorted({k.name for k in keys})
         self.batches.append(BatchRecord(self._rounds, kind, owner, len(keys), names))
@@ -274,6 +290,9 @@ class Loader:
 
     def _local(self, items: list[tuple[Key, Location]]) -> dict[Key, Any]:
         self._record("local", self.worker, [k for k, _ in items])
+        return self._local_reads(items)
+
+    def _local_reads(self, items: list[tuple[Key, Location]]) -> dict[Key, Any]:
         results: dict[Key, Any] = {}
         for key, location in items:
             try:
@@ -282,7 +301,8 @@ class Loader:
                 results[key] = UnavailableError(f"reading {key.name} {key.id} failed: {exc!r}")
         return results
 
-    async def _remote(self, owner: str, keys: list[Key]) -> dict[Key, Any]:
+    async def _remote(self, owner: str, owned: list[tuple[Key, Location]]) -> dict[Key, Any]:
+        keys = [key for key, _ in owned]
         self._record("remote", owner, keys)
         body = {"keys": [k.as_json() for k in keys]}
         try:
@@ -294,7 +314,7 @@ class Loader:
             why = f"the worker owning these keys ({owner}) answered nonsense: {exc!r}"
             return dict.fromkeys(keys, UnavailableError(why))
         except UnavailableError as exc:
-            return dict.fromkeys(keys, exc)
+            return self._standby(owned, exc)
         results: dict[Key, Any] = {}
         for key, answer in zip(keys, answers, strict=False):
             if "error" in answer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-KINDS = ("local", "remote")
+KINDS = ("local", "remote", "standby")
 
 
 class GraphQLMetrics:
@@ -20,7 +20,8 @@ class GraphQLMetrics:
         self.batches = Counter(
             "dictamesh_graphql_batches",
             "Batched reads made by GraphQL requests: local (this worker's RocksDB partitions) "
-            "or remote (one POST to the owning worker's internal entities endpoint).",
+            "or remote (one POST to the owning worker's internal entities endpoint), or "
+            "standby (this worker's replica, when the owner did not answer).",
             ["kind"],
             registry=registry,
         )
@@ -37,6 +38,6 @@ class GraphQLMetrics:
         self._keys = {kind: self.keys.labels(kind=kind) for kind in KINDS}
 
     def batch(self, kind: str, keys: int) -> None:
-        """Count one batch of ``keys`` keys (``kind``: local or remote)."""
+        """Count one batch of ``keys`` keys (``kind``: one of :data:`KINDS`)."""
         self._batches[kind].inc()
         self._keys[kind].inc(keys)

@@ -1,6 +1,6 @@
 """Kafka clients for the parts that talk to Kafka outside the worker's app (the catalog's
-batch producer, the Postgres mirror's consumer group, lag and end-offset readers), and
-sending through the app.
+batch producer, the Postgres mirror's consumer group, lag and end-offset readers, the fleet
+generation's reader), and sending through the app.
 
 Every client is made by a :class:`KafkaConnection`, so the brokers and the TLS/SASL
 settings reach all of them the same way they reach the app's own clients
@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import RecordMetadata
@@ -24,6 +25,7 @@ from faust.types.auth import CredentialsT
 from mesh.settings import Settings
 
 __all__ = [
+    "AIOKafkaAdminClient",
     "AIOKafkaConsumer",
     "AIOKafkaProducer",
     "KafkaConnection",
@@ -100,6 +102,10 @@ class KafkaConnection:
     def producer(self, **options: Any) -> AIOKafkaProducer:
         """A producer (not started) with ``options`` on top of the connection's."""
         return AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.auth, **options)
+
+    def admin(self, **options: Any) -> AIOKafkaAdminClient:
+        """An admin client (not started) with ``options`` on top of the connection's."""
+        return AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.auth, **options)
 
 
 class TopicSender:

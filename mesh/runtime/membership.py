@@ -22,6 +22,17 @@ class Membership:
         self.app = app
         self._active: dict[str, frozenset[int]] = {}
         self._stamp: tuple[int, int] | None = None
+        self.moved = 0
+        """Active partitions gained or lost by this worker since its first assignment:
+        what a rebalance cost it (a restart of a static member should cost nothing)."""
+        self._assigned: frozenset[tuple[str, int]] | None = None
+        app.on_partitions_assigned.connect(self._count_moves)  # type: ignore[arg-type]
+
+    async def _count_moves(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        actives = frozenset((tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives())
+        if self._assigned is not None:
+            self.moved += len(actives ^ self._assigned)
+        self._assigned = actives
 
     def rebalancing(self) -> bool:
         """True while the group is rebalancing (until this worker's recovery ends)."""
@@ -35,6 +46,10 @@ class Membership:
         """True once this generation's recovery has completed."""
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return bool(recovery.completed.is_set())
+
+    def stopping(self) -> bool:
+        """True once the app stops (its tables close): nothing is served from them."""
+        return bool(self.app.should_stop)
 
     def steady(self) -> bool:
         """Neither rebalancing nor recovering."""
@@ -61,6 +76,13 @@ class Membership:
                 self._active[topic] = found
         return found
 
+    def standby(self, topic: str) -> frozenset[int]:
+        """Partitions of ``topic`` this worker keeps a standby replica of (read from the
+        changelog as the owner writes it: at most a moment behind)."""
+        return frozenset(
+            tp.partition for tp in self.app.assignor.assigned_standbys() if tp.topic == topic
+        )
+
     def active_count(self) -> int:
         """How many topic partitions (of every topic) this worker actively owns."""
         return len(self.app.assignor.assigned_actives())
@@ -83,8 +105,8 @@ class Membership:
         return (mine.host, mine.port) == (other.host, other.port)
 
     def ready(self) -> bool:
-        """Recovered and not rebalancing: the worker serves what it owns."""
-        return self.tables_recovered() and not self.rebalancing()
+        """Recovered, not rebalancing, not stopping: the worker serves what it owns."""
+        return self.tables_recovered() and not self.rebalancing() and not self.stopping()
 
     def on_revoked(self, handler: Callable[[set[tuple[str, int]]], Awaitable[None]]) -> None:
         """Call ``handler`` with the ``(topic, partition)`` pairs being revoked, before the

@@ -72,6 +72,20 @@ class PartitionStore:
     def owns(self, partition: int) -> bool:
         return partition in self.membership.active(self.changelog_topic)
 
+    def holds_standby(self, partition: int, *, max_lag: int) -> bool:
+        """True when this worker keeps a standby replica of ``partition`` that is at most
+        ``max_lag`` changelog records behind (a replica just assigned may be empty)."""
+        if partition not in self.membership.standby(self.changelog_topic):
+            return False
+        tp = TP(self.changelog_topic, partition)
+        highwater = self.table.app.consumer.highwater(tp)
+        if highwater is None:  # not fetched yet: its lag is unknown
+            return False
+        persisted: int | None = self._data.persisted_offset(tp)
+        if persisted is None:  # nothing applied yet (a replica just assigned)
+            return int(highwater) == 0
+        return int(highwater) - (persisted + 1) <= max_lag
+
 
 def declare_store(
     app: faust.App,

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.catalog.reader import CatalogReader, entity_spec, parse_id
-from mesh.catalog.router import PARTITION_HEADER, ROUTED_HEADER, WORKER_HEADER
+from mesh.catalog.router import PARTITION_HEADER, ROUTED_HEADER, STANDBY_HEADER, WORKER_HEADER
 from mesh.context import MeshContext
 from mesh.errors import ApiError, UnavailableError
 from mesh.runtime.web import Request, Response, View
@@ -97,7 +97,13 @@ async def answer_for_key(
         route = reader.router.route(entity_type, key, forwarded=ROUTED_HEADER in request.headers)
         if route.owner is None:
             return json_response(view, local(route.partition, entity_id, key), headers=headers)
-        return await forward(reader, view, request, route.owner)
+        try:
+            return await forward(reader, view, request, route.owner)
+        except UnavailableError:
+            if not reader.router.standby_readable(reader.table(entity_type), route.partition):
+                raise
+            headers[STANDBY_HEADER] = "true"
+            return json_response(view, local(route.partition, entity_id, key), headers=headers)
     except UnavailableError as exc:
         retry = {"Retry-After": f"{exc.retry_after or 1:g}"}
         error = ApiError(503, "unavailable", str(exc), headers=retry)

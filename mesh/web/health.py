@@ -14,10 +14,12 @@ def readiness(membership: Membership) -> dict[str, Any]:
     """The worker's readiness and the facts it is decided from."""
     recovered = membership.tables_recovered()
     rebalancing = membership.rebalancing()
+    stopping = membership.stopping()
     return {
-        "ready": recovered and not rebalancing,
+        "ready": recovered and not rebalancing and not stopping,
         "tables_recovered": recovered,
         "rebalancing": rebalancing,
+        "stopping": stopping,
         "active_partitions": membership.active_count() if recovered else 0,
     }
 

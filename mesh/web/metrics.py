@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from mesh import __version__
@@ -23,7 +23,7 @@ class _WorkerCollector(Collector):
     def __init__(self, context: MeshContext) -> None:
         self.context = context
 
-    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
         settings = self.context.settings
         info = InfoMetricFamily("dictamesh_build", "DictaMesh version and worker identity.")
         info.add_metric([], {"version": __version__, "worker": settings.worker_name})
@@ -38,6 +38,12 @@ class _WorkerCollector(Collector):
             "dictamesh_worker_active_partitions",
             "Partitions this worker actively owns.",
             value=float(state["active_partitions"]),
+        )
+        yield CounterMetricFamily(
+            "dictamesh_worker_partitions_moved",
+            "Active partitions this worker gained or lost in rebalances since it started "
+            "(its first assignment not counted).",
+            value=float(self.context.membership.moved),
         )
 
 

@@ -32,14 +32,21 @@ EVENTS = 3000
 CUSTOMERS, PRODUCTS, INVOICES, ITEMS = 12, 8, 40, 80
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(params=["local-cache", "redis"])
 async def fleet(
-    sample_domain: DomainConfig, tmp_path_factory: pytest.TempPathFactory
+    sample_domain: DomainConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    redis_url: str,
 ) -> AsyncIterator[Fleet]:
+    """The fleet with its in-memory response caches, and once more with Redis shared by
+    the workers as well (the crash must not leave a stale answer in either)."""
     root = tmp_path_factory.mktemp("catalog-convergence")
+    env = {"MESH_REDIS_URL": redis_url} if request.param == "redis" else {}
     async with open_fleet(
-        sample_domain, root, APP_ID, PARTITIONS, ["conv-a", "conv-b", "conv-c"]
-    ) as fleet:
+        sample_domain, root, f"{APP_ID}-{request.param}", PARTITIONS,
+        ["conv-a", "conv-b", "conv-c"], env,
+    ) as fleet:  # fmt: skip
         yield fleet
 
 

@@ -104,9 +104,12 @@ async def open_fleet(
     partitions: int,
     names: list[str],
     env: Mapping[str, str] | None = None,
+    *,
+    static_membership: bool = False,
 ) -> AsyncIterator[Fleet]:
     """A broker and registry of its own, the entity topics, and ready workers ``names``
-    (``env`` adds to or overrides their environment)."""
+    (``env`` adds to or overrides their environment; ``static_membership``: each worker's
+    name is its group instance id, as a StatefulSet's pod name is)."""
     logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
         bootstrap = await own_broker(cleanup, logs)
@@ -144,7 +147,9 @@ async def open_fleet(
                     app_id=app_id,
                     state_dir=root / "state" / name,
                     log_dir=logs,
-                    env=worker_env,
+                    env={**worker_env, "MESH_GROUP_INSTANCE_ID": name}
+                    if static_membership
+                    else worker_env,
                 )
                 for name in names
             ],

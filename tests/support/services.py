@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +23,39 @@ async def own_broker(cleanup: contextlib.AsyncExitStack, logs: Path) -> str:
     proc = await start_broker("127.0.0.1", port, logs)
     cleanup.push_async_callback(proc.stop)
     return f"127.0.0.1:{port}"
+
+
+@dataclass
+class RestartableBroker:
+    """A broker of a test's own that it can restart on the same address. Memory storage:
+    a restart empties it, as recreating a cluster's Kafka state would."""
+
+    host: str
+    port: int
+    logs: Path
+    proc: ManagedProcess
+
+    @property
+    def bootstrap(self) -> str:
+        """Its ``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    async def restart(self) -> None:
+        """Stop it and start an empty one on the same port."""
+        await self.proc.stop()
+        self.proc = await start_broker(self.host, self.port, self.logs)
+
+    async def stop(self) -> None:
+        """Stop it."""
+        await self.proc.stop()
+
+
+async def restartable_broker(cleanup: contextlib.AsyncExitStack, logs: Path) -> RestartableBroker:
+    """Like :func:`own_broker`, but restartable on the same port."""
+    port = free_port()
+    broker = RestartableBroker("127.0.0.1", port, logs, await start_broker("127.0.0.1", port, logs))
+    cleanup.push_async_callback(broker.stop)  # whichever process runs by then
+    return broker
 
 
 async def start_registry(data: Path, log_dir: Path) -> tuple[ManagedProcess, str]:
