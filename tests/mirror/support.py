@@ -27,6 +27,7 @@ from mesh.mirror import MirrorConsumer, build_mirror
 from mesh.retry import RetryPolicy
 from mesh.schemas import load_event_schemas, write_after_schemas
 from mesh.settings import Settings
+from tests.support.workers import MeshWorker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -134,6 +135,31 @@ class Scenario:
             await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
         finally:
             await admin.close()
+
+    async def worker(self, where: Path) -> MeshWorker:
+        """A ``mesh worker`` process (not started) mirroring this scenario's topics, with
+        the sample domain under its own topic names; the topics are created first."""
+        data = domain_data()
+        own_topics(data, self.suffix)  # suffixes the collections in `data` as well
+        config = where / "domain.yaml"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))  # field order matters
+        await self.create_topics()
+        return MeshWorker(
+            "worker-0",
+            app_id=self.app_id,
+            state_dir=where / "state",
+            log_dir=where,
+            env={
+                "MESH_BROKER_URL": f"kafka://{self.broker}",
+                "MESH_SCHEMA_REGISTRY_URL": self.registry_url,
+                "MESH_DATABASE_URL": self.dsn,
+                "MESH_DOMAIN_CONFIG": str(config),
+                "MESH_SCHEMAS_DIR": str(self.schemas_dir(self.domain)),
+                "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
+                "MESH_TOPIC_PARTITIONS": str(self.partitions),
+                "MESH_REBALANCE_TIMEOUT_S": "2",
+            },
+        )
 
     def key(self, entity_type: str, entity_id: object) -> bytes:
         return self.domain.urn(entity_type, str(entity_id)).encode()

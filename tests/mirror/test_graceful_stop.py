@@ -16,9 +16,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mesh.mirror.build import mirror_group
 from tests.mirror.events import event
-from tests.mirror.support import Scenario, domain_data, own_topics, wait_until
+from tests.mirror.support import Scenario, wait_until
 from tests.support.waiting import wait_until as poll_until
-from tests.support.workers import MeshWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 30_000
@@ -55,29 +54,9 @@ async def committed(broker: str, group: str, topic: str, partitions: int) -> int
 async def test_sigterm_mid_stream_commits_what_it_wrote_and_exits_in_time(
     scenario: Scenario, tmp_path: Path
 ) -> None:
-    data = domain_data()
-    own_topics(data, scenario.suffix)
-    config = tmp_path / "domain.yaml"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    await scenario.create_topics()
+    worker = await scenario.worker(tmp_path)
     topic = scenario.domain.topic("customer")
     table = "customer"
-    worker = MeshWorker(
-        "worker-0",
-        app_id=scenario.app_id,
-        state_dir=tmp_path / "state",
-        log_dir=tmp_path,
-        env={
-            "MESH_BROKER_URL": f"kafka://{scenario.broker}",
-            "MESH_SCHEMA_REGISTRY_URL": scenario.registry_url,
-            "MESH_DATABASE_URL": scenario.dsn,
-            "MESH_DOMAIN_CONFIG": str(config),
-            "MESH_SCHEMAS_DIR": str(scenario.schemas_dir(scenario.domain)),
-            "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
-            "MESH_TOPIC_PARTITIONS": str(scenario.partitions),
-            "MESH_REBALANCE_TIMEOUT_S": "2",
-        },
-    )
     await worker.start()
     try:
         await worker.wait_ready(timeout=60)

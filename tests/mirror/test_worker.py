@@ -9,35 +9,13 @@ import signal
 from pathlib import Path
 
 import psycopg2
-import yaml
 
 from tests.mirror.events import event
-from tests.mirror.support import Scenario, domain_data, own_topics, wait_until
-from tests.support.workers import MeshWorker
+from tests.mirror.support import Scenario, wait_until
 
 
 async def test_the_worker_mirrors_events_into_postgres(scenario: Scenario, tmp_path: Path) -> None:
-    data = domain_data()
-    own_topics(data, scenario.suffix)  # suffixes the collections in `data` as well
-    config = tmp_path / "domain.yaml"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))  # field order matters
-    await scenario.create_topics()
-    worker = MeshWorker(
-        "worker-0",
-        app_id=scenario.app_id,
-        state_dir=tmp_path / "state",
-        log_dir=tmp_path,
-        env={
-            "MESH_BROKER_URL": f"kafka://{scenario.broker}",
-            "MESH_SCHEMA_REGISTRY_URL": scenario.registry_url,
-            "MESH_DATABASE_URL": scenario.dsn,
-            "MESH_DOMAIN_CONFIG": str(config),
-            "MESH_SCHEMAS_DIR": str(scenario.schemas_dir(scenario.domain)),
-            "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
-            "MESH_TOPIC_PARTITIONS": str(scenario.partitions),
-            "MESH_REBALANCE_TIMEOUT_S": "2",
-        },
-    )
+    worker = await scenario.worker(tmp_path)
     await worker.start()
     try:
         await worker.wait_ready(timeout=60)
