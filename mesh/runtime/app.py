@@ -6,6 +6,7 @@ import faust
 
 from mesh.runtime.end_offsets import install_verified_end_offsets
 from mesh.runtime.kafka import KafkaConnection, faust_credentials
+from mesh.runtime.recovery import install_recovery_offset_guard
 from mesh.runtime.versions import check_runtime_versions
 from mesh.settings import Settings
 
@@ -21,6 +22,7 @@ def build_faust_app(settings: Settings) -> faust.App:
     hook replaces one of its methods).
     """
     check_runtime_versions()
+    install_recovery_offset_guard()
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     session_timeout = settings.session_timeout_s or settings.rebalance_timeout_s
     app = faust.App(
