@@ -82,8 +82,8 @@ class PartitionStore:
         if highwater is None:  # not fetched yet: its lag is unknown
             return False
         persisted: int | None = self._data.persisted_offset(tp)
-        if persisted is None:  # nothing applied yet (a replica just assigned)
-            return int(highwater) == 0
+        if persisted is None:  # nothing applied (a replica just assigned, or never fed)
+            return False
         return int(highwater) - (persisted + 1) <= max_lag
 
 
