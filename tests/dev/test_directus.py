@@ -32,6 +32,7 @@ from mesh_tooling.dev.process import free_port
 from mesh.domain import DomainConfig, FieldType
 from mesh.errors import PortInUseError, StackError
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, TIMINGS, DirectusHandle, cache_dir
+from tests.support.directus_admin import counts
 
 pytestmark = [pytest.mark.directus, pytest.mark.asyncio(loop_scope="session")]
 
@@ -70,16 +71,6 @@ async def call(
 
 async def admin(http: aiohttp.ClientSession, handle: DirectusHandle) -> DirectusClient:
     return await DirectusClient.login(http, handle.url, ADMIN_EMAIL, ADMIN_PASSWORD)
-
-
-async def counts(api: DirectusClient, domain: DomainConfig) -> dict[str, int]:
-    out = {}
-    for entity in domain.entities.values():
-        data = await api.request(
-            "GET", f"/items/{entity.collection}", params={"aggregate[count]": "*"}
-        )
-        out[entity.collection] = int(data[0]["count"])
-    return out
 
 
 async def last_activity_id(api: DirectusClient) -> int:

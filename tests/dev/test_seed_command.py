@@ -32,6 +32,7 @@ from mesh_tooling.seed import PROGRESS_EVERY_S
 
 from mesh.domain import DomainConfig
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.directus_admin import counts
 
 MESH = Path(sys.executable).with_name("mesh")
 """The console script a user runs, from the same virtualenv as the tests."""
@@ -127,17 +128,6 @@ async def seeded_by_command(
             proc.kill()
             await proc.wait()
         await service.stop()
-
-
-async def counts(api: DirectusClient, domain: DomainConfig) -> dict[str, int]:
-    """Rows per collection of the domain, as Directus counts them."""
-    out = {}
-    for entity in domain.entities.values():
-        data = await api.request(
-            "GET", f"/items/{entity.collection}", params={"aggregate[count]": "*"}
-        )
-        out[entity.collection] = int(data[0]["count"])
-    return out
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -117,6 +117,17 @@ class DirectusAdmin:
         return int(rows[0]["id"]) if rows else 0
 
 
+async def counts(api: DirectusClient, domain: DomainConfig) -> dict[str, int]:
+    """Rows per collection of the domain, as Directus counts them."""
+    out = {}
+    for entity in domain.entities.values():
+        data = await api.request(
+            "GET", f"/items/{entity.collection}", params={"aggregate[count]": "*"}
+        )
+        out[entity.collection] = int(data[0]["count"])
+    return out
+
+
 def entity_of(domain: DomainConfig, collection: str) -> tuple[str, EntitySpec]:
     """The entity type (name and spec) fed by ``collection``."""
     return next((n, e) for n, e in domain.entities.items() if e.collection == collection)
