@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_mb: int = Field(default=4, ge=1, le=4096)
     """Memtable size per table partition (two at most). Every partition of every table has
     its own: with Faust's default (three of 64 MB) a worker with 1M entities passed 3 GB."""
+    restore_batched: bool = True
+    """Rebuild table partitions that are far behind their changelogs (a new or wiped
+    volume) in bulk, many times faster than Faust's record-by-record replay, which stays for
+    the last records and when this is off."""
     topic_partitions: int = Field(default=8, ge=1, le=10_000)
     replication_factor: int = Field(default=1, ge=1, le=10)
     rebalance_timeout_s: float = Field(default=10.0, gt=0)

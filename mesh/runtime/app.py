@@ -6,7 +6,8 @@ import faust
 
 from mesh.runtime.end_offsets import install_verified_end_offsets
 from mesh.runtime.kafka import KafkaConnection, faust_credentials
-from mesh.runtime.recovery import install_recovery_offset_guard
+from mesh.runtime.recovery import install_recovery_hooks
+from mesh.runtime.restore import install_changelog_restore
 from mesh.runtime.versions import check_runtime_versions
 from mesh.settings import Settings
 
@@ -22,7 +23,7 @@ def build_faust_app(settings: Settings) -> faust.App:
     hook replaces one of its methods).
     """
     check_runtime_versions()
-    install_recovery_offset_guard()
+    install_recovery_hooks()
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     session_timeout = settings.session_timeout_s or settings.rebalance_timeout_s
     app = faust.App(
@@ -52,5 +53,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         logging_config=None,
     )
-    install_verified_end_offsets(app, KafkaConnection.from_settings(settings))
+    kafka = KafkaConnection.from_settings(settings)
+    install_verified_end_offsets(app, kafka)
+    if settings.restore_batched:
+        install_changelog_restore(app, kafka)
     return app

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from mesh import __version__
 from mesh.context import MeshContext
+from mesh.runtime.restore import changelog_restore
 from mesh.runtime.web import Request, Response, View
 from mesh.web.health import readiness
 
@@ -44,6 +45,18 @@ class _WorkerCollector(Collector):
             "Active partitions this worker gained or lost in rebalances since it started "
             "(its first assignment not counted).",
             value=float(self.context.membership.moved),
+        )
+        restore = changelog_restore(self.context.app)
+        yield CounterMetricFamily(
+            "dictamesh_worker_restored_records",
+            "Changelog records the batched restore wrote into the tables since the worker "
+            "started (a new or wiped volume rebuilt).",
+            value=float(restore.records if restore else 0),
+        )
+        yield CounterMetricFamily(
+            "dictamesh_worker_restore_seconds",
+            "Time the batched restore spent rebuilding tables since the worker started.",
+            value=restore.seconds if restore else 0.0,
         )
 
 

@@ -17,7 +17,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
-from mesh.runtime.recovery import install_recovery_offset_guard
+from mesh.runtime.recovery import install_recovery_hooks
+
+
+class _AppWithoutRestore:
+    """An app on which no batched restore is installed."""
+
+
+class _Recovery:
+    def __init__(self) -> None:
+        self.app = _AppWithoutRestore()
 
 
 class SeekRecorder:
@@ -38,9 +47,9 @@ async def test_aiokafka_refuses_to_seek_to_no_offset() -> None:
 
 
 async def test_a_partition_without_an_offset_is_read_from_its_start() -> None:
-    install_recovery_offset_guard()
+    install_recovery_hooks()
     new, known, fresh = TP("c", 0), TP("c", 1), TP("c", 2)
     offsets: Counter[Any] = Counter({new: None, known: 41, fresh: -1})
     consumer = SeekRecorder()
-    await Recovery._seek_offsets(object(), consumer, {new, known, fresh}, offsets, "standby")  # type: ignore[arg-type]
+    await Recovery._seek_offsets(_Recovery(), consumer, {new, known, fresh}, offsets, "standby")  # type: ignore[arg-type]
     assert consumer.asked == {new: 0, known: 41, fresh: 0}

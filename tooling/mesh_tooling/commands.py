@@ -46,6 +46,10 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from mesh_tooling.bench.graphql import run_graphql
 
         return run_graphql(settings, args.duration, args.concurrency, args.customers, args.warmup)
+    if args.bench == "recovery":
+        from mesh_tooling.bench.recovery import run_recovery
+
+        return run_recovery(settings, args.entities, args.replay)
     if args.bench == "mirror":
         from mesh.domain import load_domain
         from mesh_tooling.bench.mirror import bench_mirror
@@ -121,6 +125,14 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
     graphql.set_defaults(run=_cmd_bench)
+    recovery = benches.add_parser(
+        "recovery", help="restart with and without the volume vs the raw changelog ceiling"
+    )
+    recovery.add_argument("--entities", type=int, default=100_000, help="invoices to load")
+    recovery.add_argument(
+        "--replay", action="store_true", help="also rebuild by Faust's record-by-record replay"
+    )
+    recovery.set_defaults(run=_cmd_bench)
     mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
     mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
     mirror.set_defaults(run=_cmd_bench)

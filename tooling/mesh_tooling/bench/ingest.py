@@ -76,10 +76,11 @@ async def _metric(http: aiohttp.ClientSession, url: str, pattern: str) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its children (the worker is one process)."""
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of the process ``pid`` (the worker is one), now or at its peak
+    (``field="VmHWM"``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -175,7 +176,8 @@ class IngestBench:
         await producer.stop()
         return self.count / elapsed
 
-    def _worker(self, state: Path, port: int) -> ManagedProcess:
+    def _worker(self, state: Path, port: int, **env: str) -> ManagedProcess:
+        """A worker process (not started) on ``state``; ``env`` adds settings."""
         env = {
             "MESH_BROKER_URL": f"kafka://{self.bootstrap}",
             "MESH_SCHEMA_REGISTRY_URL": self.registry_url,
@@ -187,18 +189,34 @@ class IngestBench:
             "MESH_LOG_LEVEL": "warning",
             "MESH_DIRECTUS_TOKEN": "unused",
             "MESH_DIRECTUS_URL": "http://127.0.0.1:9",
+            **env,
         }
         return ManagedProcess(
             "worker", [sys.executable, "-m", "mesh", "worker"],
             log_path=self.root / "logs" / f"worker-{port}.log", env=env,
         )  # fmt: skip
 
-    async def _catalog(self) -> dict[str, float]:
-        state = self.root / "worker"
+    async def _start_ready(self, state: Path, **env: str) -> tuple[ManagedProcess, int, float]:
+        """Start a worker on ``state``; return it, its web port and the seconds it took
+        to report ready (tables recovered, partitions assigned)."""
         port = free_port()
-        worker = self._worker(state, port)
+        worker = self._worker(state, port, **env)
+        started = time.monotonic()
         await worker.start()
         self.procs.append(worker)
+
+        async def ready() -> bool:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/readyz") as resp,
+            ):
+                return resp.status == 200
+
+        await worker.wait_ready(ready, timeout=3600)
+        return worker, port, time.monotonic() - started
+
+    async def _fold(self, worker: ManagedProcess, port: int) -> dict[str, float]:
+        """Wait until ``worker`` applied every preloaded event; its rate and batch size."""
         metrics = f"http://127.0.0.1:{port}/metrics"
         applied = r'^dictamesh_catalog_events_total\{entity_type="invoice",result="\w+"\} (\S+)$'
         first: float | None = None
@@ -220,32 +238,22 @@ class IngestBench:
                 )
             events = await _metric(http, metrics, r"^dictamesh_catalog_batch_events_sum (\S+)$")
             batches = await _metric(http, metrics, r"^dictamesh_catalog_batch_events_count (\S+)$")
-        print()
         elapsed = time.monotonic() - (first or time.monotonic())
+        return {"catalog_per_s": self.count / elapsed, "batch_mean": events / max(batches, 1)}
+
+    async def _catalog(self) -> dict[str, float]:
+        state = self.root / "worker"
+        worker, port, _ = await self._start_ready(state)
+        figures = await self._fold(worker, port)
         assert worker.pid is not None
-        rss = _rss_mb(worker.pid)
+        figures["rss_mb"] = _rss_mb(worker.pid)
         await worker.stop()
-        disk = _du_mb(state)
+        figures["disk_mb"] = _du_mb(state)
         # Recovery: a new worker with no local state rebuilds the tables from the changelogs.
         shutil.rmtree(state)
-        port = free_port()
-        fresh = self._worker(state, port)
-        started = time.monotonic()
-        await fresh.start()
-        self.procs.append(fresh)
-
-        async def ready() -> bool:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{port}/readyz") as resp,
-            ):
-                return resp.status == 200
-
-        await fresh.wait_ready(ready, timeout=1800)
-        recovery = time.monotonic() - started
+        fresh, _, figures["recovery_s"] = await self._start_ready(state)
         await fresh.stop()
-        return {"catalog_per_s": self.count / elapsed, "rss_mb": rss, "disk_mb": disk,
-                "recovery_s": recovery, "batch_mean": events / max(batches, 1)}  # fmt: skip
+        return figures
 
     async def run(self) -> dict[str, float]:
         try:
