@@ -8,6 +8,7 @@ from mesh.runtime.end_offsets import install_verified_end_offsets
 from mesh.runtime.kafka import KafkaConnection, faust_credentials
 from mesh.runtime.recovery import install_recovery_hooks
 from mesh.runtime.restore import install_changelog_restore
+from mesh.runtime.standby import keep_standbys_current
 from mesh.runtime.versions import check_runtime_versions
 from mesh.settings import Settings
 
@@ -57,4 +58,5 @@ def build_faust_app(settings: Settings) -> faust.App:
     install_verified_end_offsets(app, kafka)
     if settings.restore_batched:
         install_changelog_restore(app, kafka)
+    keep_standbys_current(app)
     return app

@@ -73,18 +73,29 @@ class PartitionStore:
         return partition in self.membership.active(self.changelog_topic)
 
     def holds_standby(self, partition: int, *, max_lag: int) -> bool:
-        """True when this worker keeps a standby replica of ``partition`` that is at most
-        ``max_lag`` changelog records behind (a replica just assigned may be empty)."""
+        """True when this worker keeps a standby replica of ``partition`` that has applied
+        records and is at most ``max_lag`` changelog records behind."""
+        lag = self.standby_lag(partition)
+        return lag is not None and lag <= max_lag
+
+    def standby_lag(self, partition: int) -> int | None:
+        """How many changelog records this worker's standby replica of ``partition`` is
+        behind; ``None`` when it holds none, has applied nothing yet (just assigned, or
+        never fed), or its changelog's end is not known yet."""
         if partition not in self.membership.standby(self.changelog_topic):
-            return False
+            return None
         tp = TP(self.changelog_topic, partition)
         highwater = self.table.app.consumer.highwater(tp)
         if highwater is None:  # not fetched yet: its lag is unknown
-            return False
+            return None
         persisted: int | None = self._data.persisted_offset(tp)
-        if persisted is None:  # nothing applied (a replica just assigned, or never fed)
-            return False
-        return int(highwater) - (persisted + 1) <= max_lag
+        if persisted is None:
+            return None
+        return max(int(highwater) - (persisted + 1), 0)
+
+    def standby_partitions(self) -> list[int]:
+        """The partitions this worker keeps standby replicas of, in order."""
+        return sorted(self.membership.standby(self.changelog_topic))
 
 
 def declare_store(

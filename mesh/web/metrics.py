@@ -46,6 +46,7 @@ class _WorkerCollector(Collector):
             "(its first assignment not counted).",
             value=float(self.context.membership.moved),
         )
+        yield from self._standbys()
         restore = changelog_restore(self.context.app)
         yield CounterMetricFamily(
             "dictamesh_worker_restored_records",
@@ -58,6 +59,26 @@ class _WorkerCollector(Collector):
             "Time the batched restore spent rebuilding tables since the worker started.",
             value=restore.seconds if restore else 0.0,
         )
+
+    def _standbys(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "dictamesh_worker_standby_lag_records",
+            "Changelog records this worker's standby replicas of a table are behind, summed "
+            "over its standby partitions whose lag is known.",
+            labels=["table"],
+        )
+        unknown = GaugeMetricFamily(
+            "dictamesh_worker_standby_partitions_unknown",
+            "Standby partitions of a table whose lag is not known: nothing applied yet, or "
+            "their changelog's end not fetched yet.",
+            labels=["table"],
+        )
+        for name, store in sorted(self.context.catalog.by_name().items()):
+            lags = [store.standby_lag(p) for p in store.standby_partitions()]
+            lag.add_metric([name], float(sum(x for x in lags if x is not None)))
+            unknown.add_metric([name], float(sum(1 for x in lags if x is None)))
+        yield lag
+        yield unknown
 
 
 def register_metrics_view(context: MeshContext) -> None:
