@@ -5,6 +5,7 @@ from __future__ import annotations
 from mesh.context import MeshContext
 from mesh.domain import DomainConfig, load_domain
 from mesh.runtime.app import build_faust_app
+from mesh.runtime.state_generation import check_tables_generation
 from mesh.runtime.worker import run_faust_worker
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
@@ -36,4 +37,5 @@ def run_worker(settings: Settings) -> int:
     context = create_app(settings)
     # Fail before joining the group when schemas and config disagree.
     load_event_schemas(context.domain, settings.schemas_dir)
+    check_tables_generation(settings)
     return run_faust_worker(context.app, settings.log_level)

@@ -276,18 +276,19 @@ async def test_a_recreated_kafka_never_answers_from_the_earlier_generations_cach
         second = await _agreed_generation(workers, other_than=first)
 
         # Kafka recreated once more, and the fleet started again on it with the same app
-        # id and the same Redis. Their local tables are Kafka's state too, so they are
-        # wiped (kept, Faust's recovery refuses them: their offsets are past the new
-        # changelogs' ends).
+        # id, the same Redis and the same volumes. Their local tables are Kafka's state
+        # too: each worker sees the new generation and drops them (kept, Faust's recovery
+        # would refuse them, their offsets being past the new changelogs' ends).
         await asyncio.gather(*(worker.stop() for worker in workers))
         await broker.restart()
         await _create_topics(broker.bootstrap, sample_domain, app_id)
         await fleet.producer.stop()
         fleet.producer = await _producer(broker.bootstrap)
         for worker in workers:
-            worker.wipe()
             await worker.start()
         await fleet.wait_stable()
+        for worker in workers:
+            assert "Kafka's state was recreated" in worker.run_log(), worker.log_tail()
 
         # The same keys, other values: customer 1 renamed, its invoices now customer 2's.
         # The change to customer 1's invoices is no write to customer 1's relation index

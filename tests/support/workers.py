@@ -128,12 +128,19 @@ class MeshWorker:
                 f"worker {self.name} is not ready; errors it logged:\n{errors}\n{exc}"
             ) from None
 
-    def errors(self) -> list[str]:
-        """The ERROR and CRITICAL lines this run of the worker logged."""
+    def run_log(self) -> str:
+        """Everything this run of the worker logged."""
         with self.log_path.open("rb") as log:
             log.seek(self._log_from)
-            text = log.read().decode(errors="replace")
-        return [line for line in text.splitlines() if re.search(r"\] \[(ERROR|CRITICAL)\] ", line)]
+            return log.read().decode(errors="replace")
+
+    def errors(self) -> list[str]:
+        """The ERROR and CRITICAL lines this run of the worker logged."""
+        return [
+            line
+            for line in self.run_log().splitlines()
+            if re.search(r"\] \[(ERROR|CRITICAL)\] ", line)
+        ]
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown of any kind (the process group, as a crash would)."""
