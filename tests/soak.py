@@ -36,6 +36,18 @@ SCENARIOS = [
     Scenario("convergence", "tests/catalog/test_convergence.py", 10),
     Scenario("rolling-restart", "tests/catalog/test_rolling_restart.py", 10),
     Scenario("graceful-stop", "tests/mirror/test_graceful_stop.py", 10),
+    Scenario("standby-reads", "tests/catalog/test_standby_reads.py", 10),
+    Scenario(
+        "rebuild",
+        "tests/catalog/test_rest.py::test_wiped_local_state_is_recovered_from_the_changelog",
+        10,
+    ),
+    Scenario(
+        "kafka-recreated",
+        "tests/cache/test_generation.py::"
+        "test_a_recreated_kafka_never_answers_from_the_earlier_generations_cache",
+        10,
+    ),
 ]
 
 
