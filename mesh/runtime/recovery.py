@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -25,8 +24,6 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from mesh.runtime.restore import changelog_restore
-
-logger = logging.getLogger(__name__)
 
 _original_seek = Recovery._seek_offsets
 

@@ -73,7 +73,9 @@ class _WorkerCollector(Collector):
             "their changelog's end not fetched yet.",
             labels=["table"],
         )
-        for name, store in sorted(self.context.catalog.by_name().items()):
+        # While partitions move, their databases are being closed: not opened from here.
+        stores = {} if self.context.membership.rebalancing() else self.context.catalog.by_name()
+        for name, store in sorted(stores.items()):
             lags = [store.standby_lag(p) for p in store.standby_partitions()]
             lag.add_metric([name], float(sum(x for x in lags if x is not None)))
             unknown.add_metric([name], float(sum(1 for x in lags if x is None)))
