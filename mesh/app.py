@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mesh.auth import auth_config_problem
 from mesh.context import MeshContext
 from mesh.domain import DomainConfig, load_domain
+from mesh.errors import ConfigError
 from mesh.runtime.app import build_faust_app
 from mesh.runtime.state_generation import check_tables_generation
 from mesh.runtime.worker import run_faust_worker
@@ -35,6 +37,9 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshCo
 def run_worker(settings: Settings) -> int:
     """Validate the config, build the worker and run it; return the exit code."""
     context = create_app(settings)
+    problem = auth_config_problem(settings)
+    if problem is not None:
+        raise ConfigError(problem)
     # Fail before joining the group when schemas and config disagree.
     load_event_schemas(context.domain, settings.schemas_dir)
     check_tables_generation(settings)

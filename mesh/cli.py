@@ -21,7 +21,7 @@ from mesh.settings import Settings, load_settings
 PACKAGE_DIR = Path(__file__).resolve().parent
 """The installed package: in a checkout its samples link out of it, in a wheel they are in it."""
 COMMANDS_GROUP = "dictamesh.commands"
-TOOLING_COMMANDS = ("dev", "registry", "bench", "seed")
+TOOLING_COMMANDS = ("dev", "registry", "bench", "seed", "token")
 """Commands of the tooling distribution, named in the error when it is not installed."""
 
 AddCommand = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]

@@ -110,6 +110,33 @@ class Settings(BaseSettings):
     graphql_cache_mb: int = Field(default=64, ge=0, le=65_536)
     """Memory for whole GraphQL responses per worker; 0 turns the response cache off."""
 
+    # --- authentication -----------------------------------------------------------
+    auth: Literal["jwt", "off"] = "jwt"
+    """Every GraphQL and REST request carries a bearer JWT. ``off`` is for benchmarks and
+    local experiments only: every request then reads as the first tenant, with every
+    scope (logged loudly, shown in ``/readyz``)."""
+    auth_jwks_url: str | None = None
+    """Where the issuer publishes its signing keys (JWKS); or a PEM key file below."""
+    auth_public_key_file: Path | None = None
+    """A PEM public key tokens are signed with (instead of a JWKS URL)."""
+    auth_issuer: str | None = None
+    """The ``iss`` every token must carry. A worker with ``MESH_AUTH=jwt`` refuses to start
+    without it and without exactly one key source above."""
+    auth_audience: str = "dictamesh"
+    """The ``aud`` every token must include."""
+    auth_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    """Signature algorithms accepted (asymmetric only: the key is public)."""
+    auth_tenant_claim: str = "tenant"
+    auth_scope_claim: str = "scope"
+    """A space-separated string or a list of scopes."""
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=600)
+    """Clock skew allowed on ``exp``, ``nbf`` and ``iat``."""
+    auth_max_token_bytes: int = Field(default=4096, ge=256, le=8000)
+    """Longer tokens are refused before any parsing."""
+    auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=86_400)
+    """At most one JWKS fetch per this many seconds for an unknown key id (a rotation),
+    and the keys are fetched again at least every hour."""
+
     # --- connected services -------------------------------------------------------
     database_url: SecretStr | None = None
     """Postgres for the mirror; unset: no mirror (the dev stack starts a throwaway one)."""
@@ -141,6 +168,11 @@ class Settings(BaseSettings):
         if (self.schema_registry_username is None) != (self.schema_registry_password is None):
             raise ValueError(
                 "set MESH_SCHEMA_REGISTRY_USERNAME and MESH_SCHEMA_REGISTRY_PASSWORD together"
+            )
+        unsafe = [a for a in self.auth_algorithms if not a.startswith(("RS", "PS", "ES", "Ed"))]
+        if unsafe:
+            raise ValueError(
+                f"MESH_AUTH_ALGORITHMS may only name asymmetric algorithms, not {unsafe}"
             )
         return self
 

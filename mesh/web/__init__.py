@@ -1,6 +1,7 @@
 """HTTP views served by each worker's web server: faces over the catalog and GraphQL."""
 
 from mesh.context import MeshContext
+from mesh.web.auth import register_auth
 from mesh.web.catalog import register_catalog_views
 from mesh.web.graphql import register_graphql_views
 from mesh.web.health import register_health_views
@@ -12,7 +13,8 @@ __all__ = ["register_views"]
 
 
 def register_views(context: MeshContext) -> None:
-    """Register every view of DictaMesh on ``context.app``."""
+    """Register every view of DictaMesh on ``context.app``, behind the token gate."""
+    register_auth(context)
     register_health_views(context)
     register_metrics_view(context)
     register_catalog_views(context)

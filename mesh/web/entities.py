@@ -65,6 +65,10 @@ async def forward(reader: CatalogReader, view: View, request: Request, owner: st
     # same id. Faust's Request type is abstract; at run time it is aiohttp's.
     raw_path = str(request.raw_path)  # type: ignore[attr-defined]
     headers = {ROUTED_HEADER: reader.worker, "Accept": "application/json"}
+    # The owner checks the caller's token too: a forwarded read is still the caller's.
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        headers["Authorization"] = authorization
     answer = await reader.router.ask(owner, raw_path, headers=headers)
     kept = {
         name: answer.headers[name]

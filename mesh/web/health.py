@@ -28,6 +28,7 @@ def register_health_views(context: MeshContext) -> None:
     """Register ``/healthz`` and ``/readyz``."""
     app = context.app
     worker = context.settings.worker_name
+    auth = context.settings.auth  # "off" says loudly that anyone may read anything
 
     @app.page("/healthz")
     class Health(View):
@@ -39,6 +40,11 @@ def register_health_views(context: MeshContext) -> None:
         async def get(self, request: Request) -> Response:
             state = readiness(context.membership)
             return self.json(
-                {"status": "ready" if state["ready"] else "starting", "worker": worker, **state},
+                {
+                    "status": "ready" if state["ready"] else "starting",
+                    "worker": worker,
+                    "auth": auth,
+                    **state,
+                },
                 status=200 if state["ready"] else 503,
             )

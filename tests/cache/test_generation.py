@@ -40,6 +40,7 @@ from mesh.domain import DomainConfig
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import Fleet, customer, entity, eventually, invoice
 from tests.support.services import restartable_broker, start_registry
 from tests.support.waiting import wait_until
@@ -142,7 +143,7 @@ async def _producer(bootstrap: str) -> AIOKafkaProducer:
 
 async def _ask(worker: MeshWorker, query: str) -> Any:
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer()) as http,
         http.post(f"{worker.base}/graphql", json={"query": query}) as resp,
     ):
         answer = await resp.json()

@@ -20,6 +20,7 @@ from psycopg2 import sql
 
 from mesh.catalog.fold import ReverseRelation, reverse_relations
 from mesh.domain import DomainConfig, FieldSpec, FieldType
+from tests.support.auth import bearer
 from tests.support.directus_admin import DirectusAdmin, entity_of
 from tests.support.workers import MeshWorker
 
@@ -399,7 +400,7 @@ class Api:
         url = f"{worker.base}/api/v1/entities/{entity_type}/{entity_id}{suffix}"
         async with self.limit:
             try:
-                async with self.http.get(url) as resp:
+                async with self.http.get(url, headers=bearer()) as resp:
                     self.readers[resp.headers.get("X-Mesh-Worker", "?")] += 1
                     return resp.status, await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -22,6 +22,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from tests.support.auth import bearer
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.services import own_broker
 from tests.support.workers import MeshWorker, wait_for_owner, wait_stable
@@ -167,7 +168,7 @@ async def _graphql(
     async with http.post(
         f"{worker.base}/graphql",
         json={"query": RELATIONS_QUERY, "variables": {"id": str(customer)}},
-        headers=dict(headers),
+        headers={**bearer(), **headers},
     ) as resp:
         answer = await resp.json(content_type=None)
     if resp.status != 200 or answer.get("errors") or answer["data"]["customer"] is None:
@@ -177,7 +178,7 @@ async def _graphql(
 
 async def _rest(http: aiohttp.ClientSession, worker: MeshWorker, customer: int) -> set[str] | str:
     url = f"{worker.base}/api/v1/entities/customer/{customer}/relations"
-    async with http.get(url) as resp:
+    async with http.get(url, headers=bearer()) as resp:
         body: Any = await resp.json(content_type=None)
     if resp.status != 200:
         return f"HTTP {resp.status} {body}"

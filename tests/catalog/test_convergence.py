@@ -20,6 +20,7 @@ import pytest_asyncio
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import Fleet, customer, entity, invoice, invoice_item, open_fleet, product
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -134,7 +135,9 @@ async def graphql_members(
     query = {"query": RELATION_QUERIES[(parent, relation)], "variables": {"id": str(parent_id)}}
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http,
+            aiohttp.ClientSession(
+                headers=bearer(), timeout=aiohttp.ClientTimeout(total=15)
+            ) as http,
             http.post(f"{worker.base}/graphql", json=query, headers=headers) as resp,
         ):
             answer = await resp.json(content_type=None)

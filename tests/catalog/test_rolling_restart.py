@@ -36,6 +36,7 @@ import pytest
 import pytest_asyncio
 
 from mesh.domain import DomainConfig
+from tests.support.auth import bearer
 from tests.support.fleet import Fleet, customer, entity, invoice, open_fleet
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -160,7 +161,9 @@ async def test_a_rolling_restart_fails_no_read_and_moves_no_partition(fleet: Fle
             await asyncio.sleep(0.02)
 
     stops: list[float] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+    async with aiohttp.ClientSession(
+        headers=bearer(), timeout=aiohttp.ClientTimeout(total=10)
+    ) as http:
         tasks = [asyncio.create_task(client.run(http, stop)) for _ in range(4)]
         tasks.append(asyncio.create_task(keep_changing()))
         try:

@@ -240,3 +240,24 @@ def test_the_workers_are_healthy_when_ready(workers: dict[str, Service]) -> None
         # The runtime image has no curl: Python's urllib asks /readyz.
         assert test.startswith("CMD python -c "), name
         assert "/readyz" in test, name
+
+
+def test_the_workers_verify_tokens_of_the_token_job_s_issuer(
+    services: dict[str, Service], workers: dict[str, Service]
+) -> None:
+    """The token job (tooling) makes the dev issuer's keys in its volume; every worker
+    mounts that volume read-only and reads the public key from it."""
+    token = services["token"]
+    assert target(token) == "tooling"
+    assert token["command"][0] == "token"
+    (written,) = [v for v in token["volumes"] if v.startswith("issuer:")]
+    assert written.split(":")[1] == "/var/lib/dictamesh"  # the tooling's MESH_STATE_DIR
+    for name, worker in workers.items():
+        assert depends_on(worker)["token"] == "service_completed_successfully", name
+        (mounted,) = [v for v in worker["volumes"] if v.startswith("issuer:")]
+        _, where, mode = mounted.split(":")
+        assert mode == "ro", name
+        key = environment(worker)["MESH_AUTH_PUBLIC_KEY_FILE"]
+        # DevIssuer.in_dir(<state>/issuer) writes issuer-public.pem
+        assert key == f"{where}/issuer/issuer-public.pem", name
+        assert environment(worker)["MESH_AUTH_ISSUER"] == "dictamesh-dev", name

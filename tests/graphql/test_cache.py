@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import (
     TIMEOUT,
     Fleet,
@@ -79,7 +80,7 @@ class Model:
 async def ask(worker: MeshWorker, query: str, headers: dict[str, str] | None = None) -> Any:
     """``POST /graphql`` on ``worker``: the answer's data (errors fail the test)."""
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer()) as http,
         http.post(f"{worker.base}/graphql", json={"query": query}, headers=headers) as resp,
     ):
         answer = await resp.json()
@@ -136,7 +137,7 @@ async def _converged(worker: MeshWorker, expected: Any) -> None:
 
     async def same() -> bool:
         async with (
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(headers=bearer()) as http,
             http.post(f"{worker.base}/graphql", json={"query": QUERY}) as resp,
         ):
             seen[:] = [await resp.json()]

@@ -30,6 +30,7 @@ from gql.transport.exceptions import TransportQueryError
 
 from mesh.domain import DomainConfig
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
+from tests.support.auth import bearer
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker, start_following_fleet
@@ -156,7 +157,7 @@ async def directus_state(admin: DirectusAdmin) -> dict[str, Any]:
 
 async def run(worker: MeshWorker) -> Any:
     """``ISSUE_QUERY`` on ``worker`` with gql (an error answer is returned as the exception)."""
-    transport = AIOHTTPTransport(url=f"{worker.base}/graphql", timeout=15)
+    transport = AIOHTTPTransport(url=f"{worker.base}/graphql", headers=bearer(), timeout=15)
     try:
         async with Client(transport=transport) as session:
             return await session.execute(gql(ISSUE_QUERY))

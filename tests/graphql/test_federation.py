@@ -25,6 +25,7 @@ from graphql import TypeDefinitionNode, graphql, parse
 from mesh.domain import DomainConfig
 from mesh.graphql import build_schema
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -136,7 +137,7 @@ async def post(worker: MeshWorker, query: str, variables: dict[str, Any] | None 
     """``POST /graphql`` with ``X-Mesh-Debug: batches``; the JSON answer (status 200)."""
     body = {"query": query, "variables": variables}
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer()) as http,
         http.post(f"{worker.base}/graphql", json=body, headers={"X-Mesh-Debug": "batches"}) as resp,
     ):
         assert resp.status == 200

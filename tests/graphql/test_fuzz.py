@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -118,7 +119,7 @@ def call(
         f"{worker.base}/graphql",
         data=body,
         params=params,
-        headers={"Content-Type": content_type, "Accept": "application/json"},
+        headers={**bearer(), "Content-Type": content_type, "Accept": "application/json"},
         timeout=30,
     )
     ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -174,7 +175,9 @@ def run_fuzz(test: Callable[[], None]) -> Any:
 
 async def test_schema_generated_queries_never_fail_the_server(fleet: Fleet) -> None:
     a, b = fleet.workers
-    schema = await asyncio.to_thread(schemathesis.graphql.from_url, f"{a.base}/graphql")
+    schema = await asyncio.to_thread(
+        schemathesis.graphql.from_url, f"{a.base}/graphql", headers=bearer()
+    )
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     labels = {op.label for op in operations}
     assert {"Query.customer", "Query.invoices", "Query.invoiceItem"} <= labels, labels
@@ -448,7 +451,7 @@ async def test_token_and_body_limits(fleet: Fleet) -> None:
         requests.post,
         f"{fleet.workers[1].base}/graphql",
         data=chunks,
-        headers={"Content-Type": "application/json"},
+        headers={**bearer(), "Content-Type": "application/json"},
         timeout=30,
     )
     assert resp.status_code == 413, resp.text[:300]

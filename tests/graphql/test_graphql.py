@@ -22,6 +22,7 @@ from gql.transport.exceptions import TransportQueryError
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
+from tests.support.auth import bearer
 from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -52,7 +53,7 @@ async def run(
     worker: MeshWorker, query: str, variables: dict[str, Any] | None = None, *, debug: bool = False
 ) -> Any:
     """Execute ``query`` on ``worker`` with gql; the ``ExecutionResult`` (raises on errors)."""
-    headers = {"X-Mesh-Debug": "batches"} if debug else {}
+    headers = {**bearer(), **({"X-Mesh-Debug": "batches"} if debug else {})}
     transport = AIOHTTPTransport(url=f"{worker.base}/graphql", headers=headers, timeout=15)
     async with Client(transport=transport) as session:
         return await session.execute(
@@ -79,7 +80,7 @@ async def converged(worker: MeshWorker, query: str, expected: Any, **kw: Any) ->
 async def post(worker: MeshWorker, body: bytes, content_type: str = "application/json") -> Any:
     """``POST /graphql`` with a raw body: ``(status, content type, JSON body)``."""
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=bearer()) as http,
         http.post(
             f"{worker.base}/graphql", data=body, headers={"Content-Type": content_type}
         ) as resp,
@@ -242,7 +243,7 @@ async def test_unknown_deleted_and_invalid_ids_are_clear_errors(fleet: Fleet) ->
 
 async def test_http_edges(fleet: Fleet) -> None:
     a, _ = fleet.workers
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=bearer()) as http:
         async with http.get(f"{a.base}/graphql", headers={"Accept": "text/html"}) as resp:
             assert resp.status == 200
             assert resp.content_type == "text/html"

@@ -143,6 +143,14 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
         for path in ("/healthz", "/readyz", "/metrics"):
             async with http.get(f"{worker}{path}") as resp:
                 assert resp.status == 200, path
+        # Entities need the bearer token the stack printed (its own issuer signed it).
+        dev_token = stack.line("token (default)").split()[0]
+        entity = f"{worker}/api/v1/entities/customer/1"
+        async with http.get(entity) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        async with http.get(entity, headers={"Authorization": f"Bearer {dev_token}"}) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> None:

@@ -24,6 +24,7 @@ from mesh_tooling.dev.process import ManagedProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.errors import StackError
+from tests.support.auth import bearer, issuer
 from tests.support.services import own_broker
 from tests.support.waiting import wait_until
 
@@ -85,6 +86,7 @@ class MeshWorker:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"worker-{app_id}-{name}.log"
         self.env = {
+            **issuer().worker_env(),  # overridden by env (e.g. MESH_AUTH=off)
             **env,
             "MESH_APP_ID": app_id,
             "MESH_WORKER_NAME": name,
@@ -160,7 +162,7 @@ class MeshWorker:
         """``GET path`` on this worker (a JSON body decoded)."""
         timeout = aiohttp.ClientTimeout(total=15)
         async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
+            aiohttp.ClientSession(timeout=timeout, headers=bearer()) as http,
             http.get(self.base + path) as resp,
         ):
             text = await resp.text()
@@ -200,7 +202,7 @@ class MeshWorker:
         # Shorter than get()'s: readiness and metrics are polled, a hung answer is a miss.
         timeout = aiohttp.ClientTimeout(total=5)
         async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
+            aiohttp.ClientSession(timeout=timeout, headers=bearer()) as http,
             http.get(self.base + path) as resp,
         ):
             return resp.status, await resp.text()

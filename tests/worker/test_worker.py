@@ -15,6 +15,8 @@ import pytest
 import pytest_asyncio
 from mesh_tooling.dev.process import ManagedProcess, free_port, port_is_free
 
+from tests.support.auth import issuer
+
 
 @pytest_asyncio.fixture(scope="module")
 async def worker(broker: str, session_dir: Path) -> AsyncIterator[dict[str, object]]:
@@ -33,6 +35,7 @@ async def worker(broker: str, session_dir: Path) -> AsyncIterator[dict[str, obje
             "MESH_APP_ID": "worker-test",
             "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
             "MESH_REBALANCE_TIMEOUT_S": "3",
+            **issuer().worker_env(),
         },
     )
     await proc.start()
@@ -104,4 +107,23 @@ async def test_worker_with_bad_domain_config_exits_with_one_message(tmp_path: Pa
     assert proc.returncode == 2
     text = err.decode()
     assert text.startswith(f"mesh: configuration error: {bad}, key 'tenant'")
+    assert "Traceback" not in text
+
+
+@pytest.mark.usefixtures("broker")
+async def test_worker_without_token_settings_refuses_to_start_saying_what_to_set(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_AUTH")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "worker",
+        env={**env, "MESH_STATE_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    text = err.decode()
+    assert "MESH_AUTH_JWKS_URL" in text, text
+    assert "MESH_AUTH_PUBLIC_KEY_FILE" in text
+    assert "MESH_AUTH=off" in text
     assert "Traceback" not in text

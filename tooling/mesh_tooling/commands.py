@@ -64,6 +64,38 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return run_freshness(_dev_settings(), args.items, args.bulk)
 
 
+def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.domain import load_domain
+    from mesh_tooling.dev.issuer import DevIssuer
+
+    dev = _dev_settings()
+    tenant = args.tenant or load_domain(dev.domain_config).tenant
+    issuer = DevIssuer.in_dir(dev.state_dir / "issuer")
+    scopes = tuple(s for value in args.scope for s in value.split())
+    print(issuer.mint(tenant, scopes=scopes, subject=args.subject, ttl_s=args.ttl))
+    return 0
+
+
+def add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mesh token``: a bearer token from the dev stack's issuer."""
+    token = sub.add_parser(
+        "token",
+        help="mint a bearer token the dev stack's workers accept",
+        description=(
+            "Print a JWT signed by the dev stack's own issuer (its key pair is in "
+            "<MESH_STATE_DIR>/issuer, made on first use), for the domain's tenant unless "
+            "--tenant says otherwise. Send it as 'Authorization: Bearer <token>'."
+        ),
+    )
+    token.add_argument("--tenant", default=None, help="the token's tenant claim")
+    token.add_argument("--scope", action="append", default=[], help="a scope to grant (repeatable)")
+    token.add_argument("--subject", default="dev", help="the token's sub claim (default: dev)")
+    token.add_argument(
+        "--ttl", type=float, default=3600.0, metavar="SECONDS", help="validity (default: 3600)"
+    )
+    token.set_defaults(run=_cmd_token)
+
+
 def add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mesh registry``: the Confluent-compatible schema registry of the dev stack."""
     registry = sub.add_parser("registry", help="run the Confluent-compatible schema registry")

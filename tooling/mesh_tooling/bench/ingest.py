@@ -189,6 +189,8 @@ class IngestBench:
             "MESH_LOG_LEVEL": "warning",
             "MESH_DIRECTUS_TOKEN": "unused",
             "MESH_DIRECTUS_URL": "http://127.0.0.1:9",
+            # The benches measure the data path; requests are not authenticated here.
+            "MESH_AUTH": "off",
             **env,
         }
         return ManagedProcess(

@@ -30,6 +30,7 @@ from mesh_tooling.dev.directus import (
     load_or_create_token,
     seed_directus,
 )
+from mesh_tooling.dev.issuer import DevIssuer
 from mesh_tooling.dev.postgres import ensure_database, start_throwaway_postgres
 from mesh_tooling.dev.process import ManagedProcess, require_free_port
 from mesh_tooling.dev.readiness import wait_until_following
@@ -127,8 +128,10 @@ class DevStack:
         # would hold offsets the new broker never had: start the worker from a clean slate.
         shutil.rmtree(s.state_dir / "workers", ignore_errors=True)
         source_env = {src.token_env: token for src in domain.sources if src.token_env}
+        issuer = DevIssuer.in_dir(s.state_dir / "issuer")
         await self._start_worker(
             {
+                **issuer.worker_env(),
                 "MESH_BROKER_URL": broker_url,
                 "MESH_SCHEMA_REGISTRY_URL": registry_url,
                 "MESH_DATABASE_URL": mirror_db,
@@ -162,6 +165,11 @@ class DevStack:
             ("  adapter token", f"{token}  (user {seeded.service_email})"),
             ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
             ("Worker", f"http://{s.web_host}:{s.web_port}/healthz  /readyz  /metrics"),
+            (
+                f"  token ({domain.tenant})",
+                issuer.mint(domain.tenant, subject="dev", ttl_s=12 * 3600)
+                + "  (12 h; `mesh token` mints more)",
+            ),
             ("Logs", str(self.logs)),
         ]
         say(f"stack ready in {time.monotonic() - started:.0f} s")

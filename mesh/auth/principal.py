@@ -1,0 +1,26 @@
+"""The subject of a request, as its verified token (or ``MESH_AUTH=off``) describes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: the token's subject, its tenant and its scopes."""
+
+    subject: str
+    tenant: str
+    scopes: frozenset[str]
+    expires_at: float
+    """Unix time after which the token that made it is no longer valid."""
+    every_scope: bool = False
+    """Authentication is off (``MESH_AUTH=off``): nothing is withheld."""
+
+    def has_scope(self, scope: str) -> bool:
+        return self.every_scope or scope in self.scopes
+
+
+def unauthenticated(tenant: str) -> Principal:
+    """Who every request is with ``MESH_AUTH=off``: ``tenant``, every scope, no expiry."""
+    return Principal("anonymous", tenant, frozenset(), float("inf"), every_scope=True)

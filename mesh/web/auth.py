@@ -1,0 +1,57 @@
+"""Authentication of the worker's web requests (:mod:`mesh.auth`), set up per worker."""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from mesh.auth.middleware import gate
+from mesh.auth.principal import unauthenticated
+from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source
+from mesh.context import MeshContext
+from mesh.runtime.services import Service, add_service
+from mesh.runtime.web import add_middleware
+
+logger = logging.getLogger(__name__)
+
+
+class _AuthService(Service):
+    """Announces ``MESH_AUTH=off`` at start; closes the JWKS client on stop."""
+
+    verifier: ClassVar[TokenVerifier | None]
+    tenant: ClassVar[str]
+
+    async def on_start(self) -> None:
+        if self.verifier is None:
+            logger.warning(
+                "MESH_AUTH=off: requests are served WITHOUT authentication, every one as "
+                "tenant %r with every scope. For benchmarks and local experiments only.",
+                self.tenant,
+            )
+
+    async def on_stop(self) -> None:
+        if self.verifier is not None:
+            await self.verifier.close()
+
+
+def register_auth(context: MeshContext) -> None:
+    """Put the token gate in front of every view of ``context.app``.
+
+    With ``MESH_AUTH=jwt`` and incomplete settings no verifier can be made: the worker
+    refuses to start (:func:`mesh.app.run_worker`); an app built only to be inspected
+    (``mesh topics``) gets a gate that refuses every token.
+    """
+    settings = context.settings
+    tenant = context.domain.tenant
+    verifier = None
+    if settings.auth == "jwt" and auth_config_problem(settings) is None:
+        verifier = TokenVerifier(settings, key_source(settings), [tenant])
+    everyone = unauthenticated(tenant) if settings.auth == "off" else None
+    add_middleware(context.app, gate(verifier, everyone))
+
+    class Auth(_AuthService):
+        pass
+
+    Auth.verifier = verifier
+    Auth.tenant = tenant
+    add_service(context.app, Auth)

@@ -1,0 +1,26 @@
+"""The tests' token issuer (the dev stack's kind, its keys in a directory of this test
+process) and the header a test client sends to the workers."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+from mesh_tooling.dev.issuer import DevIssuer
+
+TENANT = "default"
+"""The sample domain's tenant."""
+
+
+@functools.cache
+def issuer() -> DevIssuer:
+    """One issuer for the whole test process."""
+    return DevIssuer.in_dir(Path(tempfile.mkdtemp(prefix="dictamesh-test-issuer-")))
+
+
+@functools.cache
+def bearer(tenant: str = TENANT, scopes: tuple[str, ...] = ()) -> dict[str, str]:
+    """An ``Authorization`` header valid for the whole test run."""
+    token = issuer().mint(tenant, scopes=scopes, subject="tests", ttl_s=24 * 3600)
+    return {"Authorization": f"Bearer {token}"}
