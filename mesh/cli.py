@@ -88,11 +88,17 @@ def _cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_relations(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.auth.verifier import peer_signer
     from mesh.relations_check import run_relations_check
 
     url = args.url or f"http://{settings.web_host}:{settings.web_port}"
     return run_relations_check(
-        url, repair=args.repair, settle=args.settle, wait=args.wait, scan_timeout=args.scan_timeout
+        url,
+        repair=args.repair,
+        settle=args.settle,
+        wait=args.wait,
+        scan_timeout=args.scan_timeout,
+        signer=peer_signer(settings),  # MESH_FLEET_SECRET, as the workers have it
     )
 
 

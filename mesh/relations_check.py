@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
+from mesh.auth.peer import PeerSigner
 from mesh.catalog.consistency import ChildRef, Difference, IndexEntry, confirmed, differences
 from mesh.errors import MeshError
 from mesh.web.relations_check import RELATIONS_PATH, REPAIR_PATH
@@ -56,9 +58,25 @@ class Scan:
         return differences(self.children, self.entries)
 
 
-async def _report(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+@dataclass
+class PeerClient:
+    """Requests to the workers' peer endpoints, signed with the fleet secret when set."""
+
+    http: aiohttp.ClientSession
+    signer: PeerSigner | None = None
+
+    def request(self, method: str, url: str, path: str, body: Any = None) -> Any:
+        """``method path`` at the worker ``url`` (an aiohttp request context)."""
+        data = b"" if body is None else orjson.dumps(body)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self.signer is not None:
+            headers.update(self.signer.headers(method, path, data))
+        return self.http.request(method, url.rstrip("/") + path, data=data or None, headers=headers)
+
+
+async def _report(peers: PeerClient, url: str) -> dict[str, Any]:
     try:
-        async with http.get(url.rstrip("/") + RELATIONS_PATH) as resp:
+        async with peers.request("GET", url, RELATIONS_PATH) as resp:
             if resp.status != 200:
                 raise FleetScanError(f"the worker at {url} answered {resp.status} to the scan")
             body: dict[str, Any] = await resp.json(content_type=None)
@@ -87,11 +105,11 @@ def _gaps(reports: Sequence[dict[str, Any]], partitions: int) -> list[str]:
     return problems
 
 
-async def scan_fleet(http: aiohttp.ClientSession, url: str) -> Scan:
+async def scan_fleet(peers: PeerClient, url: str) -> Scan:
     """One whole scan of the fleet reached through the worker at ``url``."""
-    first = await _report(http, url)
-    peers = [p for p in first["peers"] if p.rstrip("/") != url.rstrip("/")]
-    others = await asyncio.gather(*(_report(http, p) for p in peers))
+    first = await _report(peers, url)
+    others_urls = [p for p in first["peers"] if p.rstrip("/") != url.rstrip("/")]
+    others = await asyncio.gather(*(_report(peers, p) for p in others_urls))
     reports = [first, *(r for r in others if r["worker"] != first["worker"])]
     partitions = int(first["partitions"])
     problems = _gaps(reports, partitions)
@@ -106,13 +124,13 @@ async def scan_fleet(http: aiohttp.ClientSession, url: str) -> Scan:
 
 
 async def steady_scan(
-    http: aiohttp.ClientSession, url: str, *, timeout: float, say: Callable[[str], None]
+    peers: PeerClient, url: str, *, timeout: float, say: Callable[[str], None]
 ) -> Scan:
     """Scan until one scan is whole; :class:`FleetScanError` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await scan_fleet(http, url)
+            return await scan_fleet(peers, url)
         except FleetScanError as exc:
             if time.monotonic() >= deadline:
                 raise FleetScanError(
@@ -123,7 +141,7 @@ async def steady_scan(
 
 
 async def send_repairs(
-    http: aiohttp.ClientSession, url: str, found: Sequence[Difference]
+    peers: PeerClient, url: str, found: Sequence[Difference]
 ) -> list[Difference]:
     """Send the repair of each difference; returns those the version guard would refuse."""
     refused = [d for d in found if d.repair() is None]
@@ -131,7 +149,7 @@ async def send_repairs(
     for start in range(0, len(ops), REPAIR_BATCH):
         batch = ops[start : start + REPAIR_BATCH]
         body = {"ops": [{"parent": op.parent, **op.as_json()} for op in batch]}
-        async with http.post(url.rstrip("/") + REPAIR_PATH, json=body) as resp:
+        async with peers.request("POST", url, REPAIR_PATH, body) as resp:
             if resp.status != 200:
                 raise MeshError(
                     f"the worker at {url} refused the repairs ({resp.status}): {await resp.text()}"
@@ -157,10 +175,13 @@ async def check_relations(
     wait: float,
     scan_timeout: float,
     say: Callable[[str], None],
+    signer: PeerSigner | None = None,
 ) -> CheckResult:
-    """Scan, confirm, and with ``repair`` repair and verify (see the module docs)."""
+    """Scan, confirm, and with ``repair`` repair and verify (see the module docs); the
+    requests are signed by ``signer`` (the fleet secret's) when given."""
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        http = PeerClient(session, signer)
         first = await steady_scan(http, url, timeout=scan_timeout, say=say)
         found = first.differences()
         scan = first
@@ -188,7 +209,13 @@ def _where(difference: Difference) -> tuple[str, str, str]:
 
 
 def run_relations_check(
-    url: str, *, repair: bool, settle: float, wait: float, scan_timeout: float
+    url: str,
+    *,
+    repair: bool,
+    settle: float,
+    wait: float,
+    scan_timeout: float,
+    signer: PeerSigner | None = None,
 ) -> int:
     """Run the check, print what it found, and return the exit status."""
 
@@ -198,7 +225,13 @@ def run_relations_check(
     try:
         result = asyncio.run(
             check_relations(
-                url, repair=repair, settle=settle, wait=wait, scan_timeout=scan_timeout, say=say
+                url,
+                repair=repair,
+                settle=settle,
+                wait=wait,
+                scan_timeout=scan_timeout,
+                say=say,
+                signer=signer,
             )
         )
     except FleetScanError as exc:

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     """Clock skew allowed on ``exp``, ``nbf`` and ``iat``."""
     auth_max_token_bytes: int = Field(default=4096, ge=256, le=8000)
     """Longer tokens are refused before any parsing."""
+    fleet_secret: SecretStr | None = None
+    """Shared by the workers of a fleet (and ``mesh relations check``): signs their calls
+    to each other's peer endpoints (HMAC). At least 32 characters; required with
+    ``MESH_AUTH=jwt``. Unset with ``MESH_AUTH=off``: peer endpoints are open."""
     auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=86_400)
     """At most one JWKS fetch per this many seconds for an unknown key id (a rotation),
     and the keys are fetched again at least every hour."""

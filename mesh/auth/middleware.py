@@ -1,6 +1,7 @@
-"""The web server's gate: every request but the probes, the metrics, the GraphiQL page and
-the peer endpoints must carry a valid bearer token; the principal it names is attached to
-the request for the views (:func:`principal_of`).
+"""The web server's gate: every request but the probes, the metrics and the GraphiQL page
+must carry a valid bearer token, or, on the peer endpoints, the fleet's signature
+(:mod:`mesh.auth.peer`); the principal it names is attached to the request for the views
+(:func:`principal_of`).
 
 A refused request gets 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` and a
 short reason (missing or invalid), never which check failed; that goes to the log.
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mesh.auth.peer import PEER_PREFIX, PeerAuthError, PeerSigner, caller
 from mesh.auth.principal import Principal
 from mesh.auth.verifier import AuthError, TokenVerifier
 
@@ -26,9 +28,6 @@ PRINCIPAL = "dictamesh.principal"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Open to probes and scrapers: they expose no entity data."""
 
-PEER_PREFIX = "/api/v1/internal/"
-"""Calls between workers of the fleet (authenticated by the fleet, not by end users)."""
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -39,16 +38,21 @@ def principal_of(request: Any) -> Principal | None:
 
 
 def _open(request: web.Request) -> bool:
-    path = request.path
-    if path in PUBLIC_PATHS or path.startswith(PEER_PREFIX):
+    if request.path in PUBLIC_PATHS:
         return True
     # The GraphiQL page itself holds no data; the queries it sends carry the token.
     return (
-        path == "/graphql"
+        request.path == "/graphql"
         and request.method == "GET"
         and "text/html" in request.headers.get("Accept", "")
         and "query" not in request.query
     )
+
+
+async def _check_peer(request: web.Request, signer: PeerSigner, tenant: str) -> Principal:
+    body = await request.read()  # kept by aiohttp: the view reads it again
+    signer.check(request.method, request.raw_path, body, request.headers)
+    return caller(request.headers, tenant)
 
 
 def _refusal(request: web.Request, reason: str) -> web.Response:
@@ -67,14 +71,33 @@ def _refusal(request: web.Request, reason: str) -> web.Response:
     )
 
 
-def gate(verifier: TokenVerifier | None, everyone: Principal | None = None) -> Any:
+def gate(
+    verifier: TokenVerifier | None,
+    everyone: Principal | None = None,
+    *,
+    signer: PeerSigner | None = None,
+    tenant: str = "",
+) -> Any:
     """The middleware: ``verifier`` checks tokens; with ``everyone`` instead
     (``MESH_AUTH=off``) every request is that principal; with neither, every request is
-    refused."""
+    refused. Peer endpoints need ``signer``'s signature (open without one, which only
+    ``MESH_AUTH=off`` allows); ``tenant`` is the fleet's own."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _open(request):
+            return await handler(request)
+        if request.path.startswith(PEER_PREFIX):
+            if signer is None:
+                return await handler(request)
+            try:
+                request[PRINCIPAL] = await _check_peer(request, signer, tenant)
+            except PeerAuthError as exc:
+                logger.warning("403 for %s %s: %s", request.method, request.path, exc)
+                body = {"error": {"code": "forbidden", "message": "peer endpoints are the fleet's"}}
+                return web.Response(
+                    body=orjson.dumps(body), status=403, content_type="application/json"
+                )
             return await handler(request)
         if everyone is not None:
             request[PRINCIPAL] = everyone

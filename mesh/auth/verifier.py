@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 
 from mesh.auth.keys import JwksKeys, KeySource, PemKey, UnknownKeyError
+from mesh.auth.peer import PeerSigner
 from mesh.auth.principal import Principal
 from mesh.errors import MeshError
 from mesh.settings import Settings
@@ -48,7 +49,21 @@ def auth_config_problem(settings: Settings) -> str | None:
         )
     if not settings.auth_issuer:
         return "MESH_AUTH=jwt needs MESH_AUTH_ISSUER, the iss every token must carry"
+    secret = settings.fleet_secret
+    if secret is None or len(secret.get_secret_value()) < 32:
+        return (
+            "MESH_AUTH=jwt needs MESH_FLEET_SECRET, at least 32 characters shared by the "
+            "fleet's workers (it signs their calls to each other)"
+        )
     return None
+
+
+def peer_signer(settings: Settings) -> PeerSigner | None:
+    """The fleet's signer of peer calls (``None`` without ``MESH_FLEET_SECRET``)."""
+    secret = settings.fleet_secret
+    if secret is None or len(secret.get_secret_value()) < 32:
+        return None
+    return PeerSigner(secret.get_secret_value().encode())
 
 
 def key_source(settings: Settings) -> KeySource:

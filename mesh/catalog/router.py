@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
+from mesh.auth.peer import PEER_PREFIX
+from mesh.auth.verifier import peer_signer
 from mesh.context import MeshContext
 from mesh.errors import UnavailableError
 from mesh.runtime.partitioning import key_partition
@@ -77,6 +80,7 @@ class FleetRouter:
         self.membership = context.membership
         self.worker = context.settings.worker_name
         self.timeout = aiohttp.ClientTimeout(total=context.settings.peer_timeout_s)
+        self.signer = peer_signer(context.settings)
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._partitions_stamp: tuple[int, int] | None = None
 
@@ -177,9 +181,15 @@ class FleetRouter:
         Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
         """
         target = URL(url.rstrip("/") + path, encoded=True)
+        data = b"" if body is None else orjson.dumps(body)
+        sent = dict(headers or {})
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+        if self.signer is not None and path.startswith(PEER_PREFIX):
+            sent.update(self.signer.headers(method, path, data))
         try:
             async with self.context.app.http_client.request(
-                method, target, json=body, headers=headers, timeout=self.timeout
+                method, target, data=data or None, headers=sent, timeout=self.timeout
             ) as resp:
                 return PeerAnswer(
                     url, resp.status, await resp.read(), resp.content_type, dict(resp.headers)

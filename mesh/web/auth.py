@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from mesh.auth.middleware import gate
 from mesh.auth.principal import unauthenticated
-from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source
+from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source, peer_signer
 from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
 from mesh.runtime.web import add_middleware
@@ -47,7 +47,8 @@ def register_auth(context: MeshContext) -> None:
     if settings.auth == "jwt" and auth_config_problem(settings) is None:
         verifier = TokenVerifier(settings, key_source(settings), [tenant])
     everyone = unauthenticated(tenant) if settings.auth == "off" else None
-    add_middleware(context.app, gate(verifier, everyone))
+    signer = peer_signer(settings)
+    add_middleware(context.app, gate(verifier, everyone, signer=signer, tenant=tenant))
 
     class Auth(_AuthService):
         pass

@@ -12,9 +12,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from mesh.auth.peer import PeerSigner
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
-from tests.support.auth import bearer, issuer
+from tests.support.auth import FLEET_SECRET, bearer, issuer
 from tests.support.fleet import Fleet, at_version, customer, entity, eventually, open_fleet
 from tests.support.workers import MeshWorker
 
@@ -109,9 +110,30 @@ async def test_auth_off_serves_without_tokens_and_says_so(
         cleanup.push_async_callback(off.stop)
         await off.wait_ready()
         status, _, ready = await _ask(off, "GET", "/readyz")
-        assert isinstance(ready, dict)
-        assert ready["auth"] == "off"
-        assert "WITHOUT authentication" in off.run_log()
-        await eventually(off, entity("customer", 1), at_version(1))  # no token sent
-        status, _, _ = await _ask(off, "GET", ENTITY)
-        assert status == 200
+        assert isinstance(ready, dict), ready
+        assert ready["auth"] == "off", ready
+        assert "WITHOUT authentication" in off.run_log(), off.log_tail()
+        await eventually(off, entity("customer", 1), at_version(1))
+        status, _, answer = await _ask(off, "GET", ENTITY)  # no token sent
+        assert status == 200, (answer, off.log_tail())
+
+
+async def test_peer_endpoints_answer_only_the_fleet_s_signed_calls(fleet: Fleet) -> None:
+    worker = fleet.workers[0]
+    path, body = "/api/v1/internal/entities", b'{"keys": []}'
+    json_type = {"Content-Type": "application/json"}
+    # Without a signature, with a user's token, or signed with another secret: 403.
+    for headers in ({}, bearer(), PeerSigner(b"x" * 32).headers("POST", path, body)):
+        status, _, answer = await _ask(
+            worker, "POST", path, headers={**json_type, **headers}, data=body
+        )
+        assert status == 403, headers
+        assert answer == {
+            "error": {"code": "forbidden", "message": "peer endpoints are the fleet's"}
+        }
+    signed = {**json_type, **PeerSigner(FLEET_SECRET.encode()).headers("POST", path, body)}
+    status, _, _ = await _ask(worker, "POST", path, headers=signed, data=body)
+    assert status == 200
+    status, _, _ = await _ask(worker, "POST", path, headers=signed, data=body)  # replayed
+    assert status == 403
+    assert "replay" in worker.run_log()

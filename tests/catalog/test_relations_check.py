@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest_asyncio
 from mesh.catalog.ingest import relations_topic_name
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
+from tests.support.auth import worker_env
 from tests.support.fleet import Fleet, customer, dead_letters_of, entity, invoice, open_fleet
 from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
@@ -68,7 +70,7 @@ async def check(worker: MeshWorker, *flags: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "relations", "check", "--url", worker.base,
         "--settle", "1", "--wait", "30", *flags,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, **worker_env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=180)
     assert proc.returncode is not None
@@ -146,7 +148,7 @@ async def test_only_differences_both_scans_agree_on_are_reported(fleet: Fleet) -
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "relations", "check", "--url", b.base, "--settle", "5",
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, **worker_env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []

@@ -38,6 +38,7 @@ from tests.catalog.scale_out_support import (
     start_scale_out_fleet,
 )
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
+from tests.support.auth import worker_env
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.waiting import wait_until
 
@@ -121,7 +122,7 @@ async def test_relations_are_right_on_every_worker_after_one_of_three_is_killed(
         check = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mesh", "relations", "check",
             "--url", fleet.worker("worker-0").base, "--settle", "1",
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, **worker_env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(check.communicate(), timeout=180)
         print(out.decode())

@@ -25,7 +25,7 @@ import pytest
 import requests
 from mesh_tooling.dev.process import free_port
 
-from tests.support.auth import issuer
+from tests.support.auth import worker_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_RECIPE = PROJECT_ROOT / "deploy" / "image" / "install.sh"
@@ -168,7 +168,7 @@ def worker(
         MESH_TOPIC_PARTITIONS="2",
         MESH_DIRECTUS_URL="http://127.0.0.1:9",  # no Directus: the source backs off
         MESH_DIRECTUS_TOKEN="x" * 32,
-        **issuer().worker_env(),
+        **worker_env(),
     )
     log = (empty_dir.parent / "worker.log").open("wb")
     proc = subprocess.Popen(

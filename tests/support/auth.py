@@ -1,9 +1,10 @@
 """The tests' token issuer (the dev stack's kind, its keys in a directory of this test
-process) and the header a test client sends to the workers."""
+process), the fleet secret, and the header a test client sends to the workers."""
 
 from __future__ import annotations
 
 import functools
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from mesh_tooling.dev.issuer import DevIssuer
 
 TENANT = "default"
 """The sample domain's tenant."""
+
+FLEET_SECRET = secrets.token_urlsafe(32)
+"""The test process's fleet secret: its workers sign their peer calls with it."""
 
 
 @functools.cache
@@ -24,3 +28,9 @@ def bearer(tenant: str = TENANT, scopes: tuple[str, ...] = ()) -> dict[str, str]
     """An ``Authorization`` header valid for the whole test run."""
     token = issuer().mint(tenant, scopes=scopes, subject="tests", ttl_s=24 * 3600)
     return {"Authorization": f"Bearer {token}"}
+
+
+def worker_env() -> dict[str, str]:
+    """The settings a test worker (or ``mesh relations check``) needs: the test issuer's
+    key and the fleet secret."""
+    return {**issuer().worker_env(), "MESH_FLEET_SECRET": FLEET_SECRET}

@@ -24,7 +24,7 @@ from mesh_tooling.dev.process import ManagedProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.errors import StackError
-from tests.support.auth import bearer, issuer
+from tests.support.auth import bearer, worker_env
 from tests.support.services import own_broker
 from tests.support.waiting import wait_until
 
@@ -86,7 +86,7 @@ class MeshWorker:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"worker-{app_id}-{name}.log"
         self.env = {
-            **issuer().worker_env(),  # overridden by env (e.g. MESH_AUTH=off)
+            **worker_env(),  # overridden by env (e.g. MESH_AUTH=off)
             **env,
             "MESH_APP_ID": app_id,
             "MESH_WORKER_NAME": name,

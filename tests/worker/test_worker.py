@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from mesh_tooling.dev.process import ManagedProcess, free_port, port_is_free
 
-from tests.support.auth import issuer
+from tests.support.auth import worker_env
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -35,7 +35,7 @@ async def worker(broker: str, session_dir: Path) -> AsyncIterator[dict[str, obje
             "MESH_APP_ID": "worker-test",
             "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",
             "MESH_REBALANCE_TIMEOUT_S": "3",
-            **issuer().worker_env(),
+            **worker_env(),
         },
     )
     await proc.start()

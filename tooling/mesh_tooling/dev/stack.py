@@ -129,9 +129,11 @@ class DevStack:
         shutil.rmtree(s.state_dir / "workers", ignore_errors=True)
         source_env = {src.token_env: token for src in domain.sources if src.token_env}
         issuer = DevIssuer.in_dir(s.state_dir / "issuer")
+        fleet_secret = load_or_create_token(s.state_dir / "fleet", name="fleet-secret")
         await self._start_worker(
             {
                 **issuer.worker_env(),
+                "MESH_FLEET_SECRET": fleet_secret,
                 "MESH_BROKER_URL": broker_url,
                 "MESH_SCHEMA_REGISTRY_URL": registry_url,
                 "MESH_DATABASE_URL": mirror_db,
