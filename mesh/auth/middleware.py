@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mesh.auth.peer import PEER_PREFIX, PeerAuthError, PeerSigner, caller
+from mesh.auth.peer import PEER_PREFIX, SIGNATURE_HEADER, PeerAuthError, PeerSigner, caller
 from mesh.auth.principal import Principal
 from mesh.auth.verifier import AuthError, TokenVerifier
 
@@ -101,6 +101,14 @@ def gate(
             return await handler(request)
         if everyone is not None:
             request[PRINCIPAL] = everyone
+            return await handler(request)
+        signed = SIGNATURE_HEADER in request.headers and "Authorization" not in request.headers
+        if signer is not None and signed:  # a worker's own read of a public path
+            try:
+                request[PRINCIPAL] = await _check_peer(request, signer, tenant)
+            except PeerAuthError as exc:
+                logger.warning("401 for %s %s: %s", request.method, request.path, exc)
+                return _refusal(request, "invalid bearer token")
             return await handler(request)
         try:
             if verifier is None:

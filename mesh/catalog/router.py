@@ -27,7 +27,6 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from mesh.auth.peer import PEER_PREFIX
 from mesh.auth.verifier import peer_signer
 from mesh.context import MeshContext
 from mesh.errors import UnavailableError
@@ -185,7 +184,9 @@ class FleetRouter:
         sent = dict(headers or {})
         if body is not None:
             sent["Content-Type"] = "application/json"
-        if self.signer is not None and path.startswith(PEER_PREFIX):
+        if self.signer is not None and "Authorization" not in sent:
+            # Every call between workers is the fleet's (peer endpoints accept nothing else;
+            # a public one, e.g. a child lookup, accepts it in place of a user's token).
             sent.update(self.signer.headers(method, path, data))
         try:
             async with self.context.app.http_client.request(

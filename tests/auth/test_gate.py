@@ -137,3 +137,16 @@ async def test_peer_endpoints_answer_only_the_fleet_s_signed_calls(fleet: Fleet)
     status, _, _ = await _ask(worker, "POST", path, headers=signed, data=body)  # replayed
     assert status == 403
     assert "replay" in worker.run_log()
+
+
+async def test_a_worker_s_own_read_of_a_public_path_is_signed_not_tokened(fleet: Fleet) -> None:
+    """A worker asking another for an entity's children (the Directus adapter's lookup)
+    has no user token: the fleet's signature stands in for it, a wrong one does not."""
+    worker = fleet.workers[0]
+    path = "/api/v1/entities/customer/1/relations"
+    signed = PeerSigner(FLEET_SECRET.encode()).headers("GET", path, b"")
+    status, _, _ = await _ask(worker, "GET", path, headers=signed)
+    assert status == 200
+    forged = PeerSigner(b"x" * 32).headers("GET", path, b"")
+    status, _, _ = await _ask(worker, "GET", path, headers=forged)
+    assert status == 401
