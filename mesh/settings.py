@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     """Shared by the workers of a fleet (and ``mesh relations check``): signs their calls
     to each other's peer endpoints (HMAC). At least 32 characters; required with
     ``MESH_AUTH=jwt``. Unset with ``MESH_AUTH=off``: peer endpoints are open."""
+    rate_limit_per_s: float = Field(default=0.0, ge=0, le=1_000_000)
+    """Requests per second each authenticated subject (per tenant) may make on average;
+    0 (the default) turns the limit off. ``deploy/`` sets 100."""
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000)
+    """Requests a subject may make at once above that rate."""
     auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=86_400)
     """At most one JWKS fetch per this many seconds for an unknown key id (a rotation),
     and the keys are fetched again at least every hour."""

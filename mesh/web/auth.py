@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-from mesh.auth.middleware import gate
+from prometheus_client import Counter
+
+from mesh.auth.middleware import Gate, GateCounters
 from mesh.auth.principal import unauthenticated
+from mesh.auth.ratelimit import RateLimiter
 from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source, peer_signer
 from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
@@ -47,8 +50,25 @@ def register_auth(context: MeshContext) -> None:
     if settings.auth == "jwt" and auth_config_problem(settings) is None:
         verifier = TokenVerifier(settings, key_source(settings), [tenant])
     everyone = unauthenticated(tenant) if settings.auth == "off" else None
-    signer = peer_signer(settings)
-    add_middleware(context.app, gate(verifier, everyone, signer=signer, tenant=tenant))
+    limiter = None
+    if settings.rate_limit_per_s > 0:
+        limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    refused = Counter(
+        "dictamesh_auth_refused",
+        "Requests refused at the gate: missing or invalid token (401), a peer call without "
+        "the fleet's signature (403), over the subject's rate limit (429).",
+        ["reason"],
+        registry=context.metrics,
+    )
+    gate = Gate(
+        verifier,
+        everyone,
+        signer=peer_signer(settings),
+        tenant=tenant,
+        limiter=limiter,
+        counters=GateCounters(refused=lambda reason: refused.labels(reason).inc()),
+    )
+    add_middleware(context.app, gate.middleware())
 
     class Auth(_AuthService):
         pass

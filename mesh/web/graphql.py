@@ -19,10 +19,11 @@ with ``Cache-Control: no-cache`` is answered from the tables and leaves the cach
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
+from mesh.auth.audit import OPERATION
 from mesh.cache import Recorder
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
@@ -124,6 +125,7 @@ def register_graphql_views(context: MeshContext) -> None:
         recorder: Recorder | None = None
         try:
             query, variables, operation_name = _params(params)
+            cast(Any, request)[OPERATION] = operation_name or "anonymous"  # for the audit line
             debug = request.headers.get(DEBUG_HEADER, "").lower() == "batches"
             fresh = "no-cache" in request.headers.get("Cache-Control", "").lower()
             use = None if fresh else cache

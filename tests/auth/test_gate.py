@@ -6,6 +6,7 @@ its token is missing or invalid (the log says why). ``MESH_AUTH=off`` says so.""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -150,3 +151,55 @@ async def test_a_worker_s_own_read_of_a_public_path_is_signed_not_tokened(fleet:
     forged = PeerSigner(b"x" * 32).headers("GET", path, b"")
     status, _, _ = await _ask(worker, "GET", path, headers=forged)
     assert status == 401
+
+
+async def test_each_request_leaves_an_audit_line_without_variable_values(fleet: Fleet) -> None:
+    worker = fleet.workers[0]
+    query = {
+        "query": "query Named($id: ID!) { customer(id: $id) { name } }",
+        "operationName": "Named",
+        "variables": {"id": "1", "secret": "do-not-log-this"},
+    }
+    status, _, _ = await _ask(worker, "POST", "/graphql", headers=bearer(), json=query)
+    assert status == 200
+    await _ask(worker, "GET", ENTITY)  # refused: audited without a subject
+    log = worker.run_log()
+    assert re.search(
+        r"subject=tests tenant=default method=POST path=/graphql operation=Named "
+        r"status=200 duration_ms=\d",
+        log,
+    ), log[-2000:]
+    assert re.search(rf"subject=- tenant=- method=GET path={ENTITY} operation=- status=401", log)
+    assert "do-not-log-this" not in log
+
+
+async def test_a_subject_over_its_rate_gets_429_with_retry_after(
+    fleet: Fleet, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("auth-limited")
+    limited = MeshWorker(
+        "gate-limited", app_id="auth-gate-limited", state_dir=root / "state", log_dir=root,
+        env={**fleet.workers[0].env, "MESH_RATE_LIMIT_PER_S": "0.5", "MESH_RATE_LIMIT_BURST": "2"},
+    )  # fmt: skip
+    async with contextlib.AsyncExitStack() as cleanup:
+        await limited.start()
+        cleanup.push_async_callback(limited.stop)
+        await limited.wait_ready()
+        other = {"Authorization": f"Bearer {issuer().mint('default', subject='someone-else')}"}
+        answers = [
+            (await _ask(limited, "GET", "/api/v1/catalog/types", headers=bearer()))
+            for _ in range(3)
+        ]
+        assert [a[0] for a in answers[:2]] == [200, 200]
+        status, headers, body = answers[2]
+        assert status == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert body == {
+            "error": {
+                "code": "rate_limited",
+                "message": f"too many requests; retry after {headers['Retry-After']} s",
+            }
+        }
+        assert (await _ask(limited, "GET", "/api/v1/catalog/types", headers=other))[0] == 200
+        metrics = await limited.metrics()
+        assert metrics.value("dictamesh_auth_refused_total", reason="rate_limited") == 1
