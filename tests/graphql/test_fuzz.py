@@ -112,14 +112,17 @@ def call(
     method: str = "POST",
     content_type: str = "application/json",
     params: dict[str, str] | None = None,
+    token: bool = True,
 ) -> Answer:
-    """One HTTP request to ``/graphql`` (blocking: run it in a thread)."""
+    """One HTTP request to ``/graphql`` (blocking: run it in a thread), with the tests'
+    bearer token unless ``token`` is false."""
+    auth = bearer() if token else {}
     resp = requests.request(
         method,
         f"{worker.base}/graphql",
         data=body,
         params=params,
-        headers={**bearer(), "Content-Type": content_type, "Accept": "application/json"},
+        headers={**auth, "Content-Type": content_type, "Accept": "application/json"},
         timeout=30,
     )
     ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -130,8 +133,8 @@ def call(
     return Answer(resp.status_code, ctype, resp.text, decoded)
 
 
-def post_json(worker: MeshWorker, request: Any) -> Answer:
-    return call(worker, json.dumps(request).encode())
+def post_json(worker: MeshWorker, request: Any, *, token: bool = True) -> Answer:
+    return call(worker, json.dumps(request).encode(), token=token)
 
 
 def check(answer: Answer, what: object, expect: set[int] | None = None) -> dict[str, Any]:
@@ -197,6 +200,15 @@ async def test_schema_generated_queries_never_fail_the_server(fleet: Fleet) -> N
         statuses["errors" if "errors" in body else "data"] += 1
 
     await run_fuzz(fuzz)
+
+    @FUZZ
+    @given(case=cases)
+    def without_a_token(case: Any) -> None:
+        answer = post_json(next(workers), {"query": str(case.body)}, token=False)
+        body = check(answer, case.body, {401})
+        assert body["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED"}
+
+    await run_fuzz(without_a_token)
     # Both kinds happened: generated queries that answer data and ones that fail cleanly.
     # (Random ids and cursors mostly name nothing, so most answers carry errors.)
     assert statuses["data"] > 0, statuses
