@@ -16,16 +16,16 @@ async def test_the_bench_reports_positive_figures_without_errors(redis_url: str)
     settings = Settings(redis_url=SecretStr(redis_url))
     bench = GraphQLBench(settings, customers=20, concurrency=4, duration=0.5, warmup=0.2)
     scenarios = await bench.run_scenarios(worker_counts=(2,))
-    assert [(s.query, s.workers, s.cached) for s in scenarios] == [
-        ("baseline", 2, False), ("by-id", 2, True), ("by-id", 2, False),
-        ("nested", 2, True), ("nested", 2, False),
+    assert [(s.query, s.workers, s.cached, s.auth) for s in scenarios] == [
+        ("baseline", 2, False, False), ("by-id", 2, True, False), ("by-id", 2, False, False),
+        ("nested", 2, True, False), ("nested", 2, False, False), ("by-id", 1, True, True),
     ]  # fmt: skip
     for s in scenarios:
-        assert s.load.errors == 0, s.load.first_error
+        assert s.load.errors == 0, s.load.first_error  # with auth on: the token was accepted
         assert s.load.requests > 0
         assert s.load.per_s > 0
         assert 0 < s.load.p50_ms <= s.load.p99_ms
-        assert len(s.load.per_target) == 2  # both workers answered
+        assert len(s.load.per_target) == s.workers  # every worker answered
     lines = report(scenarios)
     assert lines[0].startswith("baseline          2 worker(s):")
     assert lines[1].startswith("        requests/s per worker process: 127.0.0.1:")
@@ -37,4 +37,6 @@ async def test_the_bench_reports_positive_figures_without_errors(redis_url: str)
     assert lines[4].startswith("by-id    uncached 2 worker(s):")
     assert lines[6].startswith("nested   cached   2 worker(s):")
     assert "target p99 ≤ 50 ms" in lines[6]
+    assert lines[-1].startswith("by-id    cached   1 worker(s), auth on:")
+    assert "of the same without authentication (target ≥ 0.9)" in lines[-1]
     assert not bench.root.exists()  # the scratch directory is gone

@@ -41,6 +41,7 @@ from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
 from mesh_tooling.bench.ingest import PARTITIONS, IngestBench, _metric
 from mesh_tooling.bench.load import LoadResult, generate_load
+from mesh_tooling.dev.issuer import DevIssuer
 from mesh_tooling.dev.process import ManagedProcess, free_port
 
 INVOICES, ITEMS, PRODUCTS = 20, 5, 10
@@ -66,6 +67,8 @@ class Scenario:
     load: LoadResult
     cached: bool
     """Whether the requests could be answered from the read caches."""
+    auth: bool = False
+    """Authentication on: every request carried a bearer token the worker verified."""
 
 
 def _records(customers: int) -> list[tuple[str, int, dict[str, Any]]]:
@@ -117,6 +120,8 @@ class GraphQLBench(IngestBench):
         self.records = _records(customers)
         # Names this run's keys in a shared Redis: another run's entries are not its own.
         self.run_id = secrets.token_hex(4)
+        self.auth_headers: dict[str, str] = {}
+        """The bearer token of the fleet with authentication on (set when it starts)."""
 
     async def _load_entities(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -145,29 +150,34 @@ class GraphQLBench(IngestBench):
         finally:
             await producer.stop()
 
-    async def _start_workers(self, count: int) -> tuple[list[ManagedProcess], list[str]]:
+    async def _start_workers(
+        self, count: int, env: dict[str, str] | None = None, tag: str = ""
+    ) -> tuple[list[ManagedProcess], list[str]]:
         procs, urls = [], []
+        fleet = f"{count}{tag}"
         for n in range(count):
             port = free_port()
-            proc = self._worker(self.root / f"workers-{count}" / f"w{n}", port)
+            proc = self._worker(self.root / f"workers-{fleet}" / f"w{n}", port)
             assert proc.env is not None
-            # A consumer group per worker count: the new fleet reads the topics afresh.
-            proc.env.update({"MESH_APP_ID": f"bench-graphql-{count}-{self.run_id}",
-                             "MESH_WORKER_NAME": f"w{n}"})  # fmt: skip
+            # A consumer group per fleet: the new fleet reads the topics afresh.
+            proc.env.update({"MESH_APP_ID": f"bench-graphql-{fleet}-{self.run_id}",
+                             "MESH_WORKER_NAME": f"w{n}", **(env or {})})  # fmt: skip
             if self.settings.redis_url is not None:  # cross-worker reads shared in Redis
                 proc.env["MESH_REDIS_URL"] = self.settings.redis_url.get_secret_value()
             await proc.start()
             self.procs.append(proc)
             procs.append(proc)
             urls.append(f"http://127.0.0.1:{port}")
-        await self._wait_materialised(urls, timeout=300)
+        await self._wait_materialised(urls, timeout=300, headers=self.auth_headers or None)
         return procs, urls
 
-    async def _wait_materialised(self, urls: list[str], timeout: float) -> None:
+    async def _wait_materialised(
+        self, urls: list[str], timeout: float, headers: dict[str, str] | None = None
+    ) -> None:
         """Every worker ready with partitions, every event applied, the queries complete."""
         last: list[object] = []
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers) as http:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 try:
@@ -229,8 +239,34 @@ class GraphQLBench(IngestBench):
                 out.append(Scenario(name, len(urls), load, cached))
         return out
 
-    async def run_scenarios(self, worker_counts: tuple[int, ...] = (1, 2)) -> list[Scenario]:
-        """Start the services, load the entities, measure each worker count; clean up."""
+    async def _measure_auth(self) -> Scenario:
+        """By id, cached, on one worker with authentication on (the dev issuer's tokens,
+        one per client as a real client sends it again and again)."""
+        issuer = DevIssuer.in_dir(self.root / "issuer")
+        token = issuer.mint(self.domain.tenant, subject="bench", ttl_s=3600)
+        self.auth_headers = {"Authorization": f"Bearer {token}"}
+        env = {**issuer.worker_env(), "MESH_FLEET_SECRET": secrets.token_urlsafe(32)}
+        print("starting 1 worker with authentication on …", flush=True)
+        procs, urls = await self._start_workers(1, env=env, tag="-auth")
+        by_id = [
+            json.dumps({"query": BY_ID, "variables": {"id": str(c)}}).encode()
+            for c in range(1, self.customers + 1)
+        ]
+        print(f"  by-id, cached, 1 worker, bearer token: {self.warmup:.0f} s warm-up, "
+              f"{self.duration:.0f} s measured", flush=True)  # fmt: skip
+        load = await generate_load(
+            [f"{urls[0]}/graphql"], lambda r: r.choice(by_id), concurrency=self.concurrency,
+            warmup=self.warmup, duration=self.duration, headers=self.auth_headers,
+        )  # fmt: skip
+        for proc in procs:
+            await proc.stop()
+        return Scenario("by-id", 1, load, cached=True, auth=True)
+
+    async def run_scenarios(
+        self, worker_counts: tuple[int, ...] = (1, 2), *, auth: bool = True
+    ) -> list[Scenario]:
+        """Start the services, load the entities, measure each worker count (and with
+        ``auth`` the cached read by id on one worker with authentication on); clean up."""
         try:
             await self._start_services()
             await self._load_entities()
@@ -241,6 +277,8 @@ class GraphQLBench(IngestBench):
                 out += await self._measure(urls)
                 for proc in procs:
                     await proc.stop()
+            if auth:
+                out.append(await self._measure_auth())
             return out
         finally:
             for proc in reversed(self.procs):
@@ -252,7 +290,19 @@ def report(scenarios: list[Scenario]) -> list[str]:
     """The report's lines: one per scenario, then per worker process for more than one."""
     lines = []
     baselines = {s.workers: s.load.per_s for s in scenarios if s.query == BASELINE}
+    unauthenticated = {
+        s.workers: s.load.per_s for s in scenarios if s.query == "by-id" and s.cached and not s.auth
+    }
     for s in scenarios:
+        if s.auth:
+            without = unauthenticated.get(s.workers)
+            ratio = f"{s.load.per_s / without:.2f}" if without else "?"
+            lines.append(
+                f"{s.query:<8} cached   {s.workers} worker(s), auth on: {s.load.per_s:8,.0f} "
+                f"requests/s, p50 {s.load.p50_ms:6.2f} ms, p99 {s.load.p99_ms:6.2f} ms, errors "
+                f"{s.load.errors} — {ratio} of the same without authentication (target ≥ 0.9)"
+            )
+            continue
         per_worker = s.load.per_s / s.workers
         ok = s.load.requests > 0 and not s.load.errors
         if s.query == BASELINE:
