@@ -99,6 +99,7 @@ def _cmd_relations(settings: Settings, args: argparse.Namespace) -> int:
         wait=args.wait,
         scan_timeout=args.scan_timeout,
         signer=peer_signer(settings),  # MESH_FLEET_SECRET, as the workers have it
+        peer_offset=settings.peer_port_offset,
     )
 
 

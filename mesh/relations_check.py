@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from mesh.auth.peer import PeerSigner
 from mesh.catalog.consistency import ChildRef, Difference, IndexEntry, confirmed, differences
@@ -64,9 +65,14 @@ class PeerClient:
 
     http: aiohttp.ClientSession
     signer: PeerSigner | None = None
+    peer_offset: int = 0
+    """``MESH_PEER_PORT_OFFSET``: the peer endpoints are on the web port plus this."""
 
     def request(self, method: str, url: str, path: str, body: Any = None) -> Any:
         """``method path`` at the worker ``url`` (an aiohttp request context)."""
+        base = URL(url.rstrip("/"))
+        if self.peer_offset and base.port is not None:
+            url = str(base.with_port(base.port + self.peer_offset))
         data = b"" if body is None else orjson.dumps(body)
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if self.signer is not None:
@@ -176,12 +182,13 @@ async def check_relations(
     scan_timeout: float,
     say: Callable[[str], None],
     signer: PeerSigner | None = None,
+    peer_offset: int = 0,
 ) -> CheckResult:
     """Scan, confirm, and with ``repair`` repair and verify (see the module docs); the
     requests are signed by ``signer`` (the fleet secret's) when given."""
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        http = PeerClient(session, signer)
+        http = PeerClient(session, signer, peer_offset)
         first = await steady_scan(http, url, timeout=scan_timeout, say=say)
         found = first.differences()
         scan = first
@@ -216,6 +223,7 @@ def run_relations_check(
     wait: float,
     scan_timeout: float,
     signer: PeerSigner | None = None,
+    peer_offset: int = 0,
 ) -> int:
     """Run the check, print what it found, and return the exit status."""
 
@@ -232,6 +240,7 @@ def run_relations_check(
                 scan_timeout=scan_timeout,
                 say=say,
                 signer=signer,
+                peer_offset=peer_offset,
             )
         )
     except FleetScanError as exc:

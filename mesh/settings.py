@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     restart within the session timeout keeps the worker's partitions instead of moving
     them. Unset: dynamic membership."""
     web_port: int = Field(default=6066, ge=1, le=65535)
+    peer_port_offset: int = Field(default=0, ge=0, le=1000)
+    """Serve the peer endpoints (``/api/v1/internal/*``) on their own port, the web port plus
+    this, and only there, so a Service exposing the web port never exposes them; the same
+    for every worker of a fleet. 0: one port serves both."""
     peer_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long a worker waits for another's answer (forwarded reads, GraphQL batches, list
     scans, counts, child lookups) before the read fails as unavailable."""

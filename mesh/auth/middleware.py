@@ -55,6 +55,18 @@ def _open(request: web.Request) -> bool:
     )
 
 
+def _public(path: str) -> bool:
+    """Probes and metrics answer on every port (a probe may use either)."""
+    return path in PUBLIC_PATHS
+
+
+def _arrived_on(request: web.Request) -> int | None:
+    """The port of this worker the request arrived on."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return int(sockname[1]) if sockname else None
+
+
 def _error(
     request: web.Request, status: int, code: str, message: str, **headers: str
 ) -> web.Response:
@@ -98,12 +110,18 @@ class Gate:
     tenant: str = ""
     limiter: RateLimiter | None = None
     counters: GateCounters | None = None
+    peer_port: int | None = None
+    """Where the peer endpoints are served, and only they (``None``: with the rest)."""
 
     def middleware(self) -> Any:
         """The aiohttp middleware."""
 
         @web.middleware
         async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self.peer_port is not None and not _public(request.path):
+                on_peer_port = _arrived_on(request) == self.peer_port
+                if request.path.startswith(PEER_PREFIX) != on_peer_port:
+                    return _error(request, 404, "NOT_FOUND", "not served on this port")
             if _open(request):
                 return await handler(request)
             if request.path.startswith(PEER_PREFIX):

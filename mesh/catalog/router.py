@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from mesh.auth.peer import PEER_PREFIX
 from mesh.auth.verifier import peer_signer
 from mesh.context import MeshContext
 from mesh.errors import UnavailableError
@@ -80,6 +81,7 @@ class FleetRouter:
         self.worker = context.settings.worker_name
         self.timeout = aiohttp.ClientTimeout(total=context.settings.peer_timeout_s)
         self.signer = peer_signer(context.settings)
+        self.peer_offset = context.settings.peer_port_offset
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._partitions_stamp: tuple[int, int] | None = None
 
@@ -179,7 +181,10 @@ class FleetRouter:
 
         Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
         """
-        target = URL(url.rstrip("/") + path, encoded=True)
+        base = URL(url.rstrip("/"))
+        if self.peer_offset and path.startswith(PEER_PREFIX) and base.port is not None:
+            base = base.with_port(base.port + self.peer_offset)
+        target = URL(str(base) + path, encoded=True)
         data = b"" if body is None else orjson.dumps(body)
         sent = dict(headers or {})
         if body is not None:

@@ -13,7 +13,7 @@ from mesh.auth.ratelimit import RateLimiter
 from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source, peer_signer
 from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
-from mesh.runtime.web import add_middleware
+from mesh.runtime.web import add_listener, add_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def register_auth(context: MeshContext) -> None:
     if settings.auth == "jwt" and auth_config_problem(settings) is None:
         verifier = TokenVerifier(settings, key_source(settings), [tenant])
     everyone = unauthenticated(tenant) if settings.auth == "off" else None
+    offset = settings.peer_port_offset
+    peer_port = settings.web_port + offset if offset else None
     limiter = None
     if settings.rate_limit_per_s > 0:
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
@@ -67,8 +69,11 @@ def register_auth(context: MeshContext) -> None:
         tenant=tenant,
         limiter=limiter,
         counters=GateCounters(refused=lambda reason: refused.labels(reason).inc()),
+        peer_port=peer_port,
     )
     add_middleware(context.app, gate.middleware())
+    if peer_port is not None:
+        add_listener(context.app, settings.web_bind, peer_port)
 
     class Auth(_AuthService):
         pass

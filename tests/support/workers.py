@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from mesh_tooling.dev.process import ManagedProcess, free_port
+from mesh_tooling.dev.process import ManagedProcess, free_port, port_is_free
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.errors import StackError
@@ -83,6 +83,9 @@ class MeshWorker:
         self.app_id = app_id
         self.state_dir = state_dir
         self.port = free_port()
+        offset = int(env.get("MESH_PEER_PORT_OFFSET", "0"))
+        while offset and not port_is_free("127.0.0.1", self.port + offset):
+            self.port = free_port()  # its peer port must be free too
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"worker-{app_id}-{name}.log"
         self.env = {
