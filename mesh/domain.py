@@ -49,6 +49,10 @@ class FieldSpec(_Model):
     scale: int | None = Field(default=None, ge=0, le=38)
     references: SnakeName | None = None
     """Forward (many-to-one) relation: the entity type this field holds the id of."""
+    requires_scopes: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9:._-]{1,64}$")]] = []
+    """Scopes a caller's token must all carry to read the field (e.g. ``[pii:read]``);
+    without them GraphQL answers ``null`` with an error, REST leaves the field out. Only
+    on nullable plain fields (a forward relation or the key cannot be withheld)."""
 
     @model_validator(mode="after")
     def _decimal_has_precision(self) -> Self:
@@ -139,6 +143,15 @@ class DomainConfig(_Model):
                 raise _CrossRefError(f"{where}.key", f"key field '{entity.key}' is not in fields")
             if entity.fields[entity.key].nullable:
                 raise _CrossRefError(f"{where}.fields.{entity.key}", "the key cannot be nullable")
+            for field_name, spec in entity.fields.items():
+                if not spec.requires_scopes:
+                    continue
+                if field_name == entity.key or spec.references is not None or not spec.nullable:
+                    raise _CrossRefError(
+                        f"{where}.fields.{field_name}.requires_scopes",
+                        "only a nullable plain field can require scopes (a withheld value "
+                        "reads as null; the key and forward relations cannot be withheld)",
+                    )
             other = seen_graphql.get(entity.graphql_name)
             if other is not None:
                 raise _CrossRefError(

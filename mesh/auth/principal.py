@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -19,6 +20,10 @@ class Principal:
 
     def has_scope(self, scope: str) -> bool:
         return self.every_scope or scope in self.scopes
+
+    def has_scopes(self, scopes: Iterable[str]) -> bool:
+        """True when the principal has every one of ``scopes`` (a field's policy)."""
+        return self.every_scope or all(scope in self.scopes for scope in scopes)
 
 
 def unauthenticated(tenant: str) -> Principal:

@@ -47,9 +47,9 @@ from mesh.graphql.reads import Key, live
 
 Record = dict[str, Any]
 
-FEDERATION_VERSION = "v2.3"
+FEDERATION_VERSION = "v2.5"  # @requiresScopes came with 2.5
 FEDERATION_URL = f"https://specs.apollo.dev/federation/{FEDERATION_VERSION}"
-SDL_HEADER = f'extend schema @link(url: "{FEDERATION_URL}", import: ["@key"])'
+SDL_HEADER = f'extend schema @link(url: "{FEDERATION_URL}", import: ["@key", "@requiresScopes"])'
 FEDERATION_FIELDS = frozenset({"_service", "_entities"})
 MAX_REPRESENTATIONS = 1000
 """Representations one ``_entities`` call may carry (each one is a read)."""
@@ -109,7 +109,24 @@ def subgraph_sdl(schema: GraphQLSchema, domain: DomainConfig) -> str:
         pattern = re.compile(rf"^(type {re.escape(spec.graphql_name)})(?=[ {{])", re.MULTILINE)
         printed, count = pattern.subn(rf"\g<1>{key}", printed, count=1)  # names: [_A-Za-z0-9]
         assert count == 1, spec.graphql_name
+        printed = _with_scope_policies(printed, spec)
     return f"{SDL_HEADER}\n\n{printed}\n"
+
+
+def _with_scope_policies(printed: str, spec: EntitySpec) -> str:
+    """``@requiresScopes`` on the fields of ``spec``'s type that have a scope policy, so a
+    federation router enforces what this subgraph does."""
+    start = printed.index(f"type {spec.graphql_name} ")
+    end = printed.index("\n}", start)
+    block = printed[start:end]
+    for name, field in spec.fields.items():
+        if not field.requires_scopes:
+            continue
+        scopes = ", ".join(f'"{s}"' for s in field.requires_scopes)
+        line = re.compile(rf"^(  {re.escape(to_camel_case(name))}: [^\n]*)$", re.MULTILINE)
+        block, count = line.subn(rf"\g<1> @requiresScopes(scopes: [[{scopes}]])", block, count=1)
+        assert count == 1, (spec.graphql_name, name)
+    return printed[:start] + block + printed[end:]
 
 
 def _live_all(found: list[Record | None]) -> list[Record | None]:

@@ -105,6 +105,13 @@ def list_resolver(entity_type: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         loader: Loader = info.context
         loader.scanned()
         where = dict(filter or {})
+        fields = loader.reads.reader.domain.entities[entity_type].fields
+        for name in where:  # a filter on a withheld field would tell its values
+            scopes = fields[name].requires_scopes if name in fields else []
+            if scopes and (loader.principal is None or not loader.principal.has_scopes(scopes)):
+                raise PublicGraphQLError(
+                    f"filtering on '{name}' requires the scope {', '.join(scopes)}"
+                )
         try:
             # One more than asked tells whether another page follows.
             found = await scan_fleet(loader.reads.reader, entity_type, where, after_id, first + 1)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mesh.auth.principal import Principal
 from mesh.cache import ReadCache, Recorder
 from mesh.catalog.router import FleetRouter
 from mesh.errors import UnavailableError
@@ -96,6 +97,8 @@ class Loader:
     """Futures of :meth:`fetch` still waiting, with the keys' futures and their ``then``."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """What resolvers work out once per request (e.g. per selection), not once per entity."""
+    principal: Principal | None = None
+    """Who the request acts for: fields with a scope policy are withheld from others."""
 
     def prime(self, record: dict[str, Any]) -> None:
         """Cache an entity record read otherwise (a list page), so it is not read again."""

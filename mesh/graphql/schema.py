@@ -116,6 +116,21 @@ def _state_resolver(name: str) -> Callable[[Record, Any], Any]:
     return resolve
 
 
+def _withheld_resolver(name: str, scopes: list[str]) -> Callable[[Record, Any], Any]:
+    """A field only callers with every one of ``scopes`` read; others get null and an
+    error naming the scopes (the field is nullable, so its parent stays)."""
+    plain = _state_resolver(name)
+    needed = ", ".join(scopes)
+
+    def resolve(root: Record, info: Any) -> Any:
+        principal = info.context.principal
+        if principal is None or not principal.has_scopes(scopes):
+            raise PublicGraphQLError(f"reading '{info.field_name}' requires the scope {needed}")
+        return plain(root, info)
+
+    return resolve
+
+
 def _live_first(found: list[Record | None]) -> Record | None:
     return live(found[0])
 
@@ -228,6 +243,12 @@ def _field(name: str, spec: FieldSpec, key: str, types: dict[str, Any]) -> Any:
             lambda: types[target],
             resolver=_Forward(name, target),
             description=f"The {target} its {name} field refers to (null if none or deleted).",
+        )
+    if spec.requires_scopes:
+        return graphene.Field(
+            _SCALARS[spec.type],
+            resolver=_withheld_resolver(name, spec.requires_scopes),
+            description=f"Requires the scope {', '.join(spec.requires_scopes)}.",
         )
     return graphene.Field(
         _SCALARS[spec.type], required=not spec.nullable, resolver=_state_resolver(name)

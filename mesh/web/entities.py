@@ -33,9 +33,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from mesh.auth.middleware import principal_of
+from mesh.auth.principal import Principal
 from mesh.catalog.reader import CatalogReader, entity_spec, parse_id
 from mesh.catalog.router import PARTITION_HEADER, ROUTED_HEADER, STANDBY_HEADER, WORKER_HEADER
 from mesh.context import MeshContext
+from mesh.domain import DomainConfig
 from mesh.errors import ApiError, UnavailableError
 from mesh.runtime.web import Request, Response, View
 
@@ -122,9 +125,27 @@ _PUBLIC = ("urn", "type", "id", "tenant", "version", "deleted", "first_seen", "l
            "op", "event_id", "changed_fields", "source", "schema")  # fmt: skip
 
 
-def entity_body(rec: dict[str, Any]) -> dict[str, Any]:
-    """The public shape of a stored entity record (its ``state`` is ``data``)."""
-    return {**{name: rec.get(name) for name in _PUBLIC}, "data": rec["state"]}
+def entity_body(rec: dict[str, Any], withheld: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The public shape of a stored entity record (its ``state`` is ``data``), without the
+    ``withheld`` fields."""
+    state = rec["state"]
+    data = {k: v for k, v in state.items() if k not in withheld} if withheld else state
+    return {**{name: rec.get(name) for name in _PUBLIC}, "data": data}
+
+
+def withheld_fields(
+    domain: DomainConfig, entity_type: str, principal: Principal | None
+) -> frozenset[str]:
+    """The fields of ``entity_type`` whose scope policy ``principal`` does not meet."""
+    spec = domain.entities.get(entity_type)
+    if spec is None:
+        return frozenset()
+    return frozenset(
+        name
+        for name, field in spec.fields.items()
+        if field.requires_scopes
+        and (principal is None or not principal.has_scopes(field.requires_scopes))
+    )
 
 
 def relations_body(
@@ -167,8 +188,10 @@ def register_entity_views(context: MeshContext) -> None:
     @context.app.page("/api/v1/entities/{entity_type}/{entity_id}")
     class Entity(View):
         async def get(self, request: Request, entity_type: str, entity_id: str) -> Response:
+            withheld = withheld_fields(reader.domain, entity_type, principal_of(request))
+
             def local(partition: int, eid: str, key: bytes) -> dict[str, Any]:
-                return entity_body(stored(entity_type, partition, eid, key))
+                return entity_body(stored(entity_type, partition, eid, key), withheld)
 
             return await answer_for_key(self, request, reader, entity_type, entity_id, local)
 

@@ -24,6 +24,8 @@ from typing import Any, cast
 from graphql import ExecutionResult, OperationType, execute, get_operation_ast
 
 from mesh.auth.audit import OPERATION
+from mesh.auth.middleware import principal_of
+from mesh.auth.principal import Principal
 from mesh.cache import Recorder
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
@@ -109,6 +111,14 @@ def graphql_limits(settings: Settings) -> GraphQLLimits:
     )
 
 
+def _audience(principal: Principal | None) -> str:
+    """Who may share a cached answer: the same tenant with the same scopes."""
+    if principal is None:
+        return ""
+    scopes = "*" if principal.every_scope else " ".join(sorted(principal.scopes))
+    return f"{principal.tenant}|{scopes}"
+
+
 def register_graphql_views(context: MeshContext) -> None:
     """Build the schema of ``context.domain`` and register ``GET``/``POST /graphql``."""
     schema = build_schema(context.domain).graphql_schema
@@ -129,9 +139,15 @@ def register_graphql_views(context: MeshContext) -> None:
             debug = request.headers.get(DEBUG_HEADER, "").lower() == "batches"
             fresh = "no-cache" in request.headers.get("Cache-Control", "").lower()
             use = None if fresh else cache
+            principal = principal_of(request)
             request_key = None
             if use is not None and not debug:
-                request_key = (query, json.dumps(variables, sort_keys=True), operation_name)
+                # An answer is only ever reused for the same tenant and scopes (fields with
+                # a scope policy differ between callers).
+                request_key = (
+                    _audience(principal), query, json.dumps(variables, sort_keys=True),
+                    operation_name,
+                )  # fmt: skip
                 cached = await use.response(request_key)
                 if cached is not None:
                     metrics.ok.inc()
@@ -146,7 +162,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
                 loader = Loader(reads, reader.router, metrics, reader.worker,
-                                cache=use, recorder=recorder)  # fmt: skip
+                                cache=use, recorder=recorder, principal=principal)  # fmt: skip
                 executed = execute(
                     schema, document, variable_values=variables,
                     operation_name=operation_name, context_value=loader,

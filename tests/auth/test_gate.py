@@ -203,3 +203,41 @@ async def test_a_subject_over_its_rate_gets_429_with_retry_after(
         assert (await _ask(limited, "GET", "/api/v1/catalog/types", headers=other))[0] == 200
         metrics = await limited.metrics()
         assert metrics.value("dictamesh_auth_refused_total", reason="rate_limited") == 1
+
+
+async def test_a_field_with_a_scope_policy_is_withheld_from_tokens_without_it(
+    fleet: Fleet,
+) -> None:
+    """``customer.email`` requires ``pii:read`` in the sample domain."""
+    worker = fleet.workers[0]
+    plain = bearer(scopes=())
+    query = {"query": '{ customer(id: "1") { name email } }'}
+    # With the scope first, so a cached answer would be there to leak.
+    status, _, body = await _ask(worker, "POST", "/graphql", headers=bearer(), json=query)
+    assert (status, body) == (
+        200,
+        {"data": {"customer": {"name": "Ada", "email": "ada@example.com"}}},
+    )
+    status, _, body = await _ask(worker, "POST", "/graphql", headers=plain, json=query)
+    assert status == 200
+    assert isinstance(body, dict)
+    assert body["data"] == {"customer": {"name": "Ada", "email": None}}
+    assert [e["message"] for e in body["errors"]] == ["reading 'email' requires the scope pii:read"]
+    assert body["errors"][0]["path"] == ["customer", "email"]
+    # Filtering on it would tell its values.
+    listed = {"query": '{ customers(filter: {email: "ada@example.com"}) { nodes { id } } }'}
+    status, _, body = await _ask(worker, "POST", "/graphql", headers=plain, json=listed)
+    assert isinstance(body, dict)
+    assert body["data"] is None or body["data"]["customers"] is None
+    assert "filtering on 'email' requires the scope pii:read" in str(body["errors"])
+    status, _, body = await _ask(worker, "POST", "/graphql", headers=bearer(), json=listed)
+    assert body == {"data": {"customers": {"nodes": [{"id": "1"}]}}}
+    # REST leaves the field out.
+    status, _, body = await _ask(worker, "GET", ENTITY, headers=plain)
+    assert status == 200
+    assert isinstance(body, dict)
+    assert "email" not in body["data"]
+    assert body["data"]["name"] == "Ada"
+    status, _, body = await _ask(worker, "GET", ENTITY, headers=bearer())
+    assert isinstance(body, dict)
+    assert body["data"]["email"] == "ada@example.com"

@@ -59,7 +59,9 @@ async def test_service_sdl_is_a_federation_v2_subgraph(sample_domain: DomainConf
     sdl = await _sdl(sample_domain)
     first = sdl.splitlines()[0]
     assert first.startswith('extend schema @link(url: "https://specs.apollo.dev/federation/v2.')
-    assert 'import: ["@key"]' in first
+    assert 'import: ["@key", "@requiresScopes"]' in first
+    # The sample's scope policy, for a router to enforce as this subgraph does.
+    assert '  email: String @requiresScopes(scopes: [["pii:read"]])\n' in sdl
     for name in ENTITY_TYPES:
         assert f'type {name} @key(fields: "id") {{' in sdl, name
     for relation in ("invoices: [Invoice!]!", "items: [InvoiceItem!]!",

@@ -23,9 +23,14 @@ def issuer() -> DevIssuer:
     return DevIssuer.in_dir(Path(tempfile.mkdtemp(prefix="dictamesh-test-issuer-")))
 
 
+SCOPES = ("pii:read",)
+"""What the tests' default token may read: every field of the sample domain."""
+
+
 @functools.cache
-def bearer(tenant: str = TENANT, scopes: tuple[str, ...] = ()) -> dict[str, str]:
-    """An ``Authorization`` header valid for the whole test run."""
+def bearer(tenant: str = TENANT, scopes: tuple[str, ...] = SCOPES) -> dict[str, str]:
+    """An ``Authorization`` header valid for the whole test run (every field readable
+    unless ``scopes`` says otherwise)."""
     token = issuer().mint(tenant, scopes=scopes, subject="tests", ttl_s=24 * 3600)
     return {"Authorization": f"Bearer {token}"}
 
