@@ -37,6 +37,10 @@ class Stack:
         raise AssertionError(f"no '{label}' line in:\n" + "\n".join(self.output))
 
 
+PORTS = ("broker", "registry", "directus", "web", "postgres", "issuer")
+"""The ports of a dev stack, each taken from a free one per test."""
+
+
 def _env(ports: dict[str, int], state: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update(
@@ -46,6 +50,7 @@ def _env(ports: dict[str, int], state: Path, **extra: str) -> dict[str, str]:
         MESH_DIRECTUS_PORT=str(ports["directus"]),
         MESH_WEB_PORT=str(ports["web"]),
         MESH_POSTGRES_PORT=str(ports["postgres"]),
+        MESH_ISSUER_PORT=str(ports["issuer"]),
         MESH_REBALANCE_TIMEOUT_S="3",
         **extra,
     )
@@ -105,7 +110,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest_asyncio.fixture(scope="module")
 async def first_run(session_dir: Path) -> AsyncIterator[Stack]:
-    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    ports = {name: free_port() for name in PORTS}
     stack = await _start(ports, session_dir / "dev-stack")
     yield stack
     if stack.proc.returncode is None:
@@ -143,7 +148,11 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
         for path in ("/healthz", "/readyz", "/metrics"):
             async with http.get(f"{worker}{path}") as resp:
                 assert resp.status == 200, path
-        # Entities need the bearer token the stack printed (its own issuer signed it).
+        # Entities need the bearer token the stack printed: its own issuer signed it and
+        # serves the keys the worker checks it with.
+        assert stack.line("Token issuer").endswith(
+            f"http://127.0.0.1:{stack.ports['issuer']}/.well-known/jwks.json)"
+        )
         dev_token = stack.line("token (default)").split()[0]
         entity = f"{worker}/api/v1/entities/customer/1"
         async with http.get(entity) as resp:
@@ -215,7 +224,7 @@ async def test_a_second_run_reuses_everything_and_uses_redis_when_set(
 
 
 async def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    ports = {name: free_port() for name in PORTS}
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["registry"]))
         squatter.listen()
@@ -235,7 +244,7 @@ async def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None
 
 
 async def test_an_unreachable_redis_is_named_and_nothing_starts(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("broker", "registry", "directus", "web", "postgres")}
+    ports = {name: free_port() for name in PORTS}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "dev",
         env=_env(ports, tmp_path, MESH_REDIS_URL="redis://:s3cret@127.0.0.1:9/0"),

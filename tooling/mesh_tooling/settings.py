@@ -18,6 +18,8 @@ class DevSettings(Settings):
     registry_port: int = Field(default=8081, ge=1, le=65535)
     directus_port: int = Field(default=8055, ge=1, le=65535)
     postgres_port: int = Field(default=15432, ge=1, le=65535)
+    issuer_port: int = Field(default=8099, ge=1, le=65535)
+    """The dev token issuer's JWKS (``/.well-known/jwks.json``)."""
     """Port of the throwaway Postgres cluster (used only when MESH_DATABASE_URL is unset)."""
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "dictamesh",

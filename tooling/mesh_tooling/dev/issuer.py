@@ -7,6 +7,7 @@ private key, which never leaves the state directory (mode 0600).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -55,6 +56,12 @@ class DevIssuer:
                 )
             )
         return cls(private, public)
+
+    def jwks(self) -> dict[str, Any]:
+        """The issuer's public key as a JWKS document."""
+        key = serialization.load_pem_public_key(self.public_key_file.read_bytes())
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key))  # type: ignore[arg-type]
+        return {"keys": [{**jwk, "kid": KEY_ID, "alg": "RS256", "use": "sig"}]}
 
     def worker_env(self) -> dict[str, str]:
         """The settings a worker needs to accept this issuer's tokens."""

@@ -31,6 +31,7 @@ from mesh_tooling.dev.directus import (
     seed_directus,
 )
 from mesh_tooling.dev.issuer import DevIssuer
+from mesh_tooling.dev.jwks import JWKS_PATH, serve_jwks
 from mesh_tooling.dev.postgres import ensure_database, start_throwaway_postgres
 from mesh_tooling.dev.process import ManagedProcess, require_free_port
 from mesh_tooling.dev.readiness import wait_until_following
@@ -67,6 +68,7 @@ class DevStack:
             ("the schema registry", s.registry_port),
             ("Directus", s.directus_port),
             ("the worker's web server", s.web_port),
+            ("the dev token issuer", s.issuer_port),
         ]
         if s.database_url is None:
             ports.append(("the throwaway Postgres", s.postgres_port))
@@ -129,10 +131,16 @@ class DevStack:
         shutil.rmtree(s.state_dir / "workers", ignore_errors=True)
         source_env = {src.token_env: token for src in domain.sources if src.token_env}
         issuer = DevIssuer.in_dir(s.state_dir / "issuer")
+        jwks_url = f"http://{host}:{s.issuer_port}{JWKS_PATH}"
+        say(f"serving the dev token issuer's keys at {jwks_url}")
+        self._stops.append(await serve_jwks(issuer, host, s.issuer_port))
         fleet_secret = load_or_create_token(s.state_dir / "fleet", name="fleet-secret")
         await self._start_worker(
             {
-                **issuer.worker_env(),
+                "MESH_AUTH": "jwt",
+                "MESH_AUTH_JWKS_URL": jwks_url,
+                "MESH_AUTH_ISSUER": issuer.issuer,
+                "MESH_AUTH_AUDIENCE": issuer.audience,
                 "MESH_FLEET_SECRET": fleet_secret,
                 "MESH_BROKER_URL": broker_url,
                 "MESH_SCHEMA_REGISTRY_URL": registry_url,
@@ -167,6 +175,7 @@ class DevStack:
             ("  adapter token", f"{token}  (user {seeded.service_email})"),
             ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
             ("Worker", f"http://{s.web_host}:{s.web_port}/healthz  /readyz  /metrics"),
+            ("Token issuer", f"{issuer.issuer}  (keys at {jwks_url})"),
             (
                 f"  token ({domain.tenant})",
                 issuer.mint(domain.tenant, subject="dev", ttl_s=12 * 3600)
