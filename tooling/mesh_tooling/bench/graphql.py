@@ -243,7 +243,12 @@ class GraphQLBench(IngestBench):
         """By id, cached, on one worker with authentication on (the dev issuer's tokens,
         one per client as a real client sends it again and again)."""
         issuer = DevIssuer.in_dir(self.root / "issuer")
-        token = issuer.mint(self.domain.tenant, subject="bench", ttl_s=3600)
+        # Every scope a field policy names: the same queries answer the same data.
+        scopes = sorted(
+            {s for e in self.domain.entities.values() for f in e.fields.values()
+             for s in f.requires_scopes}
+        )  # fmt: skip
+        token = issuer.mint(self.domain.tenant, scopes=tuple(scopes), subject="bench", ttl_s=3600)
         self.auth_headers = {"Authorization": f"Bearer {token}"}
         env = {**issuer.worker_env(), "MESH_FLEET_SECRET": secrets.token_urlsafe(32)}
         print("starting 1 worker with authentication on …", flush=True)
