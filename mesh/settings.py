@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     """Shared by the workers of a fleet (and ``mesh relations check``): signs their calls
     to each other's peer endpoints (HMAC). At least 32 characters; required with
     ``MESH_AUTH=jwt``. Unset with ``MESH_AUTH=off``: peer endpoints are open."""
+    audit_log: bool = True
+    """One line per authenticated request on the ``dictamesh.audit`` logger (turn off where
+    an ingress or gateway in front keeps the audit trail)."""
     rate_limit_per_s: float = Field(default=0.0, ge=0, le=1_000_000)
     """Requests per second each authenticated subject (per tenant) may make on average;
     0 (the default) turns the limit off. ``deploy/`` sets 100."""

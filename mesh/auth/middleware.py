@@ -112,6 +112,8 @@ class Gate:
     counters: GateCounters | None = None
     peer_port: int | None = None
     """Where the peer endpoints are served, and only they (``None``: with the rest)."""
+    audit: bool = True
+    """Log an audit line per request (:mod:`mesh.auth.audit`)."""
 
     def middleware(self) -> Any:
         """The aiohttp middleware."""
@@ -126,6 +128,8 @@ class Gate:
                 return await handler(request)
             if request.path.startswith(PEER_PREFIX):
                 return await self._peer(request, handler)
+            if not self.audit:
+                return await self._user(request, handler)
             started = time.perf_counter()
             response = await self._user(request, handler)
             principal = principal_of(request)

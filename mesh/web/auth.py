@@ -70,6 +70,7 @@ def register_auth(context: MeshContext) -> None:
         limiter=limiter,
         counters=GateCounters(refused=lambda reason: refused.labels(reason).inc()),
         peer_port=peer_port,
+        audit=settings.audit_log,
     )
     add_middleware(context.app, gate.middleware())
     if peer_port is not None:
