@@ -20,6 +20,10 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     ├── MirrorDatabaseError, MirrorRowError      (mesh.mirror)
     ├── GenerationError                          (mesh.runtime.generation: the fleet
     │                                             generation could not be read from Kafka)
+    ├── AuthError, PeerAuthError                 (mesh.auth: a bearer token missing or
+    │                                             invalid, 401; a peer call not signed
+    │                                             by the fleet, 403)
+    ├── UnknownKeyError                          (mesh.auth.keys: no key for a token)
     ├── BodyTooLargeError, PublicGraphQLError    (mesh.graphql.limits; the latter is also
     │                                             graphql-core's GraphQLError)
     ├── BadRequestError, NotAllowedError         (mesh.web.graphql: HTTP 400 and 405)
