@@ -9,6 +9,7 @@ the newest cursor from the changelog.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, ClassVar
@@ -50,6 +51,9 @@ class SourceSupervisor(Service):
         self.codecs = build_codecs(ctx.domain, schemas, RegistryClient.from_settings(ctx.settings))
         for spec in ctx.domain.sources:
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
+            if not spec.enabled:
+                log.info("source %s (tenant %s) is disabled in the domain config", spec.name,
+                         spec.tenant)  # fmt: skip
         self.children = children_lookup(CatalogReader(ctx))
         """What points at an entity (for adapters whose source does not say), per the catalog."""
 
@@ -79,7 +83,7 @@ class SourceSupervisor(Service):
         return {
             spec.name
             for spec in self.context.domain.sources
-            if cursor_partition(spec.name, partitions) in active
+            if spec.enabled and cursor_partition(spec.name, partitions) in active
         }
 
     async def _reconcile(self) -> None:
@@ -98,7 +102,7 @@ class SourceSupervisor(Service):
         ctx = self.context
         spec = ctx.domain.source(name)
         adapter = create_adapter(spec, ctx.domain)
-        adapter.children = self.children
+        adapter.children = functools.partial(self.children, spec.tenant)
         codecs = {t: self.codecs[t] for t in adapter.entities}
         publisher = EventPublisher(
             ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics

@@ -77,18 +77,28 @@ class EntitySpec(_Model):
     """An entity type: where it comes from, its key, fields and reverse relations."""
 
     graphql_name: Annotated[str, Field(pattern=_PASCAL)]
-    source: str
+    sources: list[str] = Field(min_length=1)
+    """The sources feeding the type, at most one per tenant, all of one kind (they share
+    the type's topic; the tenant in each key and event keeps them apart)."""
     collection: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
     key: SnakeName = "id"
     fields: dict[SnakeName, FieldSpec] = Field(min_length=1)
     reverse_relations: dict[SnakeName, ReverseRelation] = Field(default_factory=dict)
 
 
+TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+"""Short enough to name a Postgres role after (``dictamesh_tenant_<name>``)."""
+
+
 class SourceSpec(_Model):
-    """A source instance the adapters poll."""
+    """A source instance the adapters poll; it holds the data of exactly one tenant."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+    tenant: TenantName
     kind: Literal["directus"]
+    enabled: bool = True
+    """A disabled source is declared (its tenant's entities keep their topics) but never
+    polled: e.g. a second instance only some environments run."""
     url: str
     token_env: str | None = None
     """Env var holding a static token."""
@@ -114,16 +124,47 @@ class SourceSpec(_Model):
 class DomainConfig(_Model):
     """The whole domain config file."""
 
-    version: int = Field(ge=1, le=1)
-    tenant: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    version: int = Field(ge=1, le=2)
+    tenants: list[TenantName] = Field(min_length=1)
+    """Every tenant whose data the mesh holds; each source belongs to one of them."""
     sources: list[SourceSpec] = Field(min_length=1)
     entities: dict[SnakeName, EntitySpec] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_version_1(cls, data: Any) -> Any:
+        # Version 1 had one top-level tenant and one source per entity type: it reads as
+        # version 2 with that tenant on every source, so existing files keep working.
+        if not isinstance(data, dict) or data.get("version") != 1:
+            return data
+        data = dict(data)
+        tenant = data.pop("tenant", None)
+        if tenant is None:
+            raise ValueError("version 1 needs a top-level 'tenant' (version 2: 'tenants')")
+        data["tenants"] = [tenant]
+        data["sources"] = [
+            {"tenant": tenant, **s} if isinstance(s, dict) else s for s in data.get("sources", [])
+        ]
+        entities = data.get("entities")
+        if isinstance(entities, dict):
+            data["entities"] = {
+                name: _one_source_to_list(entity) for name, entity in entities.items()
+            }
+        return data
 
     @model_validator(mode="after")
     def _cross_references(self) -> Self:
         source_names = [s.name for s in self.sources]
         if len(set(source_names)) != len(source_names):
             raise ValueError(f"source names must be unique, got {source_names}")
+        if len(set(self.tenants)) != len(self.tenants):
+            raise _CrossRefError("tenants", f"tenant names must be unique, got {self.tenants}")
+        for i, source in enumerate(self.sources):
+            if source.tenant not in self.tenants:
+                raise _CrossRefError(
+                    f"sources.{i}.tenant",
+                    f"unknown tenant '{source.tenant}' (declared: {self.tenants})",
+                )
         for name, entity in self.entities.items():
             for field_name, spec in entity.fields.items():
                 if spec.references is not None and spec.references not in self.entities:
@@ -135,10 +176,7 @@ class DomainConfig(_Model):
         seen_topics: dict[str, str] = {}
         for name, entity in self.entities.items():
             where = f"entities.{name}"
-            if entity.source not in source_names:
-                raise _CrossRefError(
-                    f"{where}.source", f"unknown source '{entity.source}' (known: {source_names})"
-                )
+            self._check_entity_sources(where, entity)
             if entity.key not in entity.fields:
                 raise _CrossRefError(f"{where}.key", f"key field '{entity.key}' is not in fields")
             if entity.fields[entity.key].nullable:
@@ -180,18 +218,54 @@ class DomainConfig(_Model):
                     )
         return self
 
+    def _check_entity_sources(self, where: str, entity: EntitySpec) -> None:
+        known = [s.name for s in self.sources]
+        tenants: dict[str, str] = {}
+        kinds = set()
+        for i, name in enumerate(entity.sources):
+            if name not in known:
+                raise _CrossRefError(
+                    f"{where}.sources.{i}", f"unknown source '{name}' (known: {known})"
+                )
+            source = self.source(name)
+            other = tenants.get(source.tenant)
+            if other is not None:
+                raise _CrossRefError(
+                    f"{where}.sources.{i}",
+                    f"sources '{other}' and '{name}' both feed tenant '{source.tenant}': one "
+                    "entity id would mean two entities",
+                )
+            tenants[source.tenant] = name
+            kinds.add(source.kind)
+        if len(kinds) > 1:
+            raise _CrossRefError(
+                f"{where}.sources",
+                f"the sources are of several kinds {sorted(kinds)}; they share one topic, "
+                "so they must be of one kind",
+            )
+
     def source(self, name: str) -> SourceSpec:
         """The source named ``name`` (validated to exist for every entity)."""
         return next(s for s in self.sources if s.name == name)
 
-    def topic(self, entity_type: str) -> str:
-        """The change topic of an entity type: ``<collection>.<source kind>.entity_changed``."""
-        entity = self.entities[entity_type]
-        return f"{entity.collection}.{self.source(entity.source).kind}.entity_changed"
+    def entity_sources(self, entity_type: str) -> list[SourceSpec]:
+        """The sources feeding ``entity_type``, one per tenant."""
+        return [self.source(name) for name in self.entities[entity_type].sources]
 
-    def urn(self, entity_type: str, entity_id: str) -> str:
+    def topic(self, entity_type: str) -> str:
+        """The change topic of an entity type: ``<collection>.<source kind>.entity_changed``,
+        shared by its tenants (keys and events carry the tenant)."""
+        entity = self.entities[entity_type]
+        return f"{entity.collection}.{self.source(entity.sources[0]).kind}.entity_changed"
+
+    def has_tenant(self, tenant: str) -> bool:
+        """True for a tenant the config declares."""
+        return tenant in self.tenants
+
+    @staticmethod
+    def urn(tenant: str, entity_type: str, entity_id: str) -> str:
         """The entity's URN: ``urn:dictamesh:<tenant>:<entity_type>:<id>``."""
-        return f"urn:dictamesh:{self.tenant}:{entity_type}:{entity_id}"
+        return f"urn:dictamesh:{tenant}:{entity_type}:{entity_id}"
 
     def unindexed_references(self) -> list[str]:
         """``<entity>.<field>`` of every reference no reverse relation indexes.
@@ -211,6 +285,18 @@ class DomainConfig(_Model):
             for field, spec in entity.fields.items()
             if spec.references is not None and (name, field) not in indexed
         ]
+
+
+def tenant_of(urn: str) -> str:
+    """The tenant of a URN ``urn:dictamesh:<tenant>:<entity_type>:<id>``."""
+    return urn.split(":", 3)[2]
+
+
+def _one_source_to_list(entity: Any) -> Any:
+    if isinstance(entity, dict) and "source" in entity and "sources" not in entity:
+        entity = dict(entity)
+        entity["sources"] = [entity.pop("source")]
+    return entity
 
 
 class _CrossRefError(ValueError):

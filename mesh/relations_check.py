@@ -124,7 +124,7 @@ async def scan_fleet(peers: PeerClient, url: str) -> Scan:
     scan = Scan(sorted(r["worker"] for r in reports), partitions)
     for report in reports:
         for name, part in report["relations"].items():
-            scan.children += [ChildRef(name, m, v, p) for m, v, p in part["children"]]
+            scan.children += [ChildRef(name, m, v, p, t) for m, v, p, t in part["children"]]
             scan.entries += [IndexEntry(name, p, m, v, ok) for p, m, v, ok in part["entries"]]
     return scan
 

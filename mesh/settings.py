@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     # --- authentication -----------------------------------------------------------
     auth: Literal["jwt", "off"] = "jwt"
     """Every GraphQL and REST request carries a bearer JWT. ``off`` is for benchmarks and
-    local experiments only: every request then reads as the first tenant, with every
-    scope (logged loudly, shown in ``/readyz``)."""
+    local experiments only: every request then reads as the first tenant of the domain
+    config (or the one its ``X-Mesh-Tenant`` header names), with every scope (logged
+    loudly, shown in ``/readyz``)."""
     auth_jwks_url: str | None = None
     """Where the issuer publishes its signing keys (JWKS); or a PEM key file below."""
     auth_public_key_file: Path | None = None

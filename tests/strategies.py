@@ -65,7 +65,7 @@ def events(draw: st.DrawFn, domain: DomainConfig, entity_type: str) -> dict[str,
     fields = list(domain.entities[entity_type].fields)
     return {
         "event_id": str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)))),
-        "tenant": domain.tenant,
+        "tenant": domain.tenants[0],
         "entity_type": entity_type,
         "entity_id": draw(st.text(min_size=1, max_size=40)),
         "op": op,

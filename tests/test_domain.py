@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh.domain import load_domain, parse_domain
+from mesh.domain import expand_env, load_domain, parse_domain, tenant_of
 from mesh.errors import ConfigError
 from mesh.settings import Settings
 
@@ -20,7 +20,7 @@ SHIPPED = Settings().domain_config
 
 @pytest.fixture
 def raw() -> dict[str, Any]:
-    data = yaml.safe_load(SHIPPED.read_text())
+    data = expand_env(yaml.safe_load(SHIPPED.read_text()), source="domain.yaml")
     assert isinstance(data, dict)
     return data
 
@@ -29,7 +29,7 @@ def test_the_shipped_config_declares_the_sample_domain() -> None:
     domain = load_domain(SHIPPED)
     assert sorted(domain.entities) == ["customer", "invoice", "invoice_item", "product"]
     assert domain.topic("customer") == "customers.directus.entity_changed"
-    assert domain.urn("invoice", "7") == "urn:dictamesh:default:invoice:7"
+    assert domain.urn("default", "invoice", "7") == "urn:dictamesh:default:invoice:7"
     assert domain.entities["invoice"].fields["customer"].references == "customer"
     assert domain.entities["customer"].reverse_relations["invoices"].entity == "invoice"
     assert domain.entities["invoice"].reverse_relations["items"].field == "invoice"
@@ -54,7 +54,16 @@ def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     ("path", "value", "key", "message"),
     [
         ("entities.invoice.fields.customer.references", "client", "references", "unknown entity"),
-        ("entities.customer.source", "nowhere", "entities.customer.source", "unknown source"),
+        ("entities.customer.sources", ["nowhere"], "entities.customer.sources.0", "unknown source"),
+        (
+            "entities.customer.sources",
+            ["directus", "directus"],
+            "entities.customer.sources.1",
+            "both feed tenant 'default'",
+        ),
+        ("sources.1.tenant", "gamma", "sources.1.tenant", "unknown tenant 'gamma'"),
+        ("tenants", ["default", "default"], "tenants", "must be unique"),
+        ("tenants", ["Bad Tenant"], "tenants.0", "should match pattern"),
         ("entities.customer.key", "uuid", "entities.customer.key", "not in fields"),
         ("entities.product.fields.price.scale", KeyError, "price", "precision' and 'scale"),
         ("entities.product.fields.price.type", "money", "price.type", "Input should be"),
@@ -66,7 +75,7 @@ def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "invoices.field",
             "must be",
         ),
-        ("tenant", KeyError, "tenant", "required key is missing"),
+        ("tenants", KeyError, "tenants", "required key is missing"),
     ],
 )
 def test_bad_config_names_the_key_and_the_problem(
@@ -78,6 +87,33 @@ def test_bad_config_names_the_key_and_the_problem(
     assert text.startswith("domain.yaml, key '")
     assert key in text
     assert message in text
+
+
+def test_tenants_keep_colliding_ids_apart() -> None:
+    domain = load_domain(SHIPPED)
+    assert domain.tenants == ["default", "beta"]
+    assert [(s.name, s.tenant) for s in domain.entity_sources("customer")] == [
+        ("directus", "default"),
+        ("directus_beta", "beta"),
+    ]
+    # Both tenants' customers share the topic; their keys (URNs) never meet.
+    first, second = domain.urn("default", "customer", "1"), domain.urn("beta", "customer", "1")
+    assert first != second
+    assert (tenant_of(first), tenant_of(second)) == ("default", "beta")
+    assert not domain.source("directus_beta").enabled  # unless MESH_DIRECTUS_BETA_ENABLED
+
+
+def test_a_version_1_file_reads_as_one_tenant(raw: dict[str, Any]) -> None:
+    old = copy.deepcopy(raw)
+    old.update(version=1, tenant="acme")
+    del old["tenants"]
+    old["sources"] = [{k: v for k, v in old["sources"][0].items() if k != "tenant"}]
+    for entity in old["entities"].values():
+        entity["source"] = entity.pop("sources")[0]
+    domain = parse_domain(old)
+    assert domain.tenants == ["acme"]
+    assert domain.sources[0].tenant == "acme"
+    assert domain.entities["invoice"].sources == ["directus"]
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:

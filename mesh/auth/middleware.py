@@ -14,14 +14,21 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from mesh.auth.audit import OPERATION, audit
-from mesh.auth.peer import PEER_PREFIX, SIGNATURE_HEADER, PeerAuthError, PeerSigner, caller
+from mesh.auth.peer import (
+    PEER_PREFIX,
+    SIGNATURE_HEADER,
+    TENANT_HEADER,
+    PeerAuthError,
+    PeerSigner,
+    caller,
+)
 from mesh.auth.principal import Principal
 from mesh.auth.ratelimit import RateLimiter
 from mesh.auth.verifier import AuthError, TokenVerifier
@@ -100,14 +107,14 @@ class Gate:
     ``verifier`` checks tokens; with ``everyone`` instead (``MESH_AUTH=off``) every request
     is that principal; with neither, every request is refused. Peer endpoints need
     ``signer``'s signature (open without one, which only ``MESH_AUTH=off`` allows), which
-    also stands in for a token when a worker reads another's public path; ``tenant`` is
-    the fleet's own.
+    also stands in for a token when a worker reads another's public path; ``tenants`` are
+    the domain's, the first being whom the fleet acts for when a call names none.
     """
 
     verifier: TokenVerifier | None
     everyone: Principal | None = None
     signer: PeerSigner | None = None
-    tenant: str = ""
+    tenants: tuple[str, ...] = ("",)
     limiter: RateLimiter | None = None
     counters: GateCounters | None = None
     peer_port: int | None = None
@@ -158,11 +165,16 @@ class Gate:
     async def _check_peer(self, request: web.Request, signer: PeerSigner) -> Principal:
         body = await request.read()  # kept by aiohttp: the view reads it again
         signer.check(request.method, request.raw_path, body, request.headers)
-        return caller(request.headers, self.tenant)
+        return caller(request.headers, self.tenants[0])
 
     async def _user(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.everyone is not None:
-            request[PRINCIPAL] = self.everyone
+            # MESH_AUTH=off: X-Mesh-Tenant picks a tenant (there is no token to say).
+            tenant = request.headers.get(TENANT_HEADER)
+            if tenant is not None and tenant in self.tenants:
+                request[PRINCIPAL] = replace(self.everyone, tenant=tenant)
+            else:
+                request[PRINCIPAL] = self.everyone
             return await handler(request)
         signed = SIGNATURE_HEADER in request.headers and "Authorization" not in request.headers
         try:

@@ -104,10 +104,16 @@ class PeerSigner:
         self._seen[nonce] = now
 
 
+def fleet_principal(tenant: str) -> Principal:
+    """The fleet acting on its own behalf for ``tenant`` (e.g. a source's child lookup)."""
+    return Principal(FLEET_SUBJECT, tenant, frozenset(), float("inf"), every_scope=True)
+
+
 def caller(headers: Mapping[str, str], default_tenant: str) -> Principal:
-    """The principal a checked peer call acts for."""
+    """The principal a checked peer call acts for: the fleet itself (every scope; for the
+    tenant it names, else ``default_tenant``) or the user it forwards."""
     subject = headers.get(SUBJECT_HEADER, FLEET_SUBJECT)
-    if subject == FLEET_SUBJECT and TENANT_HEADER not in headers:
-        return Principal(FLEET_SUBJECT, default_tenant, frozenset(), float("inf"), every_scope=True)
+    if subject == FLEET_SUBJECT:
+        return fleet_principal(headers.get(TENANT_HEADER, default_tenant))
     scopes = frozenset(headers.get(SCOPES_HEADER, "").split())
     return Principal(subject, headers.get(TENANT_HEADER, ""), scopes, float("inf"))

@@ -14,14 +14,14 @@ Children = dict[str, list[str]]
 """Per child entity type, the ids of the children."""
 
 
-def children_lookup(reader: CatalogReader) -> Callable[[str, str], Awaitable[Children]]:
-    """``lookup(entity_type, entity_id)``: the ids of every entity whose reference points at
-    it, by child type, read where the parent's key lives (the relation indexes are
-    co-partitioned with it). :class:`UnavailableError` (retriable) while the fleet cannot
-    tell; an entity the catalog never saw has no children."""
+def children_lookup(reader: CatalogReader) -> Callable[[str, str, str], Awaitable[Children]]:
+    """``lookup(tenant, entity_type, entity_id)``: the ids of every entity whose reference
+    points at it, by child type, read where the parent's key lives (the relation indexes
+    are co-partitioned with it). :class:`UnavailableError` (retriable) while the fleet
+    cannot tell; an entity the catalog never saw has no children."""
 
-    async def lookup(entity_type: str, entity_id: str) -> Children:
-        urn = reader.domain.urn(entity_type, entity_id).encode()
+    async def lookup(tenant: str, entity_type: str, entity_id: str) -> Children:
+        urn = reader.domain.urn(tenant, entity_type, entity_id).encode()
         route = reader.router.route(entity_type, urn)
         if route.owner is None:
             if reader.read(reader.table(entity_type), route.partition, urn) is None:
@@ -33,7 +33,9 @@ def children_lookup(reader: CatalogReader) -> Callable[[str, str], Awaitable[Chi
                     found.setdefault(relation.child_type, []).extend(members)
             return found
         path = f"/api/v1/entities/{entity_type}/{quote(entity_id, safe='')}/relations"
-        answer = await reader.router.ask(route.owner, path, headers={ROUTED_HEADER: reader.worker})
+        answer = await reader.router.ask(
+            route.owner, path, headers={ROUTED_HEADER: reader.worker}, tenant=tenant
+        )
         if answer.status == 404:
             return {}  # never seen by the catalog: nothing can point at it there
         what = f"the catalog's list of what points at {entity_type} {entity_id}"

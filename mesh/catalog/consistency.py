@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mesh.catalog.fold import RelationOp
+from mesh.domain import tenant_of
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ChildRef:
     version: int
     parent: str | None
     """The parent's URN, or ``None`` when the child is deleted or its field is empty."""
+    tenant: str
+    """The child's tenant: member ids repeat across tenants, (tenant, id) does not."""
 
 
 @dataclass(frozen=True)
@@ -92,18 +95,19 @@ class Difference:
 
 def differences(children: Iterable[ChildRef], entries: Iterable[IndexEntry]) -> list[Difference]:
     """Every member that the index and the child records disagree on, sorted."""
-    records: dict[tuple[str, str], ChildRef] = {}
+    records: dict[tuple[str, str, str], ChildRef] = {}
     for child in children:
-        known = records.get((child.relation, child.member))
+        key = (child.relation, child.tenant, child.member)
+        known = records.get(key)
         if known is None or child.version > known.version:
-            records[(child.relation, child.member)] = child
+            records[key] = child
     index: dict[tuple[str, str, str], tuple[int, bool]] = {}
     for e in entries:
         key = (e.relation, e.parent, e.member)
         if key not in index or e.version > index[key][0]:
             index[key] = (e.version, e.present)
     found: list[Difference] = []
-    for (relation, member), child in records.items():
+    for (relation, _, member), child in records.items():
         if child.parent is None:
             continue
         entry = index.get((relation, child.parent, member))
@@ -116,7 +120,7 @@ def differences(children: Iterable[ChildRef], entries: Iterable[IndexEntry]) -> 
     for (relation, parent, member), entry in index.items():
         if not entry[1]:
             continue
-        holder = records.get((relation, member))
+        holder = records.get((relation, tenant_of(parent), member))
         if holder is None or holder.parent != parent:
             found.append(
                 Difference(

@@ -121,6 +121,7 @@ def relation_ops(
     ops: list[RelationOp] = []
     version = int(after["version"])
     member = str(after["id"])
+    tenant = after["tenant"]  # a child only ever points at parents of its own tenant
     for rel in relations:
         if rel.child_type != after["type"]:
             continue
@@ -128,10 +129,10 @@ def relation_ops(
         if old == new:
             continue
         if old is not None:
-            parent = domain.urn(rel.parent_type, str(old))
+            parent = domain.urn(tenant, rel.parent_type, str(old))
             ops.append(RelationOp(rel.name, parent, member, version, False))
         if new is not None:
-            parent = domain.urn(rel.parent_type, str(new))
+            parent = domain.urn(tenant, rel.parent_type, str(new))
             ops.append(RelationOp(rel.name, parent, member, version, True))
     return ops
 

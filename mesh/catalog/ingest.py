@@ -300,7 +300,16 @@ class CatalogIngestor:
         except (CodecError, RegistryError) as exc:
             dead.append((message, "catalog-decode", exc))
             return
-        urn = self.domain.urn(entity_type, event["entity_id"])
+        tenant = event["tenant"]
+        if not self.domain.has_tenant(tenant):
+            error = CodecError(
+                f"event for {entity_type} {event['entity_id']!r} on topic {message.topic} is "
+                f"of tenant {tenant!r}, which the domain config does not declare "
+                f"(declared: {self.domain.tenants}); add the tenant or fix the producer"
+            )
+            dead.append((message, "catalog-tenant", error))
+            return
+        urn = self.domain.urn(tenant, entity_type, event["entity_id"])
         if message.key != urn.encode() or event["entity_type"] != entity_type:
             error = CodecError(
                 f"event for {event['entity_type']} {event['entity_id']!r} on topic "

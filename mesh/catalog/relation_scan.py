@@ -22,7 +22,7 @@ YIELD_EVERY = 5000
 
 async def relation_report(context: MeshContext, relations: list[ReverseRelation]) -> dict[str, Any]:
     """``{"worker", "stable", "relations": {name: {"child_partitions", "children":
-    [[member, version, parent URN | null]], "index_partitions", "entries": [[parent URN,
+    [[member, version, parent URN | null, tenant]], "index_partitions", "entries": [[parent URN,
     member, version, present]]}}}``. ``stable`` is false when the worker was rebalancing or
     recovering at the start or the end of the scan: the caller must scan again."""
     membership = context.membership
@@ -40,8 +40,12 @@ async def relation_report(context: MeshContext, relations: list[ReverseRelation]
             for _, value in children_table.items(partition):
                 rec = record.loads(value)
                 parent = None if rec["deleted"] else rec["state"].get(rel.field)
-                urn = None if parent is None else context.domain.urn(rel.parent_type, str(parent))
-                children.append([str(rec["id"]), int(rec["version"]), urn])
+                urn = (
+                    None
+                    if parent is None
+                    else context.domain.urn(rec["tenant"], rel.parent_type, str(parent))
+                )
+                children.append([str(rec["id"]), int(rec["version"]), urn, rec["tenant"]])
                 scanned += 1
                 if scanned % YIELD_EVERY == 0:
                     await asyncio.sleep(0)

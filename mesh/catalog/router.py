@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from mesh.auth.peer import PEER_PREFIX
+from mesh.auth.peer import PEER_PREFIX, TENANT_HEADER, fleet_principal
 from mesh.auth.verifier import peer_signer
 from mesh.context import MeshContext
 from mesh.errors import UnavailableError
@@ -175,9 +175,12 @@ class FleetRouter:
         method: str = "GET",
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        tenant: str | None = None,
     ) -> PeerAnswer:
         """``method path`` of the worker at ``url`` (``path`` as received: still
         percent-encoded); :class:`UnavailableError` when it does not answer in time.
+        ``tenant``: the fleet's call is made for that tenant (a public path answers as
+        that tenant; peer endpoints take the tenant from the body).
 
         Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
         """
@@ -189,10 +192,13 @@ class FleetRouter:
         sent = dict(headers or {})
         if body is not None:
             sent["Content-Type"] = "application/json"
+        fleet = None if tenant is None else fleet_principal(tenant)
         if self.signer is not None and "Authorization" not in sent:
             # Every call between workers is the fleet's (peer endpoints accept nothing else;
             # a public one, e.g. a child lookup, accepts it in place of a user's token).
-            sent.update(self.signer.headers(method, path, data))
+            sent.update(self.signer.headers(method, path, data, fleet))
+        elif fleet is not None and "Authorization" not in sent:
+            sent[TENANT_HEADER] = fleet.tenant  # MESH_AUTH=off: read as that tenant
         try:
             async with self.context.app.http_client.request(
                 method, target, data=data or None, headers=sent, timeout=self.timeout

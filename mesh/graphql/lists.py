@@ -114,7 +114,9 @@ def list_resolver(entity_type: str) -> Callable[..., Awaitable[dict[str, Any]]]:
                 )
         try:
             # One more than asked tells whether another page follows.
-            found = await scan_fleet(loader.reads.reader, entity_type, where, after_id, first + 1)
+            found = await scan_fleet(
+                loader.reads.reader, loader.tenant, entity_type, where, after_id, first + 1
+            )
         except UnavailableError as exc:
             raise PublicGraphQLError(str(exc)) from None
         page = found[:first]

@@ -84,6 +84,8 @@ class Loader:
     router: FleetRouter
     metrics: GraphQLMetrics
     worker: str
+    tenant: str
+    """The request's tenant: every key it reads is that tenant's (see :mod:`.reads`)."""
     batches: list[BatchRecord] = field(default_factory=list)
     _cache: dict[Key, asyncio.Future[Any]] = field(default_factory=dict)
     _pending: list[Key] = field(default_factory=list)
@@ -209,7 +211,7 @@ class Loader:
         groups: dict[str | None, list[tuple[Key, Location]]] = defaultdict(list)
         for key in keys:
             try:
-                location = self.reads.locate(key)
+                location = self.reads.locate(key, self.tenant)
             except (UnavailableError, ValueError) as exc:
                 results[key] = exc
                 continue
@@ -307,7 +309,7 @@ class Loader:
     async def _remote(self, owner: str, owned: list[tuple[Key, Location]]) -> dict[Key, Any]:
         keys = [key for key, _ in owned]
         self._record("remote", owner, keys)
-        body = {"keys": [k.as_json() for k in keys]}
+        body = {"tenant": self.tenant, "keys": [k.as_json() for k in keys]}
         try:
             answer = await self.router.ask(owner, INTERNAL_ENTITIES_PATH, method="POST", body=body)
             if answer.status != 200:

@@ -1,7 +1,8 @@
 """What a GraphQL request reads, where each read lives, and reads of the local partitions.
 
 A read is a :class:`Key`: an entity record (``entity``, type, id) or the members of a
-reverse relation of one parent (``relation``, ``customer.invoices``, parent id). Both live
+reverse relation of one parent (``relation``, ``customer.invoices``, parent id), always
+of one tenant (the request's: keys carry no tenant, so none can name another). Both live
 in the partition of the entity's URN (relation indexes are co-partitioned with their
 parent), so the owner of a key is the owner of that URN's partition.
 """
@@ -93,14 +94,15 @@ class LocalReads:
             return self.reader.table(key.name)
         return self.reader.context.catalog.relations[key.name]
 
-    def locate(self, key: Key, *, forwarded: bool = False) -> Location:
-        """Where ``key`` lives; :class:`UnavailableError` when nobody (or only we, stale) owns it.
+    def locate(self, key: Key, tenant: str, *, forwarded: bool = False) -> Location:
+        """Where ``key`` of ``tenant`` lives; :class:`UnavailableError` when nobody (or only
+        we, stale) owns it.
 
         ``forwarded`` keys came from another worker: they are never sent on again, so stale
         assignment metadata mid-rebalance fails the read instead of bouncing it around.
         """
         entity_type = self.entity_type(key)
-        urn = self.reader.domain.urn(entity_type, key.id).encode()
+        urn = self.reader.domain.urn(tenant, entity_type, key.id).encode()
         route = self.reader.router.route(entity_type, urn, forwarded=forwarded)
         return Location(route.partition, route.owner, self._store(key), urn)
 

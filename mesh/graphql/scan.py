@@ -83,17 +83,25 @@ def matches(reader: CatalogReader, rec: Record, where: dict[str, Any]) -> bool:
 
 
 def scan_local(
-    reader: CatalogReader, entity_type: str, where: dict[str, Any], after: str | None, limit: int
+    reader: CatalogReader,
+    tenant: str,
+    entity_type: str,
+    where: dict[str, Any],
+    after: str | None,
+    limit: int,
 ) -> dict[str, Any]:
-    """This worker's part of a page: ``{"partitions": [...], "records": [...]}``."""
+    """This worker's part of a page of ``tenant``'s entities: ``{"partitions": [...],
+    "records": [...]}``."""
     if reader.recovering():
         raise UnavailableError("this worker is recovering its tables; retry")
     table = reader.table(entity_type)
     floor = None if after is None else sort_key(after)
+    # Keys are URNs: the tenant's share this prefix, so others' records are never read.
+    prefix = reader.domain.urn(tenant, entity_type, "").encode()
     found: list[Record] = []
     partitions = table.owned()
     for partition in partitions:
-        for _, value in table.items(partition):
+        for _, value in table.items(partition, prefix):
             rec: Record = record.loads(value)
             if floor is not None and sort_key(rec["id"]) <= floor:
                 continue
@@ -104,16 +112,22 @@ def scan_local(
 
 
 async def scan_fleet(
-    reader: CatalogReader, entity_type: str, where: dict[str, Any], after: str | None, limit: int
+    reader: CatalogReader,
+    tenant: str,
+    entity_type: str,
+    where: dict[str, Any],
+    after: str | None,
+    limit: int,
 ) -> list[Record]:
-    """The first ``limit`` live matching records after ``after`` over the whole fleet.
+    """The first ``limit`` live matching records of ``tenant`` after ``after`` over the
+    whole fleet.
 
     Raises :class:`UnavailableError` when some partition was not scanned (a worker down or
     the fleet rebalancing): a page with holes would silently skip entities.
     """
-    body = {"type": entity_type, "where": where, "after": after, "limit": limit}
+    body = {"tenant": tenant, "type": entity_type, "where": where, "after": after, "limit": limit}
     answers = await reader.router.ask_all(INTERNAL_SCAN_PATH, method="POST", body=body)
-    parts = [scan_local(reader, entity_type, where, after, limit)]
+    parts = [scan_local(reader, tenant, entity_type, where, after, limit)]
     for url, answer in answers:
         if isinstance(answer, UnavailableError):
             raise answer

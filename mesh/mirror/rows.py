@@ -96,7 +96,7 @@ def event_row(
         raise MirrorRowError(
             f"event of entity type {event['entity_type']!r} on the topic of {table.entity_type}"
         )
-    urn = domain.urn(table.entity_type, event["entity_id"])
+    urn = domain.urn(event["tenant"], table.entity_type, event["entity_id"])
     if origin.key != urn.encode():
         raise MirrorRowError(f"event keyed {origin.key!r}; the key must be its URN {urn}")
     after = event["after"]

@@ -47,7 +47,7 @@ class SourceAdapter(ABC):
         self.spec = spec
         self.domain = domain
         self.entities: dict[str, EntitySpec] = {
-            name: entity for name, entity in domain.entities.items() if entity.source == spec.name
+            name: entity for name, entity in domain.entities.items() if spec.name in entity.sources
         }
         """The entity types this source feeds, by name."""
         self.should_stop: Callable[[], bool] = lambda: False

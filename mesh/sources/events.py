@@ -38,15 +38,15 @@ class ChangeEvent:
     changed_fields: tuple[str, ...] = ()
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
-    def key(self, domain: DomainConfig) -> bytes:
-        """The tenant-scoped entity key: the entity's URN."""
-        return domain.urn(self.entity_type, self.entity_id).encode()
+    def key(self, source: SourceSpec) -> bytes:
+        """The tenant-scoped entity key: the entity's URN in the source's tenant."""
+        return DomainConfig.urn(source.tenant, self.entity_type, self.entity_id).encode()
 
-    def envelope(self, domain: DomainConfig, source: SourceSpec) -> dict[str, Any]:
+    def envelope(self, source: SourceSpec) -> dict[str, Any]:
         """The record the entity type's Avro event schema encodes."""
         return {
             "event_id": self.event_id,
-            "tenant": domain.tenant,
+            "tenant": source.tenant,
             "entity_type": self.entity_type,
             "entity_id": self.entity_id,
             "op": self.op.value,

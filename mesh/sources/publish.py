@@ -46,7 +46,7 @@ class EventPublisher:
         """Send everything, in order per entity, and wait for Kafka's acknowledgements."""
         pending: list[tuple[Awaitable[Any], str, str, str]] = []
         for event in events:
-            record = event.envelope(self.domain, self.source)
+            record = event.envelope(self.source)
             try:
                 value = self.codecs[event.entity_type].dumps(record)
             except CodecError as exc:
@@ -62,7 +62,7 @@ class EventPublisher:
                     )
                 )
                 continue
-            sent = await self.topics[event.entity_type].send(event.key(self.domain), value)
+            sent = await self.topics[event.entity_type].send(event.key(self.source), value)
             pending.append((sent, event.collection, event.op.value, "event"))
         for letter in dead:
             sent = await self.dead_letters.send(

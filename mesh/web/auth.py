@@ -27,8 +27,9 @@ class _AuthService(Service):
     async def on_start(self) -> None:
         if self.verifier is None:
             logger.warning(
-                "MESH_AUTH=off: requests are served WITHOUT authentication, every one as "
-                "tenant %r with every scope. For benchmarks and local experiments only.",
+                "MESH_AUTH=off: requests are served WITHOUT authentication, every one with "
+                "every scope, as tenant %r unless its X-Mesh-Tenant header names another. "
+                "For benchmarks and local experiments only.",
                 self.tenant,
             )
 
@@ -45,10 +46,11 @@ def register_auth(context: MeshContext) -> None:
     (``mesh topics``) gets a gate that refuses every token.
     """
     settings = context.settings
-    tenant = context.domain.tenant
+    tenants = tuple(context.domain.tenants)
+    tenant = tenants[0]
     verifier = None
     if settings.auth == "jwt" and auth_config_problem(settings) is None:
-        verifier = TokenVerifier(settings, key_source(settings), [tenant])
+        verifier = TokenVerifier(settings, key_source(settings), tenants)
     everyone = unauthenticated(tenant) if settings.auth == "off" else None
     offset = settings.peer_port_offset
     peer_port = settings.web_port + offset if offset else None
@@ -66,7 +68,7 @@ def register_auth(context: MeshContext) -> None:
         verifier,
         everyone,
         signer=peer_signer(settings),
-        tenant=tenant,
+        tenants=tenants,
         limiter=limiter,
         counters=GateCounters(refused=lambda reason: refused.labels(reason).inc()),
         peer_port=peer_port,

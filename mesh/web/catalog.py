@@ -2,7 +2,7 @@
 
 ``GET /api/v1/catalog/types``::
 
-    {"types": [{"name", "graphql_name", "collection", "source", "topic",
+    {"types": [{"name", "graphql_name", "collection", "source" (the tenant's), "topic",
                 "key": {"field", "type"},
                 "schema": {"subject", "latest_version", "latest_id"},
                 "relations": {"forward": {field: type}, "reverse": {name: {"type", "field"}}},
@@ -13,12 +13,12 @@
 The latest schema version is asked of the registry; when it cannot answer, the version is
 ``null`` and ``warnings`` says why (the rest of the answer does not depend on it).
 
-Counts cover the whole fleet. Each worker counts the records in the local RocksDB
-databases of the partitions it actively owns (``GET /api/v1/internal/counts``); the worker
-answering asks every other worker of the group (through the fleet router) and adds the
-answers up per partition, each partition counted once. Partitions nobody reported (a
-worker down or the fleet rebalancing) make ``counts.complete`` false and add a warning.
-Counting reads every record: O(entities).
+Everything is the caller's tenant's. Counts cover the whole fleet. Each worker counts the
+records in the local RocksDB databases of the partitions it actively owns
+(``GET /api/v1/internal/counts?tenant=…``); the worker answering asks every other worker of
+the group (through the fleet router) and adds the answers up per partition, each partition
+counted once. Partitions nobody reported (a worker down or the fleet rebalancing) make
+``counts.complete`` false and add a warning. Counting reads every record: O(entities).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from mesh.auth.middleware import principal_of
 from mesh.catalog import record
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
@@ -45,15 +46,16 @@ PartitionCounts = dict[int, tuple[int, int]]
 """Per partition: (live, deleted) records."""
 
 
-def count_local(reader: CatalogReader) -> dict[str, PartitionCounts]:
-    """Per entity type, the records of each partition this worker actively owns."""
+def count_local(reader: CatalogReader, tenant: str) -> dict[str, PartitionCounts]:
+    """Per entity type, ``tenant``'s records of each partition this worker actively owns."""
     counts: dict[str, PartitionCounts] = {}
     for entity_type in reader.domain.entities:
         table = reader.table(entity_type)
+        prefix = reader.domain.urn(tenant, entity_type, "").encode()
         per_partition: PartitionCounts = {}
         for partition in table.owned():
             live = deleted = 0
-            for _, value in table.items(partition):
+            for _, value in table.items(partition, prefix):
                 if record.loads(value).get("deleted"):
                     deleted += 1
                 else:
@@ -63,11 +65,11 @@ def count_local(reader: CatalogReader) -> dict[str, PartitionCounts]:
     return counts
 
 
-def counts_report(reader: CatalogReader) -> dict[str, Any]:
-    """This worker's counts as ``/api/v1/internal/counts`` answers them."""
+def counts_report(reader: CatalogReader, tenant: str) -> dict[str, Any]:
+    """This worker's counts of ``tenant`` as ``/api/v1/internal/counts`` answers them."""
     if reader.recovering():  # partial DBs would undercount: report nothing instead
         return {"worker": reader.worker, "recovering": True, "counts": {}}
-    counts = count_local(reader)
+    counts = count_local(reader, tenant)
     return {
         "worker": reader.worker,
         "recovering": False,
@@ -78,11 +80,13 @@ def counts_report(reader: CatalogReader) -> dict[str, Any]:
     }
 
 
-async def fleet_counts(reader: CatalogReader) -> tuple[dict[str, Any], list[str]]:
-    """Counts per entity type summed over the fleet, the coverage, and warnings."""
-    reports: list[dict[str, Any]] = [counts_report(reader)]
+async def fleet_counts(reader: CatalogReader, tenant: str) -> tuple[dict[str, Any], list[str]]:
+    """Counts of ``tenant`` per entity type summed over the fleet, the coverage, and
+    warnings."""
+    reports: list[dict[str, Any]] = [counts_report(reader, tenant)]
     warnings: list[str] = []
-    for url, answer in await reader.router.ask_all(COUNTS_PATH):
+    path = f"{COUNTS_PATH}?tenant={quote(tenant, safe='')}"
+    for url, answer in await reader.router.ask_all(path):
         if isinstance(answer, UnavailableError):
             warnings.append(f"worker at {url} did not report counts: {answer}")
         elif answer.status != 200:
@@ -167,12 +171,13 @@ async def latest_schemas(
     return result, warnings
 
 
-async def types_body(reader: CatalogReader) -> dict[str, Any]:
-    """The body of ``/api/v1/catalog/types``."""
+async def types_body(reader: CatalogReader, tenant: str) -> dict[str, Any]:
+    """The body of ``/api/v1/catalog/types`` for ``tenant``."""
     domain = reader.domain
     topics = {t: domain.topic(t) for t in domain.entities}
     (counts, count_warnings), (schemas, schema_warnings) = await asyncio.gather(
-        fleet_counts(reader), latest_schemas(reader, [f"{t}-value" for t in topics.values()])
+        fleet_counts(reader, tenant),
+        latest_schemas(reader, [f"{t}-value" for t in topics.values()]),
     )
     types = []
     for name, spec in domain.entities.items():
@@ -184,7 +189,9 @@ async def types_body(reader: CatalogReader) -> dict[str, Any]:
                 "name": name,
                 "graphql_name": spec.graphql_name,
                 "collection": spec.collection,
-                "source": spec.source,
+                "source": next(
+                    (s.name for s in domain.entity_sources(name) if s.tenant == tenant), None
+                ),
                 "topic": topics[name],
                 "key": {"field": spec.key, "type": spec.fields[spec.key].type.value},
                 "schema": {"subject": subject, "latest_version": version, "latest_id": schema_id},
@@ -215,9 +222,15 @@ def register_catalog_views(context: MeshContext) -> None:
     @app.page("/api/v1/catalog/types")
     class Types(View):
         async def get(self, request: Request) -> Response:
-            return json_response(self, await types_body(reader), headers=headers)
+            principal = principal_of(request)
+            tenant = "" if principal is None else principal.tenant
+            return json_response(self, await types_body(reader, tenant), headers=headers)
 
     @app.page(COUNTS_PATH)
     class Counts(View):
         async def get(self, request: Request) -> Response:
-            return json_response(self, counts_report(reader), headers=headers)
+            tenant = request.query.get("tenant", "")
+            if not context.domain.has_tenant(tenant):
+                body = {"error": {"code": "bad_request", "message": f"unknown tenant {tenant!r}"}}
+                return json_response(self, body, status=400, headers=headers)
+            return json_response(self, counts_report(reader, tenant), headers=headers)

@@ -70,9 +70,13 @@ async def forward(reader: CatalogReader, view: View, request: Request, owner: st
     headers = {ROUTED_HEADER: reader.worker, "Accept": "application/json"}
     # The owner checks the caller's token too: a forwarded read is still the caller's.
     authorization = request.headers.get("Authorization")
+    tenant = None
     if authorization:
         headers["Authorization"] = authorization
-    answer = await reader.router.ask(owner, raw_path, headers=headers)
+    else:  # the fleet's own read, or MESH_AUTH=off: the owner reads the same tenant
+        principal = principal_of(request)
+        tenant = None if principal is None else principal.tenant
+    answer = await reader.router.ask(owner, raw_path, headers=headers, tenant=tenant)
     kept = {
         name: answer.headers[name]
         for name in (WORKER_HEADER, PARTITION_HEADER, "Retry-After")
@@ -97,9 +101,11 @@ async def answer_for_key(
 ) -> Response:
     """Answer locally when this worker owns the entity's partition, else from its owner."""
     headers = {WORKER_HEADER: reader.worker}
+    principal = principal_of(request)
+    tenant = "" if principal is None else principal.tenant  # the gate names everyone here
     try:
         entity_id = parse_id(entity_spec(reader.context, entity_type), entity_type, raw_id)
-        key = reader.domain.urn(entity_type, entity_id).encode()
+        key = reader.domain.urn(tenant, entity_type, entity_id).encode()
         headers[PARTITION_HEADER] = str(reader.router.partition(entity_type, key))
         route = reader.router.route(entity_type, key, forwarded=ROUTED_HEADER in request.headers)
         if route.owner is None:
@@ -153,14 +159,14 @@ def relations_body(
 ) -> dict[str, Any]:
     """Forward relations from the record's fields, reverse ones from its relation indexes
     (same key and partition as the entity)."""
-    domain, entity_type = reader.domain, rec["type"]
+    domain, entity_type, tenant = reader.domain, rec["type"], rec["tenant"]
     forward: dict[str, Any] = {}
     for name, spec in domain.entities[entity_type].fields.items():
         if spec.references is not None:
             value = None if rec["deleted"] else rec["state"].get(name)
             target, ref = spec.references, str(value)
             forward[name] = None if value is None else {
-                "type": target, "id": ref, "urn": domain.urn(target, ref)
+                "type": target, "id": ref, "urn": domain.urn(tenant, target, ref)
             }  # fmt: skip
     reverse: dict[str, Any] = {}
     for rel in (r for r in reader.relations if r.parent_type == entity_type):
@@ -169,7 +175,7 @@ def relations_body(
             "type": rel.child_type,
             "field": rel.field,
             "count": len(members),
-            "members": [{"id": m, "urn": domain.urn(rel.child_type, m)} for m in members],
+            "members": [{"id": m, "urn": domain.urn(tenant, rel.child_type, m)} for m in members],
         }
     return {**{name: rec[name] for name in ("urn", "type", "id", "version", "deleted")},
             "forward": forward, "reverse": reverse}  # fmt: skip

@@ -140,6 +140,8 @@ def register_graphql_views(context: MeshContext) -> None:
             fresh = "no-cache" in request.headers.get("Cache-Control", "").lower()
             use = None if fresh else cache
             principal = principal_of(request)
+            # The gate names everyone who gets here; without a principal nothing is found.
+            tenant = "" if principal is None else principal.tenant
             request_key = None
             if use is not None and not debug:
                 # An answer is only ever reused for the same tenant and scopes (fields with
@@ -161,7 +163,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 operation = get_operation_ast(document, operation_name)
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
-                loader = Loader(reads, reader.router, metrics, reader.worker,
+                loader = Loader(reads, reader.router, metrics, reader.worker, tenant,
                                 cache=use, recorder=recorder, principal=principal)  # fmt: skip
                 executed = execute(
                     schema, document, variable_values=variables,

@@ -2,12 +2,15 @@
 
 ``POST /api/v1/internal/entities``: the batched read of keys an owner holds.
 
-Body ``{"keys": [{"kind": "entity"|"relation", "name", "id"}, …]}``; answer ``{"worker",
+Body ``{"tenant", "keys": [{"kind": "entity"|"relation", "name", "id"}, …]}``; answer ``{"worker",
 "results": [{"value": …} | {"error": "…"}, …]}`` in the keys' order: an entity key's value
 is its stored record (``null`` when never seen), a relation key's the present member ids.
 A key this worker does not actively own (the fleet rebalanced since the caller looked)
 answers an error for that key; it is never forwarded again. Internal: workers call it,
 clients use ``/graphql``. ``POST /api/v1/internal/scan``: this worker's part of a list page.
+
+The tenant comes in the body, which the fleet's signature covers; a call made for a user
+(signed with the user's tenant) may only name that tenant.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mesh.auth.middleware import principal_of
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
@@ -28,13 +32,23 @@ from mesh.web.entities import json_response
 MAX_KEYS = 10_000
 
 
-def read_batch(reads: LocalReads, raw_keys: list[Any]) -> list[dict[str, Any]]:
-    """The answer for each key, in order (see the module docstring)."""
+def tenant_problem(context: MeshContext, request: Request, tenant: Any) -> str | None:
+    """Why ``tenant`` cannot be read for this call, or ``None`` when it can."""
+    if not isinstance(tenant, str) or not context.domain.has_tenant(tenant):
+        return f"'tenant' must be one of the domain's tenants, got {tenant!r}"
+    principal = principal_of(request)
+    if principal is not None and not principal.every_scope and principal.tenant != tenant:
+        return "a call made for a user can only read the user's tenant"
+    return None
+
+
+def read_batch(reads: LocalReads, tenant: str, raw_keys: list[Any]) -> list[dict[str, Any]]:
+    """The answer for each key of ``tenant``, in order (see the module docstring)."""
     results: list[dict[str, Any]] = []
     for raw in raw_keys:
         try:
             key = Key.from_json(raw)
-            location = reads.locate(key, forwarded=True)
+            location = reads.locate(key, tenant, forwarded=True)
             if location.owner is not None:
                 raise UnavailableError(f"{key.name} {key.id} is not owned by this worker")
             results.append({"value": reads.read(key, location)})
@@ -63,17 +77,21 @@ def register_internal_entities_view(context: MeshContext) -> None:
                 return refuse(self, "the body is not JSON")
             keys = body.get("keys") if isinstance(body, dict) else None
             if not isinstance(keys, list):
-                return refuse(self, 'the body must be {"keys": [...]}')
+                return refuse(self, 'the body must be {"tenant": ..., "keys": [...]}')
+            tenant = body.get("tenant")
+            problem = tenant_problem(context, request, tenant)
+            if problem is not None:
+                return refuse(self, problem)
             if len(keys) > MAX_KEYS:
                 return refuse(self, f"at most {MAX_KEYS} keys per request")
-            answer = {"worker": reader.worker, "results": read_batch(reads, keys)}
+            answer = {"worker": reader.worker, "results": read_batch(reads, tenant, keys)}
             return json_response(self, answer, headers=headers)
 
 
 def register_internal_scan_view(context: MeshContext) -> None:
     """Register ``POST /api/v1/internal/scan`` (this worker's part of a GraphQL list page).
 
-    Body ``{"type", "where": {field: value}, "after": id | null, "limit"}``; answer
+    Body ``{"tenant", "type", "where": {field: value}, "after": id | null, "limit"}``; answer
     ``{"worker", "partitions": [...], "records": [...]}`` (see :mod:`mesh.graphql.scan`).
     """
     reader = CatalogReader(context)
@@ -85,10 +103,13 @@ def register_internal_scan_view(context: MeshContext) -> None:
             try:
                 body = json.loads(await request.read())
                 entity_type, where = body["type"], body.get("where") or {}
-                after, limit = body.get("after"), int(body["limit"])
+                after, limit, tenant = body.get("after"), int(body["limit"]), body.get("tenant")
                 if entity_type not in context.domain.entities or not isinstance(where, dict):
                     raise ValueError(f"unknown entity type {entity_type!r}")
-                part = scan_local(reader, entity_type, where, after, limit)
+                problem = tenant_problem(context, request, tenant)
+                if problem is not None:
+                    raise ValueError(problem)
+                part = scan_local(reader, tenant, entity_type, where, after, limit)
             except (ValueError, KeyError, TypeError) as exc:
                 body = {"error": {"code": "bad_request", "message": str(exc)}}
                 return json_response(self, body, status=400, headers=headers)

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from mesh.auth.peer import PeerSigner
+from mesh.auth.principal import Principal
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
 from tests.support.auth import FLEET_SECRET, bearer, issuer
@@ -121,7 +122,7 @@ async def test_auth_off_serves_without_tokens_and_says_so(
 
 async def test_peer_endpoints_answer_only_the_fleet_s_signed_calls(fleet: Fleet) -> None:
     worker = fleet.workers[0]
-    path, body = "/api/v1/internal/entities", b'{"keys": []}'
+    path, body = "/api/v1/internal/entities", b'{"tenant": "default", "keys": []}'
     json_type = {"Content-Type": "application/json"}
     # Without a signature, with a user's token, or signed with another secret: 403.
     for headers in ({}, bearer(), PeerSigner(b"x" * 32).headers("POST", path, body)):
@@ -138,6 +139,13 @@ async def test_peer_endpoints_answer_only_the_fleet_s_signed_calls(fleet: Fleet)
     status, _, _ = await _ask(worker, "POST", path, headers=signed, data=body)  # replayed
     assert status == 403
     assert "replay" in worker.run_log()
+    # A call the fleet makes for a user reads only that user's tenant.
+    user = Principal("someone", "default", frozenset(), float("inf"))
+    other = b'{"tenant": "beta", "keys": []}'
+    signed = {**json_type, **PeerSigner(FLEET_SECRET.encode()).headers("POST", path, other, user)}
+    status, _, answer = await _ask(worker, "POST", path, headers=signed, data=other)
+    assert status == 400, answer
+    assert "only read the user's tenant" in str(answer)
 
 
 async def test_a_worker_s_own_read_of_a_public_path_is_signed_not_tokened(fleet: Fleet) -> None:

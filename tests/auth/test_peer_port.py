@@ -72,7 +72,7 @@ async def test_reads_across_workers_go_through_the_peer_port(fleet: Fleet) -> No
 async def test_each_port_serves_only_its_own(fleet: Fleet) -> None:
     a = fleet.workers[0]
     peer = f"http://127.0.0.1:{a.port + OFFSET}"
-    path, body = "/api/v1/internal/entities", b'{"keys": []}'
+    path, body = "/api/v1/internal/entities", b'{"tenant": "default", "keys": []}'
 
     def signed() -> dict[str, str]:
         headers = PeerSigner(FLEET_SECRET.encode()).headers("POST", path, body)

@@ -266,7 +266,9 @@ async def test_a_recreated_kafka_never_answers_from_the_earlier_generations_cach
             answered = functools.partial(_answers, worker, old)
             await wait_until(answered, timeout=30, what=f"{worker.name} answering {old}")
         first = await _agreed_generation(workers)
-        relation = b"relations_customer_invoices|" + sample_domain.urn("customer", "1").encode()
+        relation = (
+            b"relations_customer_invoices|" + sample_domain.urn("default", "customer", "1").encode()
+        )
         cached = await _cached(redis, app_id, first)
         # One of the two workers read customer 1's invoices from the other, through Redis.
         assert relation in cached, cached.keys()

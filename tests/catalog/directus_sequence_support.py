@@ -513,7 +513,7 @@ async def mirror_differences(dsn: str, domain: DomainConfig, truth: Truth) -> li
                     f"{what}: Postgres version {row['version']}, "
                     f"{truth.want(entity_type, entity_id)}"
                 )
-            if row["urn"] != domain.urn(entity_type, str(entity_id)):
+            if row["urn"] != domain.urn("default", entity_type, str(entity_id)):
                 wrong.append(f"{what}: Postgres urn {row['urn']!r}")
             item = truth.live[entity_type].get(entity_id)
             if item is None:

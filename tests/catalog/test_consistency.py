@@ -41,8 +41,11 @@ histories = st.lists(
 )
 
 
-def record(child: int, version: int, parent: str | None, deleted: bool) -> dict[str, Any]:
+def record(
+    child: int, version: int, parent: str | None, deleted: bool, tenant: str = "default"
+) -> dict[str, Any]:
     return {"type": "invoice", "id": str(child), "version": version, "deleted": deleted,
+            "tenant": tenant,
             "state": {"customer": None if parent is None else int(parent)}}  # fmt: skip
 
 
@@ -76,7 +79,8 @@ def scan(
             rec["version"],
             None
             if rec["deleted"] or rec["state"]["customer"] is None
-            else domain.urn("customer", str(rec["state"]["customer"])),
+            else domain.urn("default", "customer", str(rec["state"]["customer"])),
+            "default",
         )
         for child, rec in records.items()
     ]
@@ -86,7 +90,7 @@ def scan(
 
 def truth(domain: DomainConfig, records: dict[int, Any]) -> set[tuple[str, str]]:
     return {
-        (domain.urn("customer", str(rec["state"]["customer"])), str(child))
+        (domain.urn("default", "customer", str(rec["state"]["customer"])), str(child))
         for child, rec in records.items()
         if not rec["deleted"] and rec["state"]["customer"] is not None
     }
@@ -148,6 +152,23 @@ def test_an_entry_for_a_child_no_worker_holds_is_removed_at_its_own_version() ->
     assert op is not None
     assert (op.version, op.present) == (5, False)
     assert "no record" in found.describe()
+
+
+def test_children_with_the_same_id_in_two_tenants_are_two_children(
+    sample_domain: DomainConfig,
+) -> None:
+    # Invoice 7 of each tenant points at its own tenant's customer 1.
+    children, entries = [], []
+    for tenant in ("default", "beta"):
+        after = record(7, 3, "1", False, tenant)
+        [op] = relation_ops(sample_domain, [RELATION], None, after)
+        assert op.parent == f"urn:dictamesh:{tenant}:customer:1"
+        children.append(ChildRef(RELATION.name, "7", 3, op.parent, tenant))
+        entries.append(IndexEntry(RELATION.name, op.parent, "7", 3, True))
+    assert differences(children, entries) == []
+    # Without beta's entry, exactly beta's parent misses it (default's is not confused).
+    [missing] = differences(children, entries[:1])
+    assert (missing.kind, missing.parent) == (Kind.MISSING, "urn:dictamesh:beta:customer:1")
 
 
 def test_only_differences_two_scans_agree_on_are_confirmed() -> None:

@@ -79,7 +79,7 @@ async def check(worker: MeshWorker, *flags: str) -> tuple[int, str]:
 
 async def publish_op(fleet: Fleet, customer_id: int, **op: object) -> None:
     """A relation change for a customer's ``invoices``, straight onto the relations topic."""
-    urn = fleet.domain.urn("customer", str(customer_id))
+    urn = fleet.domain.urn("default", "customer", str(customer_id))
     body = {"relation": "customer.invoices", **op}
     await fleet.send_raw(relations_topic_name(APP_ID), urn.encode(), json.dumps(body).encode())
 
@@ -180,7 +180,10 @@ async def test_a_malformed_relation_change_is_a_dead_letter_and_the_partition_fl
     await fleet.send("customer", 51, 5001, customer("C51"), Op.CREATE)
     await fleet.send("invoice", 61, 5002, invoice("I61", 51), Op.CREATE)
     await wait_until(lambda: members_are(a, 51, {"61"}), timeout=30, what="invoice 61 indexed")
-    topic, key = relations_topic_name(APP_ID), fleet.domain.urn("customer", "50").encode()
+    topic, key = (
+        relations_topic_name(APP_ID),
+        fleet.domain.urn("default", "customer", "50").encode(),
+    )
     bad = [
         await fleet.send_raw(topic, key, b"not json"),
         await fleet.send_raw(topic, key, b'{"relation": "customer.nothing", "member": "1"}'),

@@ -223,7 +223,7 @@ async def test_requests_are_answered_by_the_owner_of_the_key(fleet: Fleet) -> No
 
 async def test_bad_messages_become_dead_letters_and_the_partition_flows(fleet: Fleet) -> None:
     topic = fleet.domain.topic("customer")
-    key = fleet.domain.urn("customer", "3000").encode()
+    key = fleet.domain.urn("default", "customer", "3000").encode()
     corrupt = await fleet.send_raw(topic, key, b"not avro at all")
     unknown = await fleet.send_raw(topic, key, b"\x00" + (987654).to_bytes(4, "big") + b"\x02")
     valid = await fleet.send("customer", 3000, 3000, customer("After"), Op.CREATE)

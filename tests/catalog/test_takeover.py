@@ -49,7 +49,7 @@ async def fleet(
 
 
 def partition_of(domain: DomainConfig, entity_type: str, entity_id: int) -> int:
-    return key_partition(domain.urn(entity_type, str(entity_id)).encode(), PARTITIONS)
+    return key_partition(domain.urn("default", entity_type, str(entity_id)).encode(), PARTITIONS)
 
 
 async def owners(reader: MeshWorker) -> dict[str, set[int]]:

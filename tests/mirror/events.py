@@ -54,7 +54,7 @@ def event(
         record.update(changes)
     return {
         "event_id": str(uuid.uuid4()),
-        "tenant": domain.tenant,
+        "tenant": domain.tenants[0],
         "entity_type": entity_type,
         "entity_id": str(entity_id),
         "op": op,

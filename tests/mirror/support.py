@@ -162,7 +162,7 @@ class Scenario:
         )
 
     def key(self, entity_type: str, entity_id: object) -> bytes:
-        return self.domain.urn(entity_type, str(entity_id)).encode()
+        return self.domain.urn("default", entity_type, str(entity_id)).encode()
 
     async def produce(
         self,

@@ -147,7 +147,7 @@ async def test_postgres_agrees_batched_or_one_at_a_time(
             table,
             ev,
             schema,
-            Origin("t", 0, n, domain.urn("customer", ev["entity_id"]).encode(), None),
+            Origin("t", 0, n, domain.urn("default", "customer", ev["entity_id"]).encode(), None),
         )
         for n, ev in enumerate(events)
     ]

@@ -35,7 +35,7 @@ def expected_row(scenario: Scenario, ev: dict[str, Any], first_seen: datetime) -
     after = ev["after"]
     return {
         **after,
-        "urn": domain.urn(ev["entity_type"], ev["entity_id"]),
+        "urn": domain.urn("default", ev["entity_type"], ev["entity_id"]),
         "tenant": ev["tenant"],
         "source_system": "directus",
         "source_instance": "directus",

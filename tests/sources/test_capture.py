@@ -84,7 +84,7 @@ class Stack:
         )
 
     def urn(self, entity_type: str, item: object) -> str:
-        return self.domain.urn(entity_type, str(item))
+        return self.domain.urn("default", entity_type, str(item))
 
     def key_of(self, row: Activity) -> str:
         """The event key (URN) of the entity an activity row changed."""

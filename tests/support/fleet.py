@@ -49,7 +49,8 @@ class Fleet:
     workers: list[MeshWorker]
     registry: ManagedProcess
     latest: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)
-    """Per (type, id): the newest version produced and whether it is a delete."""
+    """Per (type, id) of the first tenant: the newest version produced and whether it is a
+    delete."""
 
     async def wait_stable(self, timeout: float = 90.0) -> None:
         """Wait until every worker is ready and actively owns partitions."""
@@ -62,9 +63,13 @@ class Fleet:
         position: int,
         after: dict[str, Any] | None,
         op: Op = Op.UPDATE,
+        tenant: str | None = None,
     ) -> RecordMetadata:
-        """Produce one change event (``after=None`` deletes) keyed by the entity's URN."""
+        """Produce one change event (``after=None`` deletes) keyed by the entity's URN, from
+        ``tenant``'s source (default: the first tenant's)."""
         entity = self.domain.entities[entity_type]
+        tenant = tenant or self.domain.tenants[0]
+        source = next(s for s in self.domain.entity_sources(entity_type) if s.tenant == tenant)
         event = ChangeEvent(
             entity_type=entity_type,
             entity_id=str(entity_id),
@@ -75,11 +80,11 @@ class Fleet:
             after=None if after is None else {"id": entity_id, **after},
             changed_fields=tuple(after or ()),
         )
-        value = self.codecs[entity_type].dumps(
-            event.envelope(self.domain, self.domain.source(entity.source))
-        )
-        meta = await self.send_raw(self.domain.topic(entity_type), event.key(self.domain), value)
+        value = self.codecs[entity_type].dumps(event.envelope(source))
+        meta = await self.send_raw(self.domain.topic(entity_type), event.key(source), value)
         key = (entity_type, str(entity_id))
+        if tenant != self.domain.tenants[0]:
+            return meta  # latest is the first tenant's
         if key not in self.latest or self.latest[key][0] < position:
             self.latest[key] = (position, after is None)
         return meta

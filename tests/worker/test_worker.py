@@ -97,7 +97,7 @@ async def test_sigterm_stops_the_worker_and_frees_its_port(worker: dict[str, obj
 @pytest.mark.usefixtures("broker")
 async def test_worker_with_bad_domain_config_exits_with_one_message(tmp_path: Path) -> None:
     bad = tmp_path / "domain.yaml"
-    bad.write_text("version: 1\ntenant: Bad Tenant\nsources: []\nentities: {}\n")
+    bad.write_text("version: 2\ntenants: [Bad Tenant]\nsources: []\nentities: {}\n")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "worker",
         env={**os.environ, "MESH_DOMAIN_CONFIG": str(bad), "MESH_STATE_DIR": str(tmp_path)},
@@ -106,7 +106,7 @@ async def test_worker_with_bad_domain_config_exits_with_one_message(tmp_path: Pa
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     text = err.decode()
-    assert text.startswith(f"mesh: configuration error: {bad}, key 'tenant'")
+    assert text.startswith(f"mesh: configuration error: {bad}, key 'tenants.0'")
     assert "Traceback" not in text
 
 

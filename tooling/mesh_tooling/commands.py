@@ -69,7 +69,7 @@ def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from mesh_tooling.dev.issuer import DevIssuer
 
     dev = _dev_settings()
-    tenant = args.tenant or load_domain(dev.domain_config).tenant
+    tenant = args.tenant or load_domain(dev.domain_config).tenants[0]
     issuer = DevIssuer.in_dir(dev.state_dir / "issuer")
     scopes = tuple(s for value in args.scope for s in value.split())
     print(issuer.mint(tenant, scopes=scopes, subject=args.subject, ttl_s=args.ttl))

@@ -68,7 +68,8 @@ class FreshnessBench:
         self.codec = AvroEventCodec(
             RegistryClient(settings.schema_registry_url), f"{self.topic}-value", schema
         )
-        self.base = self.domain.source(self.entity.source).url.rstrip("/")
+        self.source = self.domain.entity_sources(entity_type)[0]
+        self.base = self.source.url.rstrip("/")
         self.arrivals = _Arrivals()
         self.run_id = uuid.uuid4().hex[:8]
 
@@ -189,7 +190,7 @@ def run_freshness(settings: DevSettings, items: int, bulk: int) -> int:
         f"{items} single writes, then {bulk} items in requests of {BULK_BATCH}"
     )
     worker = f"http://{settings.web_host}:{settings.web_port}"
-    sources = [bench.entity.source]
+    sources = [bench.source.name]
     waited = asyncio.run(wait_until_following([worker], sources, timeout=300))
     if waited >= 1:
         print(f"waited {waited:.0f} s for the worker at {worker} to follow {sources[0]}")
@@ -197,7 +198,7 @@ def run_freshness(settings: DevSettings, items: int, bulk: int) -> int:
     print(
         f"write → event delay: p50 {figures['p50_s'] * 1000:.0f} ms, "
         f"p99 {figures['p99_s'] * 1000:.0f} ms, max {figures['max_s'] * 1000:.0f} ms "
-        f"(poll interval {bench.domain.source(bench.entity.source).poll_interval_ms} ms)"
+        f"(poll interval {bench.source.poll_interval_ms} ms)"
     )
     print(
         f"bulk load of {bulk}: Directus accepted {figures['directus_items_per_s']:.0f} items/s, "

@@ -165,11 +165,10 @@ class GraphQLBench(IngestBench):
                     entity_type, str(entity_id), Op.CREATE, entity.collection, position,
                     datetime.now(UTC), {"id": entity_id, **after}, tuple(after),
                 )  # fmt: skip
-                value = codecs[entity_type].dumps(
-                    event.envelope(self.domain, self.domain.source(entity.source))
-                )
+                source = self.domain.entity_sources(entity_type)[0]
+                value = codecs[entity_type].dumps(event.envelope(source))
                 topic = self.domain.topic(entity_type)
-                pending.append(await producer.send(topic, value, key=event.key(self.domain)))
+                pending.append(await producer.send(topic, value, key=event.key(source)))
             await asyncio.gather(*pending)
         finally:
             await producer.stop()
@@ -275,7 +274,9 @@ class GraphQLBench(IngestBench):
             {s for e in self.domain.entities.values() for f in e.fields.values()
              for s in f.requires_scopes}
         )  # fmt: skip
-        token = issuer.mint(self.domain.tenant, scopes=tuple(scopes), subject="bench", ttl_s=3600)
+        token = issuer.mint(
+            self.domain.tenants[0], scopes=tuple(scopes), subject="bench", ttl_s=3600
+        )
         on = {**issuer.worker_env(), "MESH_FLEET_SECRET": secrets.token_urlsafe(32)}
         by_id = [
             json.dumps({"query": BY_ID, "variables": {"id": str(c)}}).encode()

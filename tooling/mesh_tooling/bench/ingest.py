@@ -50,10 +50,10 @@ def _events(domain: DomainConfig, count: int) -> list[tuple[str, bytes, dict[str
         out.append(
             (
                 "invoice",
-                domain.urn("invoice", entity_id).encode(),
+                domain.urn(domain.tenants[0], "invoice", entity_id).encode(),
                 {
                     "event_id": str(uuid.UUID(int=n)),
-                    "tenant": domain.tenant,
+                    "tenant": domain.tenants[0],
                     "entity_type": "invoice",
                     "entity_id": entity_id,
                     "op": "CREATE",

@@ -144,7 +144,7 @@ async def _produce(
     """Seconds to produce ``events`` SNAPSHOT events, ids and versions 1…events."""
     schemas = load_event_schemas(domain, settings.schemas_dir)
     codec = build_codecs(domain, schemas, RegistryClient(settings.schema_registry_url))[entity_type]
-    source = domain.source(domain.entities[entity_type].source)
+    source = domain.entity_sources(entity_type)[0]
     records = []
     for n in range(1, events + 1):
         after = _sample(domain, entity_type, n)
@@ -157,7 +157,7 @@ async def _produce(
             None,
             after,
         )
-        records.append((change.key(domain), codec.dumps(change.envelope(domain, source))))
+        records.append((change.key(source), codec.dumps(change.envelope(source))))
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
     )

@@ -176,10 +176,13 @@ class DevStack:
             ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
             ("Worker", f"http://{s.web_host}:{s.web_port}/healthz  /readyz  /metrics"),
             ("Token issuer", f"{issuer.issuer}  (keys at {jwks_url})"),
-            (
-                f"  token ({domain.tenant})",
-                issuer.mint(domain.tenant, subject="dev", ttl_s=12 * 3600)
-                + "  (12 h; `mesh token` mints more)",
+            *(
+                (
+                    f"  token ({tenant})",
+                    issuer.mint(tenant, subject="dev", ttl_s=12 * 3600)
+                    + "  (12 h; `mesh token --tenant T` mints more)",
+                )
+                for tenant in domain.tenants
             ),
             ("Logs", str(self.logs)),
         ]

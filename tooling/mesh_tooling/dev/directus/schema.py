@@ -32,8 +32,8 @@ def directus_entities(domain: DomainConfig, source: str | None) -> dict[str, Ent
     return {
         name: entity
         for name, entity in domain.entities.items()
-        if (source is None or entity.source == source)
-        and domain.source(entity.source).kind == "directus"
+        if (source is None or source in entity.sources)
+        and domain.source(entity.sources[0]).kind == "directus"
     }
 
 
