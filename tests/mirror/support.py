@@ -22,7 +22,7 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import CollectorRegistry
 
 from mesh.codec import AvroEventCodec, RegistryClient, build_codecs
-from mesh.domain import DomainConfig, parse_domain
+from mesh.domain import DomainConfig, expand_env, parse_domain
 from mesh.mirror import MirrorConsumer, build_mirror
 from mesh.retry import RetryPolicy
 from mesh.schemas import load_event_schemas, write_after_schemas
@@ -33,8 +33,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def domain_data() -> dict[str, Any]:
-    """The shipped domain config as data (to change before parsing)."""
-    data = yaml.safe_load((PROJECT_ROOT / "config" / "domain.yaml").read_text())
+    """The shipped domain config as data (to change before parsing), ``${VAR:-default}``
+    expanded as :func:`~mesh.domain.load_domain` would."""
+    path = PROJECT_ROOT / "config" / "domain.yaml"
+    data = expand_env(yaml.safe_load(path.read_text()), source=str(path))
     assert isinstance(data, dict)
     data["sources"][0]["url"] = "http://127.0.0.1:1"
     return data

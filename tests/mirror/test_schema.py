@@ -35,7 +35,7 @@ def _with_user_entity() -> dict[str, Any]:
     # `user` is a reserved word in SQL: the table name must be quoted everywhere.
     data["entities"]["user"] = {
         "graphql_name": "User",
-        "source": "directus",
+        "sources": ["directus"],
         "collection": "users",
         "key": "code",
         "fields": EVERY_TYPE,
