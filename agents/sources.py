@@ -48,7 +48,12 @@ class SourceSupervisor(Service):
         self._draining = False
         self._not_before: dict[str, float] = {}
         schemas = load_event_schemas(ctx.domain, ctx.settings.schemas_dir)
-        self.codecs = build_codecs(ctx.domain, schemas, RegistryClient.from_settings(ctx.settings))
+        registry = RegistryClient.from_settings(ctx.settings)
+        # Per tenant: with topic_per_tenant each tenant's events have their own subjects.
+        self.codecs = {
+            tenant: build_codecs(ctx.domain, schemas, registry, tenant)
+            for tenant in ctx.domain.tenants
+        }
         for spec in ctx.domain.sources:
             self.metrics.set_state(spec.name, AdapterState.STOPPED)
             if not spec.enabled:
@@ -103,7 +108,7 @@ class SourceSupervisor(Service):
         spec = ctx.domain.source(name)
         adapter = create_adapter(spec, ctx.domain)
         adapter.children = functools.partial(self.children, spec.tenant)
-        codecs = {t: self.codecs[t] for t in adapter.entities}
+        codecs = {t: self.codecs[spec.tenant][t] for t in adapter.entities}
         publisher = EventPublisher(
             ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics
         )

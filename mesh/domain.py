@@ -127,6 +127,11 @@ class DomainConfig(_Model):
     version: int = Field(ge=1, le=2)
     tenants: list[TenantName] = Field(min_length=1)
     """Every tenant whose data the mesh holds; each source belongs to one of them."""
+    topic_per_tenant: bool = False
+    """Give each tenant its own change topics, ``<tenant>.<collection>.<kind>.entity_changed``,
+    so a broker's prefixed ACLs can fence tenants apart; by default the tenants of an
+    entity type share its topic (the key and a header carry the tenant). Changing it
+    moves every event to other topics: decide before the first deployment."""
     sources: list[SourceSpec] = Field(min_length=1)
     entities: dict[SnakeName, EntitySpec] = Field(min_length=1)
 
@@ -196,13 +201,13 @@ class DomainConfig(_Model):
                     f"{where}.graphql_name", f"'{entity.graphql_name}' is already used by {other}"
                 )
             seen_graphql[entity.graphql_name] = name
-            topic = self.topic(name)
-            if topic in seen_topics:
-                raise _CrossRefError(
-                    f"{where}.collection",
-                    f"topic '{topic}' is already used by {seen_topics[topic]}",
-                )
-            seen_topics[topic] = name
+            for topic in self.topics(name):
+                if topic in seen_topics:
+                    raise _CrossRefError(
+                        f"{where}.collection",
+                        f"topic '{topic}' is already used by {seen_topics[topic]}",
+                    )
+                seen_topics[topic] = name
             for rel_name, rel in entity.reverse_relations.items():
                 rwhere = f"{where}.reverse_relations.{rel_name}"
                 if rel_name in entity.fields:
@@ -252,11 +257,29 @@ class DomainConfig(_Model):
         """The sources feeding ``entity_type``, one per tenant."""
         return [self.source(name) for name in self.entities[entity_type].sources]
 
-    def topic(self, entity_type: str) -> str:
-        """The change topic of an entity type: ``<collection>.<source kind>.entity_changed``,
-        shared by its tenants (keys and events carry the tenant)."""
+    def topic(self, entity_type: str, tenant: str | None = None) -> str:
+        """The change topic of ``tenant``'s entities of a type:
+        ``<collection>.<source kind>.entity_changed``, shared by the type's tenants (keys
+        and events carry the tenant), or with :attr:`topic_per_tenant`
+        ``<tenant>.<collection>.<source kind>.entity_changed`` (``tenant`` None: the first
+        tenant feeding the type)."""
         entity = self.entities[entity_type]
-        return f"{entity.collection}.{self.source(entity.sources[0]).kind}.entity_changed"
+        first = self.source(entity.sources[0])
+        shared = f"{entity.collection}.{first.kind}.entity_changed"
+        if not self.topic_per_tenant:
+            return shared
+        return f"{tenant or first.tenant}.{shared}"
+
+    def topics(self, entity_type: str) -> list[str]:
+        """Every change topic of an entity type (one per tenant with
+        :attr:`topic_per_tenant`)."""
+        if not self.topic_per_tenant:
+            return [self.topic(entity_type)]
+        return [self.topic(entity_type, s.tenant) for s in self.entity_sources(entity_type)]
+
+    def topic_types(self) -> dict[str, str]:
+        """Every change topic and the entity type whose events it carries."""
+        return {topic: t for t in self.entities for topic in self.topics(t)}
 
     def has_tenant(self, tenant: str) -> bool:
         """True for a tenant the config declares."""

@@ -65,7 +65,7 @@ def fleet_topics(
     (see the module's docs); None keeps every entity's latest event forever.
     """
     partitions = settings.topic_partitions
-    entity_topics = {domain.topic(entity_type) for entity_type in domain.entities}
+    entity_topics = set(domain.topic_types())
     subscribed, changelogs = _subscribed_and_changelogs(settings, domain)
     entity_config: dict[str, str | int] = {"cleanup.policy": "compact"}
     if entity_retention_days is not None:

@@ -28,6 +28,8 @@ class Scenario:
     name: str
     test: str
     runs: int
+    env: tuple[tuple[str, str], ...] = ()
+    """Added to the pytest process's environment."""
 
 
 SCENARIOS = [
@@ -48,13 +50,15 @@ SCENARIOS = [
         "test_a_recreated_kafka_never_answers_from_the_earlier_generations_cache",
         10,
     ),
+    # The isolation matrix's long form: more fleet shapes (see tests/tenancy/).
+    Scenario("tenancy", "tests/tenancy/test_isolation.py", 3, (("MESH_TENANCY_LONG", "1"),)),
 ]
 
 
 def run_once(scenario: Scenario, n: int, root: Path) -> tuple[bool, float, Path]:
     """One pytest process; returns (passed, seconds, its directory)."""
     where = root / f"{scenario.name}-{n:02d}"
-    env = {**os.environ, "MESH_SOAK_SEED": str(1000 + n)}
+    env = {**os.environ, "MESH_SOAK_SEED": str(1000 + n), **dict(scenario.env)}
     started = time.monotonic()
     with (where.with_suffix(".log")).open("w") as log:
         result = subprocess.run(

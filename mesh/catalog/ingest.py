@@ -98,7 +98,7 @@ class CatalogIngestor:
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
         self.relations = relations
-        self.by_topic = {self.domain.topic(t): t for t in self.domain.entities}
+        self.by_topic = self.domain.topic_types()
         self.relations_topic = relations_topic_name(context.settings.app_id)
         self.relation_tables = {r.name: context.catalog.relations[r.name] for r in relations}
         self._indexes = {table.name for table in self.relation_tables.values()}
@@ -196,14 +196,14 @@ class CatalogIngestor:
         writes: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
         dead: list[tuple[Any, str, Exception]] = []
         ops: list[RelationOp] = []
-        counts: Counter[tuple[str, str]] = Counter()
+        counts: Counter[tuple[str, str, str]] = Counter()
         for message in messages:
             if message.topic == self.relations_topic:
                 self._fold_relation(message, writes, dead)
             else:
                 self._fold_entity(message, writes, ops, dead, counts)
-        for (entity_type, result), n in counts.items():
-            self.metrics.events.labels(entity_type, result).inc(n)
+        for (entity_type, tenant, result), n in counts.items():
+            self.metrics.events.labels(entity_type, tenant, result).inc(n)
         relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         partitions = self.context.settings.topic_partitions
         for op in ops:
@@ -290,7 +290,7 @@ class CatalogIngestor:
         writes: dict[tuple[str, int], dict[bytes, bytes]],
         ops: list[RelationOp],
         dead: list[tuple[Any, str, Exception]],
-        counts: Counter[tuple[str, str]],
+        counts: Counter[tuple[str, str, str]],
     ) -> None:
         entity_type = self.by_topic[message.topic]
         table = self.entity_tables[entity_type]
@@ -322,11 +322,11 @@ class CatalogIngestor:
         before = self._current(table, message.partition, message.key, table_writes)
         after = fold(before, event, urn, schema)
         if after is None:
-            counts[(entity_type, "stale")] += 1
+            counts[(entity_type, tenant, "stale")] += 1
             return
         table_writes[message.key] = record.dumps(after)
         ops.extend(relation_ops(self.domain, self.relations, before, after))
-        counts[(entity_type, "applied")] += 1
+        counts[(entity_type, tenant, "applied")] += 1
 
     def _fold_relation(
         self,

@@ -12,7 +12,7 @@ class CatalogMetrics:
         self.events = Counter(
             "dictamesh_catalog_events",
             "Change events folded into the catalog: applied, or stale (not newer; ignored).",
-            ["entity_type", "result"],
+            ["entity_type", "tenant", "result"],
             registry=registry,
         )
         self.dead_letters = Counter(

@@ -71,10 +71,15 @@ class AvroEventCodec:
 
 
 def build_codecs(
-    domain: DomainConfig, schemas: dict[str, dict[str, Any]], registry: RegistryClient
+    domain: DomainConfig,
+    schemas: dict[str, dict[str, Any]],
+    registry: RegistryClient,
+    tenant: str | None = None,
 ) -> dict[str, AvroEventCodec]:
-    """One codec per entity type, each bound to the ``<topic>-value`` subject."""
+    """One codec per entity type, each bound to the ``<topic>-value`` subject of
+    ``tenant``'s topic (which only matters for encoding: decoding follows the writer's
+    schema id)."""
     return {
-        entity_type: AvroEventCodec(registry, f"{domain.topic(entity_type)}-value", schema)
+        entity_type: AvroEventCodec(registry, f"{domain.topic(entity_type, tenant)}-value", schema)
         for entity_type, schema in schemas.items()
     }

@@ -44,7 +44,7 @@ class MirrorDecoder:
         self.tables = tables
         self.codecs = codecs
         self.registry = registry
-        self.by_topic = {domain.topic(t): t for t in tables}
+        self.by_topic = {topic: t for topic, t in domain.topic_types().items() if t in tables}
         self._schemas: dict[int, SchemaInfo] = {}
 
     @property

@@ -10,6 +10,10 @@ from typing import Any
 
 from mesh.domain import DomainConfig, SourceSpec
 
+TENANT_HEADER = "dictamesh.tenant"
+"""Kafka header naming an event's tenant: consumers can route or filter a shared topic
+without decoding (the key, the URN, says it too; the catalog trusts only key and payload)."""
+
 
 class Op(StrEnum):
     """What happened to the entity."""
@@ -41,6 +45,11 @@ class ChangeEvent:
     def key(self, source: SourceSpec) -> bytes:
         """The tenant-scoped entity key: the entity's URN in the source's tenant."""
         return DomainConfig.urn(source.tenant, self.entity_type, self.entity_id).encode()
+
+    @staticmethod
+    def headers(source: SourceSpec) -> list[tuple[str, bytes]]:
+        """The Kafka headers of the source's events."""
+        return [(TENANT_HEADER, source.tenant.encode())]
 
     def envelope(self, source: SourceSpec) -> dict[str, Any]:
         """The record the entity type's Avro event schema encodes."""

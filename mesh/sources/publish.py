@@ -34,8 +34,9 @@ class EventPublisher:
         self.source = source
         self.codecs = codecs
         self.metrics = metrics
-        self.topics = {name: TopicSender(app, domain.topic(name)) for name in codecs}
+        self.topics = {name: TopicSender(app, domain.topic(name, source.tenant)) for name in codecs}
         self.dead_letters = TopicSender(app, dead_letter_topic)
+        self.headers = ChangeEvent.headers(source)
 
     def prepare(self) -> None:
         """Register every schema now (blocking HTTP), not on the first event."""
@@ -62,7 +63,9 @@ class EventPublisher:
                     )
                 )
                 continue
-            sent = await self.topics[event.entity_type].send(event.key(self.source), value)
+            sent = await self.topics[event.entity_type].send(
+                event.key(self.source), value, self.headers
+            )
             pending.append((sent, event.collection, event.op.value, "event"))
         for letter in dead:
             sent = await self.dead_letters.send(

@@ -174,7 +174,7 @@ async def latest_schemas(
 async def types_body(reader: CatalogReader, tenant: str) -> dict[str, Any]:
     """The body of ``/api/v1/catalog/types`` for ``tenant``."""
     domain = reader.domain
-    topics = {t: domain.topic(t) for t in domain.entities}
+    topics = {t: domain.topic(t, tenant) for t in domain.entities}
     (counts, count_warnings), (schemas, schema_warnings) = await asyncio.gather(
         fleet_counts(reader, tenant),
         latest_schemas(reader, [f"{t}-value" for t in topics.values()]),

@@ -91,7 +91,7 @@ async def test_a_newer_event_updates_and_a_stale_one_changes_nothing(fleet: Flee
     assert got["last_changed"] == "2026-11-02T09:30:20+00:00"
 
     async def stale_count() -> float:
-        labels = {"entity_type": "customer", "result": "stale"}
+        labels = {"entity_type": "customer", "tenant": "default", "result": "stale"}
         return sum([await w.metric("dictamesh_catalog_events_total", **labels) for w in (a, b)])
 
     before = await stale_count()

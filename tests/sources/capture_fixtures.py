@@ -162,6 +162,7 @@ class Event:
     offset: int
     key: str
     value: dict[str, Any]
+    headers: Mapping[str, str]
 
     @property
     def op(self) -> str:
@@ -210,7 +211,9 @@ class EventLog(KafkaLog):
             value = self._deserializer(record.value, ctx)
             assert isinstance(value, dict), f"{record.topic}@{record.offset}: {value!r}"
             self.events.append(
-                Event(record.topic, record.partition, record.offset, record.key, value)
+                Event(
+                    record.topic, record.partition, record.offset, record.key, value, record.headers
+                )
             )
 
     def changes(self, positions: Iterable[int] | None = None) -> list[Event]:

@@ -240,6 +240,8 @@ async def test_snapshot_publishes_every_seeded_item_once_at_the_activity_head(
         entity = domain.entities[entity_type]
         assert event.topic == domain.topic(entity_type)
         assert event.value["tenant"] == "default"
+        assert event.headers["dictamesh.tenant"] == "default"
+        assert event.key.startswith("urn:dictamesh:default:")
         assert (event.entity_type, event.entity_id) == (entity_type, str(item["id"]))
         assert event.value["source"] == {
             "system": "directus",

@@ -81,7 +81,8 @@ class Fleet:
             changed_fields=tuple(after or ()),
         )
         value = self.codecs[entity_type].dumps(event.envelope(source))
-        meta = await self.send_raw(self.domain.topic(entity_type), event.key(source), value)
+        topic = self.domain.topic(entity_type, tenant)
+        meta = await self.send_raw(topic, event.key(source), value)
         key = (entity_type, str(entity_id))
         if tenant != self.domain.tenants[0]:
             return meta  # latest is the first tenant's
@@ -123,7 +124,7 @@ async def open_fleet(
         dead_letters = dead_letter_topic(app_id)
         # Made before the workers start, with the fleet's partition count, so events can
         # be produced at once (the workers would declare them too).
-        topics = [domain.topic(t) for t in domain.entities] + [dead_letters]
+        topics = [*domain.topic_types(), dead_letters]
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:

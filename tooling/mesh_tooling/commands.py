@@ -28,7 +28,10 @@ def _cmd_registry(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from mesh_tooling.dev.stack import run_dev_stack
 
-    return run_dev_stack(_dev_settings())
+    dev = _dev_settings()
+    if args.tenants is not None:
+        dev = dev.model_copy(update={"dev_tenants": args.tenants})
+    return run_dev_stack(dev)
 
 
 def _cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
@@ -107,9 +110,15 @@ def add_registry(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mesh dev``: the whole local stack in the foreground."""
-    sub.add_parser("dev", help="run the whole local stack in the foreground").set_defaults(
-        run=_cmd_dev
+    dev = sub.add_parser("dev", help="run the whole local stack in the foreground")
+    dev.add_argument(
+        "--tenants",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="2: also run the second tenant's own Directus (default: MESH_DEV_TENANTS or 1)",
     )
+    dev.set_defaults(run=_cmd_dev)
 
 
 def add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

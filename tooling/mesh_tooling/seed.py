@@ -55,7 +55,9 @@ def seed_targets(domain: DomainConfig, environ: Mapping[str, str]) -> list[SeedT
     ``environ``; :class:`ConfigError` naming the variable when a token is missing or short."""
     targets = []
     for source in domain.sources:
-        if source.kind != "directus" or not directus_entities(domain, source.name):
+        if not source.enabled or source.kind != "directus":
+            continue  # a disabled source (e.g. a second tenant's) is not running here
+        if not directus_entities(domain, source.name):
             continue
         if source.token_env is None:
             # The seed makes a service user with a static token; a login-based source

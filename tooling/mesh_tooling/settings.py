@@ -36,3 +36,8 @@ class DevSettings(Settings):
     )
     seed_rows: bool = True
     """Seed sample rows into the dev stack's Directus."""
+    dev_tenants: int = Field(default=1, ge=1, le=2)
+    """How many tenants ``mesh dev`` runs: 2 adds the sample's second tenant (``beta``) with
+    a Directus of its own, whose ids collide with the first's on purpose."""
+    directus_beta_port: int = Field(default=8056, ge=1, le=65535)
+    """Port of the second tenant's Directus (``mesh dev --tenants 2``)."""

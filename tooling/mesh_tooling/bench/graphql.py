@@ -56,7 +56,7 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 AUTH_AB = "auth-a/b"
 """By id, cached, one worker, authentication off and on alternated (see _measure_auth)."""
 BASELINE = "baseline"
-NO_KEYS = b'{"keys": []}'
+NO_KEYS = b'{"tenant": "default", "keys": []}'
 """The baseline: the cheapest request through the same web stack (an internal read of
 no keys), measured in the same run; GraphQL figures are also given as ratios to it."""
 _APPLIED = r"^dictamesh_catalog_events_total\{[^}]*\} (\S+)$"

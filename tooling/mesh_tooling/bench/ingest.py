@@ -220,7 +220,10 @@ class IngestBench:
     async def _fold(self, worker: ManagedProcess, port: int) -> dict[str, float]:
         """Wait until ``worker`` applied every preloaded event; its rate and batch size."""
         metrics = f"http://127.0.0.1:{port}/metrics"
-        applied = r'^dictamesh_catalog_events_total\{entity_type="invoice",result="\w+"\} (\S+)$'
+        applied = (
+            r'^dictamesh_catalog_events_total\{entity_type="invoice",tenant="[^"]+",result="\w+"\} '
+            r"(\S+)$"
+        )
         first: float | None = None
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 1800

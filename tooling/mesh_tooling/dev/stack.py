@@ -2,8 +2,13 @@
 
 Starts, in order: the Kafka-compatible broker, the schema registry, Postgres (the server
 at ``MESH_DATABASE_URL`` or a throwaway cluster), Directus (installed from npm on first
-run, bootstrapped and seeded) and one worker. Prints every URL and credential, then waits.
+run, bootstrapped and seeded; with ``--tenants 2`` a second one, on its own database, for
+the second tenant) and one worker. Prints every URL and credential, then waits.
 Ctrl-C (or SIGTERM, or any child dying) stops every child in reverse order.
+
+A source the stack runs gets ``MESH_<SOURCE NAME>_URL`` and ``MESH_<SOURCE NAME>_ENABLED``
+in the worker's environment (``directus_beta`` → ``MESH_DIRECTUS_BETA_URL``), which the
+sample domain config reads; the first tenant's keeps ``MESH_DIRECTUS_URL``.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
-from mesh.domain import DomainConfig, load_domain
+from mesh.domain import DomainConfig, SourceSpec, load_domain
 from mesh.errors import MeshError, StackError
 from mesh.schemas import load_event_schemas
 from mesh.settings import redact_url
@@ -26,6 +33,7 @@ from mesh_tooling.dev.broker import start_broker
 from mesh_tooling.dev.directus import (
     DirectusService,
     DirectusSettings,
+    SeedResult,
     ensure_installed,
     load_or_create_token,
     seed_directus,
@@ -38,6 +46,44 @@ from mesh_tooling.dev.readiness import wait_until_following
 from mesh_tooling.settings import DevSettings
 
 Stoppable = Callable[[], Awaitable[None]]
+
+SEEDS = (2026, 4242)
+"""Sample-row seeds of the first and second tenant's Directus: same ids, other values."""
+
+
+@dataclass(frozen=True)
+class TenantDirectus:
+    """One tenant's Directus as the stack started it."""
+
+    source: SourceSpec
+    url: str
+    token: str
+    seeded: SeedResult
+
+
+def stack_sources(domain: DomainConfig, tenants: int) -> list[SourceSpec]:
+    """The Directus source of each of the first ``tenants`` tenants, in tenant order;
+    :class:`StackError` when the config has none for one of them."""
+    found = []
+    for tenant in domain.tenants[:tenants]:
+        source = next(
+            (s for s in domain.sources if s.tenant == tenant and s.kind == "directus"), None
+        )
+        if source is None:
+            raise StackError(f"the domain config has no Directus source for tenant {tenant!r}")
+        found.append(source)
+    if len(found) < tenants:
+        raise StackError(f"--tenants {tenants}: the domain config declares only {domain.tenants}")
+    return found
+
+
+def source_env(source: SourceSpec, url: str, token: str, *, first: bool) -> dict[str, str]:
+    """What a worker needs to poll ``source`` at ``url`` (see the module docstring)."""
+    name = "DIRECTUS" if first else source.name.upper().replace("-", "_")
+    env = {f"MESH_{name}_URL": url, f"MESH_{name}_ENABLED": "true"}
+    if source.token_env:
+        env[source.token_env] = token
+    return env
 
 
 def say(message: str) -> None:
@@ -55,6 +101,62 @@ class DevStack:
         self._stops: list[Stoppable] = []
         self.summary: list[tuple[str, str]] = []
 
+    async def _start_directus(
+        self,
+        domain: DomainConfig,
+        source: SourceSpec,
+        n: int,
+        database_url: str,
+        install_dir: Path,
+    ) -> TenantDirectus:
+        """Bootstrap, start and seed the ``n``-th tenant's Directus on its own database."""
+        s = self.settings
+        suffix = "" if n == 0 else f"_{source.name}"
+        port = s.directus_port if n == 0 else s.directus_beta_port
+        directus = DirectusService(
+            DirectusSettings(
+                install_dir=install_dir,
+                database_url=ensure_database(database_url, f"dictamesh_directus{suffix}"),
+                state_dir=s.state_dir / f"directus{suffix}",
+                admin_email=s.directus_admin_email,
+                admin_password=s.directus_admin_password.get_secret_value(),
+                host=s.dev_host,
+                port=port,
+            )
+        )
+        say(f"bootstrapping Directus 10.10.0 on Postgres for tenant {source.tenant}")
+        await directus.bootstrap()
+        say(f"starting Directus on {directus.url}")
+        self._stops.append(directus.stop)
+        await directus.start()
+        # The adapters' static token: made once, kept in the state directory.
+        token = load_or_create_token(s.state_dir / f"directus{suffix}", name="service-token")
+        say(f"seeding tenant {source.tenant}'s Directus with the sample domain")
+        seeded = await seed_directus(
+            directus.url,
+            s.directus_admin_email,
+            s.directus_admin_password.get_secret_value(),
+            domain,
+            service_token=token,
+            rows=s.seed_rows,
+            source=source.name,
+            seed=SEEDS[n],
+            progress=say,
+        )
+        return TenantDirectus(source, directus.url, token, seeded)
+
+    def _directus_lines(self, instance: TenantDirectus) -> list[tuple[str, str]]:
+        s, seeded = self.settings, instance.seeded
+        return [
+            (f"Directus ({instance.source.tenant})", f"{instance.url}/admin"),
+            (
+                "  admin login",
+                f"{s.directus_admin_email} / {s.directus_admin_password.get_secret_value()}",
+            ),
+            ("  adapter token", f"{instance.token}  (user {seeded.service_email})"),
+            ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
+        ]
+
     def _track(self, name: str, proc: ManagedProcess) -> None:
         self.children.append((name, proc))
         self._stops.append(proc.stop)
@@ -67,6 +169,11 @@ class DevStack:
             ("the Kafka broker", s.broker_port),
             ("the schema registry", s.registry_port),
             ("Directus", s.directus_port),
+            *(
+                [("the second tenant's Directus", s.directus_beta_port)]
+                if s.dev_tenants > 1
+                else []
+            ),
             ("the worker's web server", s.web_port),
             ("the dev token issuer", s.issuer_port),
         ]
@@ -92,44 +199,23 @@ class DevStack:
         registry_url = await self._start_registry(host, s.registry_port)
 
         database_url = await self._postgres(host)
-        directus_db = ensure_database(database_url, "dictamesh_directus")
         mirror_db = ensure_database(database_url, "dictamesh")
-
+        sources = stack_sources(domain, s.dev_tenants)
         install_dir = await ensure_installed(s.cache_dir, progress=say)
-        directus = DirectusService(
-            DirectusSettings(
-                install_dir=install_dir,
-                database_url=directus_db,
-                state_dir=s.state_dir / "directus",
-                admin_email=s.directus_admin_email,
-                admin_password=s.directus_admin_password.get_secret_value(),
-                host=host,
-                port=s.directus_port,
-            )
-        )
-        say("bootstrapping Directus 10.10.0 on Postgres")
-        await directus.bootstrap()
-        say(f"starting Directus on {directus.url}")
-        self._stops.append(directus.stop)
-        await directus.start()
-        # The adapters' static token: made once, kept in the state directory.
-        token = load_or_create_token(s.state_dir / "directus", name="service-token")
-        say("seeding Directus with the sample domain")
-        seeded = await seed_directus(
-            directus.url,
-            s.directus_admin_email,
-            s.directus_admin_password.get_secret_value(),
-            domain,
-            service_token=token,
-            rows=s.seed_rows,
-            progress=say,
-        )
+        instances = [
+            await self._start_directus(domain, source, n, database_url, install_dir)
+            for n, source in enumerate(sources)
+        ]
 
         say(f"starting a worker (web on http://{s.web_host}:{s.web_port})")
         # The broker keeps nothing across restarts, so local tables from an earlier run
         # would hold offsets the new broker never had: start the worker from a clean slate.
         shutil.rmtree(s.state_dir / "workers", ignore_errors=True)
-        source_env = {src.token_env: token for src in domain.sources if src.token_env}
+        sources_env: dict[str, str] = {}
+        for n, instance in enumerate(instances):
+            sources_env.update(
+                source_env(instance.source, instance.url, instance.token, first=n == 0)
+            )
         issuer = DevIssuer.in_dir(s.state_dir / "issuer")
         jwks_url = f"http://{host}:{s.issuer_port}{JWKS_PATH}"
         say(f"serving the dev token issuer's keys at {jwks_url}")
@@ -149,31 +235,24 @@ class DevStack:
                 "MESH_WEB_PORT": str(s.web_port),
                 "MESH_WEB_HOST": s.web_host,
                 **({"MESH_REDIS_URL": redis} if redis else {}),
-                "MESH_DIRECTUS_URL": directus.url,
-                **source_env,
+                **sources_env,
             }
         )
         waited = await wait_until_following(
-            [f"http://{s.web_host}:{s.web_port}"], [src.name for src in domain.sources], say=say
+            [f"http://{s.web_host}:{s.web_port}"], [src.name for src in sources], say=say
         )
         say(f"the sources follow their change feeds (first snapshot took {waited:.0f} s)")
         self.summary = [
             ("Kafka broker", f"{broker_url}  (bootstrap servers {host}:{s.broker_port})"),
             ("Schema registry", registry_url),
-            ("Postgres", f"{redact_url(database_url)}  (databases dictamesh, dictamesh_directus)"),
+            ("Postgres", f"{redact_url(database_url)}  (mirror database dictamesh)"),
             (
                 "Redis",
                 redact_url(redis)
                 if redis
                 else "in-process cache (set MESH_REDIS_URL to use Redis)",
             ),
-            ("Directus", f"{directus.url}/admin"),
-            (
-                "  admin login",
-                f"{s.directus_admin_email} / {s.directus_admin_password.get_secret_value()}",
-            ),
-            ("  adapter token", f"{token}  (user {seeded.service_email})"),
-            ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
+            *(line for instance in instances for line in self._directus_lines(instance)),
             ("Worker", f"http://{s.web_host}:{s.web_port}/healthz  /readyz  /metrics"),
             ("Token issuer", f"{issuer.issuer}  (keys at {jwks_url})"),
             *(
