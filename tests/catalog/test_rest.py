@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 from mesh.domain import DomainConfig
+from mesh.runtime.partitioning import key_partition
 from mesh.runtime.restore import MIN_RECORDS
-from mesh.sources.events import Op
+from mesh.sources.events import ChangeEvent, Op
 from tests.support.fleet import (
     TIMEOUT,
     Fleet,
@@ -238,6 +239,36 @@ async def test_bad_messages_become_dead_letters_and_the_partition_flows(fleet: F
         assert headers["dictamesh.error.class"] == error
         assert headers["dictamesh.error.message"]
     assert "987654" in found[unknown.offset]["dictamesh.error.message"]
+
+
+async def test_events_of_an_undeclared_tenant_or_keyed_for_another_are_dead_letters(
+    fleet: Fleet,
+) -> None:
+    topic, codec = fleet.domain.topic("customer"), fleet.codecs["customer"]
+    source = fleet.domain.source("directus")
+    change = ChangeEvent("customer", "3100", Op.CREATE, "customers", 3100, None,
+                         {"id": 3100, **customer("Nobody's")})  # fmt: skip
+    gamma = {**change.envelope(source), "tenant": "gamma"}
+    # On the partition of the others, so each dead letter is known by its offset alone.
+    partition = key_partition(change.key(source), PARTITIONS)
+    gamma_key = next(
+        key
+        for n in range(3100, 3300)
+        if key_partition(key := f"urn:dictamesh:gamma:customer:{n}".encode(), PARTITIONS)
+        == partition
+    )
+    undeclared = await fleet.send_raw(topic, gamma_key, codec.dumps(gamma))
+    # beta's payload under default's key: it would land in default's entity.
+    beta = {**change.envelope(source), "tenant": "beta"}
+    crossed = await fleet.send_raw(topic, change.key(source), codec.dumps(beta))
+    valid = await fleet.send("customer", 3100, 3101, customer("After"), Op.CREATE)
+    assert undeclared.partition == crossed.partition == valid.partition
+    await eventually(fleet.workers[0], entity("customer", 3100), at_version(3101))
+    found = await dead_letters_of(fleet, topic, {undeclared.offset, crossed.offset})
+    assert found[undeclared.offset]["dictamesh.stage"] == "catalog-tenant"
+    assert "'gamma'" in found[undeclared.offset]["dictamesh.error.message"]
+    assert found[crossed.offset]["dictamesh.stage"] == "catalog-key"
+    assert "urn:dictamesh:beta:customer:3100" in found[crossed.offset]["dictamesh.error.message"]
 
 
 def counts_of(answer: Answer) -> dict[str, dict[str, int]]:
