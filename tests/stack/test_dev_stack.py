@@ -1,5 +1,6 @@
 """``mesh dev`` (what ``make dev`` runs) driven the way a user drives it: start it, read
-what it prints, use every URL it names, press Ctrl-C, and check nothing is left behind."""
+what it prints, use every URL it names, press Ctrl-C, and check nothing is left behind.
+The first run has both tenants (``--tenants 2``: a second Directus of its own)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Stack:
         raise AssertionError(f"no '{label}' line in:\n" + "\n".join(self.output))
 
 
-PORTS = ("broker", "registry", "directus", "web", "postgres", "issuer")
+PORTS = ("broker", "registry", "directus", "directus_beta", "web", "postgres", "issuer")
 """The ports of a dev stack, each taken from a free one per test."""
 
 
@@ -48,6 +49,7 @@ def _env(ports: dict[str, int], state: Path, **extra: str) -> dict[str, str]:
         MESH_BROKER_PORT=str(ports["broker"]),
         MESH_REGISTRY_PORT=str(ports["registry"]),
         MESH_DIRECTUS_PORT=str(ports["directus"]),
+        MESH_DIRECTUS_BETA_PORT=str(ports["directus_beta"]),
         MESH_WEB_PORT=str(ports["web"]),
         MESH_POSTGRES_PORT=str(ports["postgres"]),
         MESH_ISSUER_PORT=str(ports["issuer"]),
@@ -111,7 +113,7 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest_asyncio.fixture(scope="module")
 async def first_run(session_dir: Path) -> AsyncIterator[Stack]:
     ports = {name: free_port() for name in PORTS}
-    stack = await _start(ports, session_dir / "dev-stack")
+    stack = await _start(ports, session_dir / "dev-stack", MESH_DEV_TENANTS="2")
     yield stack
     if stack.proc.returncode is None:
         await _interrupt(stack)
@@ -123,7 +125,7 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
     with socket.create_connection(("127.0.0.1", stack.ports["broker"]), timeout=5):
         pass
     registry = stack.line("Schema registry")
-    directus = stack.line("Directus").removesuffix("/admin")
+    directus = stack.line("Directus (default)").removesuffix("/admin")
     email, password = stack.line("admin login").split(" / ")
     token = stack.line("adapter token").split()[0]
     worker = stack.line("Worker").split()[0].removesuffix("/healthz")
@@ -160,6 +162,21 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
             assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
         async with http.get(entity, headers={"Authorization": f"Bearer {dev_token}"}) as resp:
             assert resp.status == 200, await resp.text()
+            mine = await resp.json()
+        # The second tenant: its own Directus, its own token, its own customer 1.
+        beta = stack.line("Directus (beta)").removesuffix("/admin")
+        assert beta == f"http://127.0.0.1:{stack.ports['directus_beta']}"
+        async with http.get(f"{beta}/server/health") as resp:
+            assert resp.status == 200
+        beta_token = stack.line("token (beta)").split()[0]
+        async with http.get(entity, headers={"Authorization": f"Bearer {beta_token}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            theirs = await resp.json()
+        assert (mine["urn"], theirs["urn"]) == (
+            "urn:dictamesh:default:customer:1",
+            "urn:dictamesh:beta:customer:1",
+        )
+        assert mine["data"] != theirs["data"]
 
 
 async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> None:
@@ -168,7 +185,9 @@ async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> N
     assert any("the sources follow their change feeds" in line for line in first_run.output)
     worker = first_run.line("Worker").split()[0].removesuffix("/healthz")
     async with aiohttp.ClientSession() as http, http.get(f"{worker}/metrics") as resp:
-        assert 'dictamesh_source_state{source="directus"} 2.0' in await resp.text()
+        text = await resp.text()
+    assert 'dictamesh_source_state{source="directus"} 2.0' in text
+    assert 'dictamesh_source_state{source="directus_beta"} 2.0' in text
 
 
 async def test_changes_in_directus_reach_kafka_and_the_bench_measures_them(
