@@ -118,6 +118,10 @@ async def test_auth_off_serves_without_tokens_and_says_so(
         await eventually(off, entity("customer", 1), at_version(1))
         status, _, answer = await _ask(off, "GET", ENTITY)  # no token sent
         assert status == 200, (answer, off.log_tail())
+        assert isinstance(answer, dict)
+        assert answer["tenant"] == "default"  # the first tenant, unless the header says
+        status, _, answer = await _ask(off, "GET", ENTITY, headers={"X-Mesh-Tenant": "beta"})
+        assert status == 404, answer  # beta has no such customer
 
 
 async def test_peer_endpoints_answer_only_the_fleet_s_signed_calls(fleet: Fleet) -> None:
