@@ -9,7 +9,8 @@ lock (workers starting together take turns; DDL in Postgres is transactional):
    existing entity table, and also goes into :data:`~mesh.mirror.tables.METADATA_COLUMNS`
    so tables created later have it.
 2. **Config sync** follows the domain config: a table for every entity type that has
-   none, and ``ADD COLUMN IF NOT EXISTS`` for every field added since. Nothing is ever
+   none, with row-level security (:mod:`mesh.mirror.security`, checked and repaired at
+   every connect), and ``ADD COLUMN IF NOT EXISTS`` for every field added since. Nothing is ever
    dropped or retyped automatically: a field whose type changed in the config is reported
    in the log and left for the operator, since altering a type can fail or lose data. A
    field removed from the config keeps its column (new rows leave it NULL); only its
@@ -23,7 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.mirror.tables import REQUIRED_SUFFIX, MirrorTable, quote_ident
+from mesh.mirror.security import secure_table
+from mesh.mirror.tables import REQUIRED_SUFFIX, URN_TENANT_CHECK, MirrorTable, quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,46 @@ async def _create_entity_tables(cur: Cursor, tables: Iterable[MirrorTable]) -> N
         await cur.execute(table.create_sql())
 
 
+async def _tenant_first_keys(cur: Cursor, tables: Iterable[MirrorTable]) -> None:
+    """Move each table's primary key from ``(<key>)`` to ``(tenant, <key>)`` and add the
+    check that ``tenant`` is the URN's (tables made by migration 1 already have both).
+
+    Rows written before tenants existed all have a ``tenant`` (NOT NULL since migration 1)
+    and unique keys, so the new key holds for them. Postgres rebuilds the index under an
+    exclusive lock of the table, inside the migrations' transaction: readers of a large
+    mirror wait for it (or rebuild the mirror from Kafka instead, see the README).
+    """
+    for table in tables:
+        name = quote_ident(table.name)
+        await cur.execute(
+            "SELECT c.conname, array_agg(a.attname::text ORDER BY k.n) FROM pg_constraint c"
+            " CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)"
+            " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum"
+            " WHERE c.conrelid = to_regclass(%s) AND c.contype = 'p' GROUP BY c.conname",
+            (name,),
+        )
+        found = await cur.fetchone()
+        if found is None:
+            continue  # no such table yet: the config sync creates it with the new layout
+        constraint, columns = found
+        if list(columns) != list(table.primary_key):
+            columns_sql = ", ".join(map(quote_ident, table.primary_key))
+            await cur.execute(
+                f"ALTER TABLE {name} DROP CONSTRAINT {quote_ident(constraint)},"
+                f" ADD PRIMARY KEY ({columns_sql})"
+            )
+        check_name, check = URN_TENANT_CHECK
+        if check_name not in await _constraints(cur, table.name):
+            await cur.execute(
+                f"ALTER TABLE {name} ADD CONSTRAINT {quote_ident(check_name)} {check}"
+            )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "entity tables: typed fields, metadata columns, data jsonb", _create_entity_tables
     ),
+    Migration(2, "tenant first: primary key (tenant, key), urn of the tenant", _tenant_first_keys),
 )
 
 
@@ -115,9 +153,10 @@ def _spelled(sql_type: str) -> str:
 
 async def _sync_table(cur: Cursor, table: MirrorTable) -> list[str]:
     await cur.execute(table.create_sql())
+    # In this transaction, before anyone can read the new table: no moment without RLS.
+    changes = await secure_table(cur, table)
     existing = await _columns(cur, table.name)
     name = quote_ident(table.name)
-    changes: list[str] = []
     for column in table.fields:
         found = existing.get(column.name)
         if found is None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mesh.domain import DomainConfig, FieldType
+from mesh.domain import DomainConfig, FieldType, tenant_of
 from mesh.errors import MeshError
 from mesh.mirror.tables import METADATA_COLUMNS, MirrorTable
 
@@ -16,7 +16,8 @@ __all__ = ["MirrorRow", "MirrorRowError", "Origin", "SchemaInfo", "collapse", "e
 
 
 class MirrorRowError(MeshError):
-    """A decoded event that cannot become a row (wrong entity type, key, missing ``after``)."""
+    """A decoded event that cannot become a row (wrong entity type, undeclared tenant, a key
+    that is not its URN, a payload of another entity, missing ``after``): dead-lettered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,9 @@ class MirrorRow:
     """
 
     entity_type: str
+    tenant: str
     key: Any
+    """The key field's value: unique within the tenant, not across tenants."""
     version: int
     typed: tuple[Any, ...]
     meta: tuple[Any, ...]
@@ -62,8 +65,12 @@ class MirrorRow:
         return self.typed + self.meta
 
 
+_ID_TYPES = frozenset({FieldType.STRING, FieldType.INTEGER, FieldType.LONG, FieldType.DECIMAL})
+"""Key types an ``entity_id`` is parsed back into (and checked against ``after``)."""
+
+
 def _key_from_id(table: MirrorTable, entity_id: str) -> Any:
-    """The key value of a DELETE (no ``after``), parsed from the event's ``entity_id``."""
+    """The key value ``entity_id`` names (a DELETE has no ``after`` to read it from)."""
     try:
         match table.key_type:
             case FieldType.STRING:
@@ -89,32 +96,48 @@ def event_row(
 ) -> MirrorRow:
     """The row ``event`` writes; :class:`MirrorRowError` when it cannot be one.
 
-    The checks match the catalog's: an event must be of its topic's entity type and keyed
-    by its URN, so the catalog and its mirror hold the same entities.
+    The checks match the catalog's: an event must be of its topic's entity type, of a
+    tenant the domain declares, and keyed by its URN, so the catalog and its mirror hold
+    the same entities. The row's tenant is the payload's, and the key (which the
+    producer's partitioning and the catalog go by) must name that same tenant: an event
+    keyed as one tenant's entity cannot write a row of another. The ``after`` record must
+    be of the entity ``entity_id`` names, since the row is keyed by its key field.
     """
     if event["entity_type"] != table.entity_type:
         raise MirrorRowError(
             f"event of entity type {event['entity_type']!r} on the topic of {table.entity_type}"
         )
-    urn = domain.urn(event["tenant"], table.entity_type, event["entity_id"])
+    tenant = event["tenant"]
+    if not domain.has_tenant(tenant):
+        raise MirrorRowError(
+            f"event for {table.entity_type} {event['entity_id']!r} is of tenant {tenant!r}, "
+            f"which the domain config does not declare (declared: {domain.tenants}); "
+            "add the tenant or fix the producer"
+        )
+    urn = domain.urn(tenant, table.entity_type, event["entity_id"])
     if origin.key != urn.encode():
-        raise MirrorRowError(f"event keyed {origin.key!r}; the key must be its URN {urn}")
+        raise MirrorRowError(_key_mismatch(origin.key, urn, tenant))
     after = event["after"]
     deleted = event["op"] == "DELETE"
-    if deleted:
-        key = after[table.key] if after is not None else _key_from_id(table, event["entity_id"])
-        typed: list[Any] = [key if c.name == table.key else None for c in table.fields]
-    elif after is None:
+    if after is None and not deleted:
         raise MirrorRowError(f"{event['op']} event without an 'after' record")
+    if after is None:
+        key = _key_from_id(table, event["entity_id"])
+        typed: list[Any] = [key if c.name == table.key else None for c in table.fields]
     else:
         key = after[table.key]
+        if table.key_type in _ID_TYPES and key != _key_from_id(table, event["entity_id"]):
+            raise MirrorRowError(
+                f"event for {table.entity_type} {event['entity_id']!r} carries the 'after' "
+                f"record of {table.key} {key!r}; entity_id and the record's key must agree"
+            )
         typed = [after[c.name] for c in table.fields]
     source = event["source"]
     changed_at: datetime = source["timestamp"] or event["occurred_at"]
     version = int(source["position"])
     meta = (
         urn,
-        event["tenant"],
+        tenant,
         source["system"],
         source["instance"],
         source["collection"],
@@ -127,7 +150,23 @@ def event_row(
         deleted,
         event["event_id"],
     )
-    return MirrorRow(table.entity_type, key, version, tuple(typed), meta, not deleted, origin)
+    return MirrorRow(
+        table.entity_type, tenant, key, version, tuple(typed), meta, not deleted, origin
+    )
+
+
+def _key_mismatch(key: bytes | None, urn: str, tenant: str) -> str:
+    """Why an event's Kafka key is refused, naming the tenant when that is what differs."""
+    text = key.decode(errors="replace") if key is not None else None
+    if text is not None and text.startswith("urn:dictamesh:") and text.count(":") >= 4:
+        keyed = tenant_of(text)
+        if keyed != tenant:
+            return (
+                f"event keyed {text!r} (tenant {keyed!r}) carries a payload of tenant "
+                f"{tenant!r}; the key must be its URN {urn}: a record may not write another "
+                "tenant's row"
+            )
+    return f"event keyed {key!r}; the key must be its URN {urn}"
 
 
 _FIRST_SEEN = [c.name for c in METADATA_COLUMNS].index("first_seen")
@@ -138,6 +177,8 @@ def collapse(rows: Iterable[MirrorRow]) -> list[MirrorRow]:
     """The rows of a batch that decide the table's state, for writing in the order given.
 
     Writing the result equals writing every row in order, whatever the table holds:
+
+    A key is (entity type, tenant, key field): tenants' ids collide on purpose.
 
     - per key, only the rows that raise the newest version so far can be applied (the
       upsert replaces only a strictly older version); the last of them decides version,
@@ -150,11 +191,11 @@ def collapse(rows: Iterable[MirrorRow]) -> list[MirrorRow]:
 
     So a key appears at most twice, its value-carrying row first.
     """
-    first: dict[tuple[str, Any], MirrorRow] = {}
-    newest: dict[tuple[str, Any], MirrorRow] = {}
-    with_state: dict[tuple[str, Any], MirrorRow] = {}
+    first: dict[tuple[str, str, Any], MirrorRow] = {}
+    newest: dict[tuple[str, str, Any], MirrorRow] = {}
+    with_state: dict[tuple[str, str, Any], MirrorRow] = {}
     for row in rows:
-        slot = (row.entity_type, row.key)
+        slot = (row.entity_type, row.tenant, row.key)
         first.setdefault(slot, row)
         kept = newest.get(slot)
         if kept is None or row.version > kept.version:

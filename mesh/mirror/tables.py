@@ -1,7 +1,12 @@
 """The mirror's tables, derived from the domain config: one per entity type.
 
-Each table holds the entity's typed fields (the key field is the primary key), then the
-catalog's metadata columns, then ``data``, a ``jsonb`` copy of the ``after`` record.
+Each table holds the entity's typed fields, then the catalog's metadata columns, then
+``data``, a ``jsonb`` copy of the ``after`` record. The primary key is ``(tenant, <key
+field>)``: tenants' ids collide on purpose (customer 1 exists in each tenant's Directus),
+and tenant first keeps each tenant's rows together in the index its readers' row-level
+security filter uses (:mod:`mesh.mirror.security`). ``urn`` stays unique on its own: it
+begins with the tenant, so that index is grouped by tenant as well, and a check keeps the
+``tenant`` column and the URN's tenant the same.
 
 Non-nullable fields are enforced with ``CHECK (deleted OR <field> IS NOT NULL)`` rather
 than ``NOT NULL``: a DELETE of an entity the mirror never saw (Directus reports items
@@ -20,6 +25,8 @@ __all__ = [
     "DATA_COLUMN",
     "METADATA_COLUMNS",
     "REQUIRED_SUFFIX",
+    "TENANT_COLUMN",
+    "URN_TENANT_CHECK",
     "Column",
     "MirrorTable",
     "mirror_tables",
@@ -62,6 +69,14 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("event_id", "text", nullable=False),
 )
 """Written from each event's envelope, in this order after the typed fields."""
+
+TENANT_COLUMN = "tenant"
+"""The metadata column naming the row's tenant: first in the primary key, and what the
+row-level security policies compare."""
+
+URN_TENANT_CHECK = ("urn_of_tenant", "CHECK (split_part(urn, ':', 3) = tenant)")
+"""``(name, clause)``: a row's ``tenant`` is its URN's (``urn:dictamesh:<tenant>:…``), so
+no row can claim one tenant in the column the policies read and another in its URN."""
 
 DATA_COLUMN = Column("data", "jsonb")
 """Built by Postgres from the typed values, so decimals stay exact JSON numbers."""
@@ -113,6 +128,11 @@ class MirrorTable:
         """Every written column in row order: typed fields, then metadata (not ``data``)."""
         return self.fields + METADATA_COLUMNS
 
+    @property
+    def primary_key(self) -> tuple[str, str]:
+        """``(tenant, <key field>)``: an entity's key is unique within its tenant only."""
+        return (TENANT_COLUMN, self.key)
+
     def create_sql(self) -> str:
         """``CREATE TABLE IF NOT EXISTS`` with every column and constraint of the layout."""
         lines = [f"{quote_ident(c.name)} {c.sql_type}" for c in self.fields]
@@ -120,8 +140,9 @@ class MirrorTable:
             f"{quote_ident(c.name)} {c.sql_type}{'' if c.nullable else ' NOT NULL'}"
             for c in (*METADATA_COLUMNS, DATA_COLUMN)
         ]
-        lines.append(f"PRIMARY KEY ({quote_ident(self.key)})")
+        lines.append(f"PRIMARY KEY ({', '.join(map(quote_ident, self.primary_key))})")
         lines.append("UNIQUE (urn)")
+        lines.append(f"CONSTRAINT {quote_ident(URN_TENANT_CHECK[0])} {URN_TENANT_CHECK[1]}")
         lines += [f"CONSTRAINT {quote_ident(name)} {check}" for name, check in self.checks()]
         body = ",\n  ".join(lines)
         return f"CREATE TABLE IF NOT EXISTS {quote_ident(self.name)} (\n  {body}\n)"

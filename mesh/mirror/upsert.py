@@ -29,7 +29,13 @@ from datetime import datetime
 from typing import Any
 
 from mesh.mirror.rows import MirrorRow
-from mesh.mirror.tables import DATA_COLUMN, METADATA_COLUMNS, MirrorTable, quote_ident
+from mesh.mirror.tables import (
+    DATA_COLUMN,
+    METADATA_COLUMNS,
+    TENANT_COLUMN,
+    MirrorTable,
+    quote_ident,
+)
 
 __all__ = ["UpsertStatement"]
 
@@ -118,17 +124,18 @@ def _statement(table: MirrorTable) -> str:
         for n in (quote_ident(c.name) for c in (*table.fields, DATA_COLUMN))
         if n != quote_ident(table.key)
     ]
+    # The tenant is part of the conflict key: the stored row already has it.
     envelope = [
         f"{quote_ident(c.name)} = EXCLUDED.{quote_ident(c.name)}"
         for c in METADATA_COLUMNS
-        if c.name != "first_seen"
+        if c.name not in ("first_seen", TENANT_COLUMN)
     ]
     return (
         f"INSERT INTO {quote_ident(table.name)} AS t ({', '.join(names)}, "
         f"{quote_ident(DATA_COLUMN.name)})\n"
         f"SELECT {', '.join('u.' + n for n in names)}, {_data_expression(table)}\n"
         f"FROM unnest({arrays}) AS u({', '.join(names)}, has_state)\n"
-        f"ON CONFLICT ({quote_ident(table.key)}) DO UPDATE SET\n  "
+        f"ON CONFLICT ({', '.join(map(quote_ident, table.primary_key))}) DO UPDATE SET\n  "
         + ",\n  ".join(keep_without_state + envelope)
         + "\nWHERE t.version < EXCLUDED.version"
     )

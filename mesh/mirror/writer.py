@@ -190,12 +190,14 @@ def _waves(rows: list[MirrorRow]) -> list[list[MirrorRow]]:
     """``rows`` split so that no list holds a key twice, each key's rows in their order.
 
     Why: ``INSERT … ON CONFLICT DO UPDATE`` refuses to touch one row twice in a statement.
+    A key is the table's primary key, ``(tenant, key)``.
     """
     waves: list[list[MirrorRow]] = []
-    seen: dict[Any, int] = {}
+    seen: dict[tuple[str, Any], int] = {}
     for row in rows:
-        n = seen.get(row.key, 0)
-        seen[row.key] = n + 1
+        slot = (row.tenant, row.key)
+        n = seen.get(slot, 0)
+        seen[slot] = n + 1
         if n == len(waves):
             waves.append([])
         waves[n].append(row)

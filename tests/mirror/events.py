@@ -19,8 +19,10 @@ def sample_after(
     after: dict[str, Any] = {}
     for name, spec in domain.entities[entity_type].fields.items():
         match spec.type:
+            case FieldType.STRING if name == domain.entities[entity_type].key:
+                value: Any = str(entity_id)  # the key must be the event's entity_id
             case FieldType.STRING:
-                value: Any = f"{name} {entity_id} v{version} – ü"  # noqa: RUF001
+                value = f"{name} {entity_id} v{version} – ü"  # noqa: RUF001
             case FieldType.INTEGER | FieldType.LONG:
                 value = entity_id if name == domain.entities[entity_type].key else version % 997
             case FieldType.FLOAT:
@@ -43,9 +45,11 @@ def event(
     *,
     op: str = "UPDATE",
     after: dict[str, Any] | None = None,
+    tenant: str | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
-    """A change event of ``entity_type`` ``entity_id`` at ``version`` (the source position)."""
+    """A change event of ``entity_type`` ``entity_id`` at ``version`` (the source position),
+    of ``tenant`` (default: the domain's first)."""
     entity = domain.entities[entity_type]
     if op == "DELETE":
         record = None
@@ -54,7 +58,7 @@ def event(
         record.update(changes)
     return {
         "event_id": str(uuid.uuid4()),
-        "tenant": domain.tenants[0],
+        "tenant": tenant or domain.tenants[0],
         "entity_type": entity_type,
         "entity_id": str(entity_id),
         "op": op,

@@ -163,8 +163,11 @@ class Scenario:
             },
         )
 
-    def key(self, entity_type: str, entity_id: object) -> bytes:
-        return self.domain.urn("default", entity_type, str(entity_id)).encode()
+    def key(self, entity_type: str, entity_id: object, tenant: str | None = None) -> bytes:
+        """The Kafka key of an entity: its URN (tenant: the domain's first by default)."""
+        return self.domain.urn(
+            tenant or self.domain.tenants[0], entity_type, str(entity_id)
+        ).encode()
 
     async def produce(
         self,
@@ -178,7 +181,7 @@ class Scenario:
         messages = [
             (
                 self.domain.topic(e["entity_type"]),
-                self.key(e["entity_type"], e["entity_id"]),
+                self.key(e["entity_type"], e["entity_id"], e["tenant"]),
                 codecs[e["entity_type"]].dumps(e),
             )
             for e in events
@@ -223,8 +226,10 @@ class Scenario:
         finally:
             await consumer.stop()
 
-    def rows(self, entity_type: str, dsn: str | None = None) -> dict[Any, dict[str, Any]]:
-        return read_rows(dsn or self.dsn, entity_type)
+    def rows(
+        self, entity_type: str, dsn: str | None = None, *, by_tenant: bool = False
+    ) -> dict[Any, dict[str, Any]]:
+        return read_rows(dsn or self.dsn, entity_type, by_tenant=by_tenant)
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -233,8 +238,8 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-def read_rows(dsn: str, table: str) -> dict[Any, dict[str, Any]]:
-    """Every row of ``table`` by its key column ``id``."""
+def read_rows(dsn: str, table: str, *, by_tenant: bool = False) -> dict[Any, dict[str, Any]]:
+    """Every row of ``table`` by its key column ``id`` (``by_tenant``: by ``(tenant, id)``)."""
     conn = psycopg2.connect(dsn)
     # Decimals in jsonb read back exactly, not as floats.
     psycopg2.extras.register_default_jsonb(conn, loads=lambda s: json.loads(s, parse_float=Decimal))
@@ -242,9 +247,13 @@ def read_rows(dsn: str, table: str) -> dict[Any, dict[str, Any]]:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute("SET TIME ZONE 'UTC'")
             cur.execute(f'SELECT * FROM "{table}"')
-            return {row["id"]: dict(row) for row in cur.fetchall()}
+            rows = [dict(row) for row in cur.fetchall()]
     finally:
         conn.close()
+    if by_tenant:
+        return {(row["tenant"], row["id"]): row for row in rows}
+    assert len({row["id"] for row in rows}) == len(rows), "ids of several tenants: by_tenant"
+    return {row["id"]: row for row in rows}
 
 
 async def catch_up(

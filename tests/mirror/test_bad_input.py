@@ -118,3 +118,62 @@ async def test_rows_postgres_refuses_become_dead_letters_and_the_rest_is_written
         assert headers["dictamesh.error.class"] == error_class
     assert registry.get_sample_value("dictamesh_mirror_errors_total", {"kind": "write"}) == 2
     assert registry.get_sample_value("dictamesh_mirror_rows_total", {"entity_type": "product"}) == 2
+
+
+async def test_an_event_of_another_or_an_undeclared_tenant_is_dead_lettered(
+    scenario: Scenario,
+) -> None:
+    """A record keyed as one tenant's entity writes no row of another; nor does an event of
+    a tenant the config does not declare, or one whose ``after`` is another entity's."""
+    domain = scenario.domain
+    default, beta = domain.tenants
+    await scenario.create_topics()
+    topic = domain.topic("customer")
+    codec = scenario.codecs["customer"]
+    bad = [
+        # beta's customer 1 by its key, default's by its payload
+        (topic, scenario.key("customer", 1, beta), codec.dumps(event(domain, "customer", 1, 1))),
+        (
+            topic,
+            domain.urn("gamma", "customer", "2").encode(),
+            codec.dumps(event(domain, "customer", 2, 2, tenant="gamma")),
+        ),
+        (
+            topic,
+            scenario.key("customer", 3),
+            codec.dumps(event(domain, "customer", 3, 3, id=4)),  # after of customer 4
+        ),
+    ]
+    landed = await scenario.send_raw(bad)
+    await scenario.produce([event(domain, "customer", 5, 5, tenant=beta)])
+    mirror = scenario.mirror()
+    await mirror.start()
+    try:
+        await catch_up(mirror)
+    finally:
+        await mirror.stop()
+
+    assert list(scenario.rows("customer", by_tenant=True)) == [(beta, 5)]
+    letters = await scenario.dead_letters(len(bad))
+    by_offset = {
+        (int(_headers(r)["dictamesh.partition"]), int(_headers(r)["dictamesh.offset"])): r
+        for r in letters
+    }
+    messages = []
+    for meta in landed:
+        headers = _headers(by_offset[(meta.partition, meta.offset)])
+        assert headers["dictamesh.stage"] == "mirror-decode"
+        assert headers["dictamesh.error.class"] == "MirrorRowError"
+        messages.append(headers["dictamesh.error.message"])
+    assert messages[0] == (
+        f"event keyed 'urn:dictamesh:{beta}:customer:1' (tenant '{beta}') carries a payload "
+        f"of tenant '{default}'; the key must be its URN urn:dictamesh:{default}:customer:1: "
+        "a record may not write another tenant's row"
+    )
+    assert messages[1].startswith(
+        "event for customer '2' is of tenant 'gamma', which the domain config does not declare"
+    )
+    assert messages[2] == (
+        "event for customer '3' carries the 'after' record of id 4; entity_id and the "
+        "record's key must agree"
+    )

@@ -1,7 +1,8 @@
 """Collapsing a batch to the newest version per key changes nothing about the result.
 
 First against a model of the upsert, then against Postgres itself: the same events written
-one at a time and in collapsed batches leave identical tables.
+one at a time and in collapsed batches leave identical tables. Both draw their ids from
+two tenants, so the same id of two tenants is two keys (the table's key is (tenant, id)).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from tests.mirror.support import domain_data, own_topics, read_rows, with_search
 
 FIRST_SEEN = [c.name for c in METADATA_COLUMNS].index("first_seen")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TENANTS = ("default", "beta")
+
+Slot = tuple[str, Any]
+"""A key of the model's table: (tenant, key)."""
 
 
 @dataclass(frozen=True)
@@ -38,16 +43,17 @@ class Stored:
     has_data: bool
 
 
-def upsert(table: dict[Any, Stored], row: MirrorRow) -> None:
+def upsert(table: dict[Slot, Stored], row: MirrorRow) -> None:
     """The model: insert, or replace a strictly older version; a row without state keeps
     the stored values; ``first_seen`` stays from the insert."""
-    current = table.get(row.key)
+    slot = (row.tenant, row.key)
+    current = table.get(slot)
     if current is None:
-        table[row.key] = Stored(row.version, row.typed, row.meta, row.has_state)
+        table[slot] = Stored(row.version, row.typed, row.meta, row.has_state)
     elif current.version < row.version:
         meta = list(row.meta)
         meta[FIRST_SEEN] = current.meta[FIRST_SEEN]
-        table[row.key] = Stored(
+        table[slot] = Stored(
             row.version,
             row.typed if row.has_state else current.typed,
             tuple(meta),
@@ -57,17 +63,22 @@ def upsert(table: dict[Any, Stored], row: MirrorRow) -> None:
 
 @st.composite
 def model_rows(draw: st.DrawFn) -> MirrorRow:
-    key = draw(st.integers(0, 4))
+    tenant = draw(st.sampled_from(TENANTS))
+    key = draw(st.integers(0, 4))  # the same ids in both tenants
     version = draw(st.integers(0, 8))
     has_state = draw(st.booleans())
     typed = (
-        (key, f"state of v{version}", draw(st.integers(0, 3))) if has_state else (key, None, None)
+        (key, f"{tenant} state of v{version}", draw(st.integers(0, 3)))
+        if has_state
+        else (key, None, None)
     )
     meta = tuple(
         T0 + timedelta(seconds=draw(st.integers(0, 100))) if i == FIRST_SEEN else (version, i)
         for i in range(len(METADATA_COLUMNS))
     )
-    return MirrorRow("thing", key, version, typed, meta, has_state, Origin("t", 0, 0, None, None))
+    return MirrorRow(
+        "thing", tenant, key, version, typed, meta, has_state, Origin("t", 0, 0, None, None)
+    )
 
 
 @settings(max_examples=400)
@@ -75,8 +86,8 @@ def model_rows(draw: st.DrawFn) -> MirrorRow:
 def test_writing_the_collapsed_batch_equals_writing_every_row(
     existing: list[MirrorRow], batch: list[MirrorRow]
 ) -> None:
-    one_by_one: dict[Any, Stored] = {}
-    collapsed: dict[Any, Stored] = {}
+    one_by_one: dict[Slot, Stored] = {}
+    collapsed: dict[Slot, Stored] = {}
     for row in existing:
         upsert(one_by_one, row)
         upsert(collapsed, row)
@@ -87,10 +98,10 @@ def test_writing_the_collapsed_batch_equals_writing_every_row(
         upsert(collapsed, row)
     assert collapsed == one_by_one
     # At most two rows per key: the one with values first, then the newest (a DELETE).
-    keys = [row.key for row in newest]
-    assert keys[-len(set(keys)) :] == list(dict.fromkeys(row.key for row in batch))
+    keys = [(row.tenant, row.key) for row in newest]
+    assert keys[-len(set(keys)) :] == list(dict.fromkeys((row.tenant, row.key) for row in batch))
     for key in set(keys):
-        twice = [row for row in newest if row.key == key]
+        twice = [row for row in newest if (row.tenant, row.key) == key]
         assert len(twice) <= 2
         if len(twice) == 2:
             assert twice[0].has_state
@@ -123,10 +134,11 @@ async def writers(
 
 @st.composite
 def customer_events(draw: st.DrawFn, domain: DomainConfig) -> dict[str, Any]:
-    entity_id = draw(st.integers(1, 4))
+    tenant = draw(st.sampled_from(domain.tenants))
+    entity_id = draw(st.integers(1, 4))  # the same ids in every tenant
     version = draw(st.integers(1, 12))
     op = draw(st.sampled_from(["CREATE", "UPDATE", "DELETE", "SNAPSHOT"]))
-    ev = event(domain, "customer", entity_id, version, op=op)
+    ev = event(domain, "customer", entity_id, version, op=op, tenant=tenant)
     ev["source"]["timestamp"] = T0 + timedelta(seconds=draw(st.integers(0, 1000)))
     return ev
 
@@ -147,7 +159,7 @@ async def test_postgres_agrees_batched_or_one_at_a_time(
             table,
             ev,
             schema,
-            Origin("t", 0, n, domain.urn("default", "customer", ev["entity_id"]).encode(), None),
+            Origin("t", 0, n, domain.urn(ev["tenant"], "customer", ev["entity_id"]).encode(), None),
         )
         for n, ev in enumerate(events)
     ]
@@ -161,4 +173,6 @@ async def test_postgres_agrees_batched_or_one_at_a_time(
         assert await one.write([row]) == []
     for start, end in zip([0, *cut], [*cut, len(rows)], strict=True):
         assert await batched.write(collapse(rows[start:end])) == []
-    assert read_rows(one.dsn, "customer") == read_rows(batched.dsn, "customer")
+    assert read_rows(one.dsn, "customer", by_tenant=True) == read_rows(
+        batched.dsn, "customer", by_tenant=True
+    )

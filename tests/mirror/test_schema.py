@@ -99,8 +99,9 @@ async def test_tables_columns_and_migrations_follow_the_config(scenario: Scenari
             '"user"',
         )
     )
-    assert constraints["user_pkey"] == "PRIMARY KEY (code)"
+    assert constraints["user_pkey"] == "PRIMARY KEY (tenant, code)"
     assert constraints["user_urn_key"] == "UNIQUE (urn)"
+    assert constraints["urn_of_tenant"] == "CHECK ((split_part(urn, ':'::text, 3) = tenant))"
     # Non-nullable fields are required in live rows only: a tombstone has no values.
     assert constraints["count_required"] == "CHECK ((deleted OR (count IS NOT NULL)))"
     assert "big_required" not in constraints
