@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint types pytest soak install clean
 
-$(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lock.json
+$(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lock.json tooling/graphiql/package-lock.json
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
 	@echo "==> creating the virtualenv in $(VENV) and installing DictaMesh (first run: ~1 min)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lo
 	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[test]' -e ./tooling
 	@echo "==> installing Apollo's composition checker for the federation tests (npm)"
 	@npm ci --prefix tests/graphql/compose --no-audit --no-fund --loglevel=error
+	@echo "==> installing GraphiQL's browser build (npm) and vendoring it into mesh/graphql/static/vendor/"
+	@npm ci --prefix tooling/graphiql --no-audit --no-fund --loglevel=error
+	@$(BIN)/python -m mesh_tooling.graphiql
 	@echo "==> installing checkov for the manifest tests in .venv-checkov (it pins an older packaging than pytest)"
 	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
 	@.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off 'checkov==3.3.30'

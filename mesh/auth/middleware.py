@@ -1,8 +1,8 @@
 """The web server's gate: every request but the probes, the metrics and the GraphiQL page
-must carry a valid bearer token, or, on the peer endpoints, the fleet's signature
-(:mod:`mesh.auth.peer`); the principal it names is attached to the request for the views
-(:func:`principal_of`). Authenticated subjects are rate-limited and every request they make
-is audited (:mod:`mesh.auth.audit`).
+(with the files it loads) must carry a valid bearer token, or, on the peer endpoints, the
+fleet's signature (:mod:`mesh.auth.peer`); the principal it names is attached to the
+request for the views (:func:`principal_of`). Authenticated subjects are rate-limited and
+every request they make is audited (:mod:`mesh.auth.audit`).
 
 A refused request gets 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` and a
 short reason (missing or invalid), never which check failed; that goes to the log.
@@ -41,6 +41,9 @@ PRINCIPAL = "dictamesh.principal"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Open to probes and scrapers: they expose no entity data."""
 
+GRAPHIQL_ASSETS = "/graphiql/"
+"""Where the GraphiQL page's scripts and stylesheets are served (open: static files)."""
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,10 +56,13 @@ def principal_of(request: Any) -> Principal | None:
 def _open(request: web.Request) -> bool:
     if request.path in PUBLIC_PATHS:
         return True
-    # The GraphiQL page itself holds no data; the queries it sends carry the token.
+    if request.method != "GET":
+        return False
+    # The GraphiQL page and its files hold no data; the queries it sends carry the token.
+    if request.path.startswith(GRAPHIQL_ASSETS):
+        return True
     return (
         request.path == "/graphql"
-        and request.method == "GET"
         and "text/html" in request.headers.get("Accept", "")
         and "query" not in request.query
     )

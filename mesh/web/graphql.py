@@ -4,9 +4,10 @@
 ``application/json`` ``{"data", "errors"}``: 200 whenever the request could be read, GraphQL
 errors included (syntax, validation and field errors alike); 400 when the body is not JSON,
 not an object, has no string ``query`` or bad ``variables``/``operationName``.
-``GET /graphql`` serves GraphiQL to a browser (``Accept: text/html`` without ``query``);
-otherwise ``?query=…&variables=<JSON>&operationName=…`` executes a query (a mutation over
-GET answers 405: GET must stay safe).
+``GET /graphql`` serves GraphiQL to a browser (``Accept: text/html`` without ``query``; the
+page and the files it loads come from the worker, :mod:`mesh.web.graphiql`); otherwise
+``?query=…&variables=<JSON>&operationName=…`` executes a query (a mutation over GET
+answers 405: GET must stay safe).
 
 The schema is built once, when the views are registered. Each request gets its own
 :class:`~mesh.graphql.Loader` as the execution context, which batches and caches its reads
@@ -32,7 +33,6 @@ from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
 from mesh.errors import MeshError
 from mesh.graphql import GraphQLMetrics, Loader, LocalReads, build_schema
-from mesh.graphql.graphiql import GRAPHIQL_HTML
 from mesh.graphql.limits import (
     BodyTooLargeError,
     GraphQLLimits,
@@ -48,6 +48,7 @@ from mesh.web.entities import (
     json_bytes_response,
     json_response,
 )
+from mesh.web.graphiql import page_response, register_graphiql_assets
 
 GRAPHQL_PATH = "/graphql"
 DEBUG_HEADER = "X-Mesh-Debug"
@@ -129,6 +130,7 @@ def register_graphql_views(context: MeshContext) -> None:
     metrics = GraphQLMetrics(context.metrics)
     cache = context.cache
     app = context.app
+    graphiql = register_graphiql_assets(context)
 
     async def run(view: View, request: Request, params: Any, *, only_queries: bool) -> Response:
         headers = {WORKER_HEADER: reader.worker}
@@ -199,7 +201,7 @@ def register_graphql_views(context: MeshContext) -> None:
             query_params = dict(request.query)
             accept = request.headers.get("Accept", "")
             if "text/html" in accept and "query" not in query_params:
-                return self.bytes(GRAPHIQL_HTML.encode(), content_type="text/html")
+                return page_response(self, graphiql)
             return await run(self, request, query_params, only_queries=True)
 
         async def post(self, request: Request) -> Response:
