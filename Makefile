@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: dev test lint types pytest soak install clean
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lo
 	@echo "==> installing GraphiQL's browser build (npm) and vendoring it into mesh/graphql/static/vendor/"
 	@npm ci --prefix tooling/graphiql --no-audit --no-fund --loglevel=error
 	@$(BIN)/python -m mesh_tooling.graphiql
+	@test -x /usr/bin/chromium || { \
+	  echo "==> installing Debian's Chromium for the GraphiQL browser test (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@echo "==> installing checkov for the manifest tests in .venv-checkov (it pins an older packaging than pytest)"
 	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
 	@.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off 'checkov==3.3.30'
