@@ -103,6 +103,18 @@ def _cmd_relations(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_mirror_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from mesh.mirror.grants import run_grant
+
+    return run_grant(
+        settings,
+        tenant=args.tenant,
+        role=args.role,
+        login=args.login,
+        password_env=args.password_env,
+    )
+
+
 def _cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     from mesh.samples import write_samples
 
@@ -190,6 +202,20 @@ def _parser(added: dict[str, AddCommand]) -> argparse.ArgumentParser:
         "--scan-timeout", type=float, default=120.0, help="seconds to wait for a steady fleet"
     )
     check.set_defaults(run=_cmd_relations)
+    mirror = sub.add_parser("mirror", help="operate on the Postgres mirror")
+    mirror_commands = mirror.add_subparsers(dest="mirror", required=True, metavar="ACTION")
+    grant = mirror_commands.add_parser(
+        "grant",
+        help="a read role of the mirror that sees one tenant's rows only (MESH_DATABASE_URL "
+        "as a role that may create roles)",
+    )
+    grant.add_argument("--tenant", required=True, help="the tenant it reads (declared in config)")
+    grant.add_argument("--role", required=True, help="the Postgres role (created if missing)")
+    grant.add_argument("--login", action="store_true", help="the role may log in (NOLOGIN else)")
+    grant.add_argument(
+        "--password-env", metavar="VAR", default=None, help="variable holding its login password"
+    )
+    grant.set_defaults(run=_cmd_mirror_grant)
     topics = sub.add_parser(
         "topics", help="Strimzi KafkaTopic/KafkaUser resources for the fleet's topics"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mesh.errors import MeshError
 
-__all__ = ["MirrorDatabaseError"]
+__all__ = ["MirrorDatabaseError", "MirrorGrantError"]
 
 
 class MirrorDatabaseError(MeshError):
@@ -17,3 +17,8 @@ class MirrorDatabaseError(MeshError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=True)
+
+
+class MirrorGrantError(MeshError):
+    """``mesh mirror grant`` cannot or may not grant what was asked (the message says why
+    and what to do); nothing of the grant was applied."""
