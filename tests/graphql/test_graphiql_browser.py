@@ -3,7 +3,8 @@
 One ``python -m mesh worker`` (its own broker and registry, the test issuer's key) holds a
 customer. Debian's Chromium opens ``GET /graphql``, a query is typed into GraphiQL's editor
 and run: without a token the page shows the worker's 401; with a token typed into the
-page's token bar it shows the customer. Throughout, nothing may leave the worker's origin,
+page's token bar it shows the customer, even with another token typed into GraphiQL's
+headers editor. Throughout, nothing may leave the worker's origin,
 no Content-Security-Policy violation may be reported and no script may fail; the token
 stays out of URLs and localStorage. The page's and its files' headers are checked over
 plain HTTP.
@@ -136,6 +137,19 @@ async def test_graphiql_runs_a_query_in_chromium_with_the_token_typed_into_the_p
         async with page.expect_request(lambda r: "customer(id:" in (r.post_data or "")) as sent:
             answer = await _run(page, '"Ada"')
         assert answer == ANSWER
+        assert (await (await sent.value).all_headers())["authorization"] == f"Bearer {token}"
+
+        # An Authorization typed into GraphiQL's headers editor does not replace the bar's.
+        await page.click(".graphiql-editor-tools button:has-text('Headers')")
+        await page.click(".graphiql-editor-tool .CodeMirror-lines >> visible=true")
+        await page.keyboard.type('{"authorization": "Bearer not-a-token"}')
+        typed = await page.evaluate(
+            """[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')]
+                 .map((e) => e.CodeMirror.getValue())"""
+        )
+        assert '{"authorization": "Bearer not-a-token"}' in typed
+        async with page.expect_request(lambda r: "customer(id:" in (r.post_data or "")) as sent:
+            assert await _run(page, '"Ada"') == ANSWER
         assert (await (await sent.value).all_headers())["authorization"] == f"Bearer {token}"
 
         # The schema came with the token: the docs explorer lists the domain's types, and

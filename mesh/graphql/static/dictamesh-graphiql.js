@@ -46,9 +46,13 @@
 
   function fetcherFor(token) {
     return async function fetcher(params, options) {
-      var headers = Object.assign({}, (options && options.headers) || {}, {
-        "Content-Type": "application/json",
-        Accept: "application/json",
+      var typed = (options && options.headers) || {};
+      var headers = { "Content-Type": "application/json", Accept: "application/json" };
+      Object.keys(typed).forEach(function (name) {
+        // The bar's token replaces one typed into GraphiQL's headers editor, whatever its case.
+        if (!(token && name.toLowerCase() === "authorization")) {
+          headers[name] = typed[name];
+        }
       });
       if (token) {
         headers.Authorization = "Bearer " + token;
