@@ -4,10 +4,10 @@ One ``python -m mesh worker`` (its own broker and registry, the test issuer's ke
 customer. Debian's Chromium opens ``GET /graphql``, a query is typed into GraphiQL's editor
 and run: without a token the page shows the worker's 401; with a token typed into the
 page's token bar it shows the customer, even with another token typed into GraphiQL's
-headers editor. Throughout, nothing may leave the worker's origin,
-no Content-Security-Policy violation may be reported and no script may fail; the token
-stays out of URLs and localStorage. The page's and its files' headers are checked over
-plain HTTP.
+headers editor. Throughout, nothing may leave the worker's origin, no
+Content-Security-Policy violation may be reported and no script may fail; the token stays
+out of URLs and localStorage. The page's and its files' headers are checked over plain
+HTTP.
 """
 
 from __future__ import annotations
