@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lo
 	@echo "==> installing Apollo's composition checker for the federation tests (npm)"
 	@npm ci --prefix tests/graphql/compose --no-audit --no-fund --loglevel=error
 	@echo "==> installing GraphiQL's browser build (npm) and vendoring it into mesh/graphql/static/vendor/"
-	@# The copies are committed: CI only checks them, so a copy never made by hand fails there.
+	@# The copies are committed: in CI it only checks them, so copies never committed fail there.
 	@npm ci --prefix tooling/graphiql --no-audit --no-fund --loglevel=error
 	@$(BIN)/python -m mesh_tooling.graphiql $(if $(CI),--check)
 	@test -x /usr/bin/chromium || { \
