@@ -1,13 +1,17 @@
-"""Apollo Federation v2 subgraph support: ``_service``, ``_entities``, ``@key``.
+"""Apollo Federation v2 subgraph support: ``_service``, ``_entities``, the directives.
 
 Every entity type is an entity of the federated graph, keyed by its id field
-(``@key(fields: "id")``). :func:`federation_fields` adds the two root fields the gateway
-(Apollo Router, Hive Gateway) needs:
+(``@key(fields: "id")``), and every field shows its access policy, so a router enforces
+what this subgraph does (:func:`policy_marks`): ``@requiresScopes`` where the domain config
+names scopes, ``@authenticated`` on every other root field and entity field.
+:func:`federation_fields` adds the two root fields the gateway (Apollo Router, Hive
+Gateway) needs:
 
-- ``_service { sdl }``: the subgraph SDL, printed by :func:`subgraph_sdl` — the
-  ``extend schema @link(url: …/federation/v2.3, import: ["@key"])`` header, then the schema
-  with ``@key`` on each entity type and without the federation plumbing (``_service``,
-  ``_entities``, ``_Any``, ``_Entity``, ``_Service``), as the federation spec asks;
+- ``_service { sdl }``: the subgraph SDL, printed once per schema by graphene-federation
+  (:func:`subgraph_sdl`) — ``extend schema @link(url: …/federation/v2.5, import: […])``,
+  then the schema with its directives and without the federation plumbing (``_service``,
+  ``_entities``, ``_Any``, ``_Entity``, ``_Service``), as the federation spec asks (the
+  library also makes ``PageInfo`` ``@shareable``, so other subgraphs may define theirs);
 - ``_entities(representations: [_Any!]!): [_Entity]!``: the entities named by
   representations such as ``{"__typename": "Customer", "id": "1"}``, in the order given,
   ``null`` for an unknown or deleted id. They are read through the request's
@@ -15,44 +19,68 @@ Every entity type is an entity of the federated graph, keyed by its id field
   per owning worker). A representation with an unknown ``__typename`` or without its key
   fails the field with an error naming it.
 
-graphene and graphql-core cannot attach directives to types, so the SDL is printed from
-the executable schema (federation fields filtered out) and the ``@key`` directives are
-written in by name.
+graphene-federation's own ``_entities`` resolves one representation at a time into
+graphene objects (and its ``_Any`` hands inline literals on as syntax nodes), so the
+executable schema keeps the fields below; the library builds a schema of the same types
+only to print the SDL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import graphene
+import graphene_federation  # type: ignore[import-untyped]
 from graphene.utils.str_converters import to_camel_case
+from graphene_directives.utils import (  # type: ignore[import-untyped]
+    non_field_attribute_name,
+)
+from graphene_federation.apollo_versions import (  # type: ignore[import-untyped]
+    get_directive_from_name,
+    get_directives_based_on_version,
+)
 from graphql import (
-    GraphQLNamedType,
-    GraphQLObjectType,
-    GraphQLSchema,
+    DocumentNode,
+    TypeDefinitionNode,
     ValueNode,
-    print_schema,
+    get_named_type,
+    graphql_sync,
+    parse,
+    print_ast,
+    specified_scalar_types,
     value_from_ast_untyped,
 )
 
 from mesh.catalog.reader import parse_id
 from mesh.domain import DomainConfig, EntitySpec
-from mesh.errors import ApiError
+from mesh.errors import ApiError, MeshError
 from mesh.graphql.limits import PublicGraphQLError
+from mesh.graphql.lists import PageInfo
 from mesh.graphql.loader import Loader
 from mesh.graphql.reads import Key, live
 
 Record = dict[str, Any]
+Mark = tuple[str, dict[str, Any]]
+"""A directive on a type or field: its name and arguments (``("key", {"fields": "id"})``)."""
+Plan = dict[str, dict[str | None, list[Mark]]]
+"""The directives of each type (under ``None``) and of its fields, by GraphQL name."""
 
-FEDERATION_VERSION = "v2.5"  # @requiresScopes came with 2.5
-FEDERATION_URL = f"https://specs.apollo.dev/federation/{FEDERATION_VERSION}"
-SDL_HEADER = f'extend schema @link(url: "{FEDERATION_URL}", import: ["@key", "@requiresScopes"])'
-FEDERATION_FIELDS = frozenset({"_service", "_entities"})
+FEDERATION_VERSION = graphene_federation.FederationVersion.VERSION_2_5
+"""@authenticated and @requiresScopes came with 2.5."""
 MAX_REPRESENTATIONS = 1000
 """Representations one ``_entities`` call may carry (each one is a read)."""
+
+_DIRECTIVES = get_directives_based_on_version(FEDERATION_VERSION)
+# The scalars of the directives' arguments (FieldSet, federation__Scope): graphql-core
+# prints them with the schema, but they are federation's, brought by @link. Left in, a
+# composer takes the unimported `FieldSet` for a type of this subgraph and shows it to
+# clients of the supergraph.
+_FEDERATION_TYPES = frozenset(
+    get_named_type(arg.type).name for d in _DIRECTIVES.values() for arg in d.args.values()
+) - set(specified_scalar_types)
+_SHAREABLE_MARK = non_field_attribute_name(get_directive_from_name("shareable", FEDERATION_VERSION))
 
 
 def _any_literal(node: ValueNode, _variables: dict[str, Any] | None = None) -> Any:
@@ -91,42 +119,123 @@ def key_field(spec: EntitySpec) -> str:
     return name
 
 
-def subgraph_sdl(schema: GraphQLSchema, domain: DomainConfig) -> str:
-    """The subgraph SDL of ``schema``: ``@link`` header, ``@key`` on the entity types."""
-    query = schema.query_type
-    assert query is not None
-    kept = {name: f for name, f in query.fields.items() if name not in FEDERATION_FIELDS}
-    plain_query = GraphQLObjectType(query.name, kept, description=query.description)
-    # Everything still reachable from the root fields, and the entity types themselves.
-    types: list[GraphQLNamedType] = []
-    for spec in domain.entities.values():
-        found = schema.get_type(spec.graphql_name)
-        assert found is not None, spec.graphql_name
-        types.append(found)
-    printed = print_schema(GraphQLSchema(query=plain_query, types=types))
-    for spec in domain.entities.values():
-        key = f' @key(fields: "{key_field(spec)}")'
-        pattern = re.compile(rf"^(type {re.escape(spec.graphql_name)})(?=[ {{])", re.MULTILINE)
-        printed, count = pattern.subn(rf"\g<1>{key}", printed, count=1)  # names: [_A-Za-z0-9]
-        assert count == 1, spec.graphql_name
-        printed = _with_scope_policies(printed, spec)
-    return f"{SDL_HEADER}\n\n{printed}\n"
+def policy_marks(spec: EntitySpec | None, attr: str) -> list[Mark]:
+    """The access directives of field ``attr`` of ``spec``'s type (``None``: a root field).
+
+    Every request must be authenticated, so every field is ``@authenticated`` but two
+    kinds: a field with a scope policy, whose ``@requiresScopes`` asks for an authenticated
+    caller already; and the key, which the caller sent in the representation and other
+    subgraphs share (a composer merges field directives, so the key's would bind theirs).
+    The types themselves carry none: on a type, a router reads it as binding every field
+    that returns the type, in other subgraphs too.
+    """
+    if spec is None:
+        return [("authenticated", {})]
+    if attr == spec.key:
+        return []
+    field = spec.fields.get(attr)
+    if field is not None and field.requires_scopes:
+        return [("requiresScopes", {"scopes": [list(field.requires_scopes)]})]
+    return [("authenticated", {})]
 
 
-def _with_scope_policies(printed: str, spec: EntitySpec) -> str:
-    """``@requiresScopes`` on the fields of ``spec``'s type that have a scope policy, so a
-    federation router enforces what this subgraph does."""
-    start = printed.index(f"type {spec.graphql_name} ")
-    end = printed.index("\n}", start)
-    block = printed[start:end]
-    for name, field in spec.fields.items():
-        if not field.requires_scopes:
-            continue
-        scopes = ", ".join(f'"{s}"' for s in field.requires_scopes)
-        line = re.compile(rf"^(  {re.escape(to_camel_case(name))}: [^\n]*)$", re.MULTILINE)
-        block, count = line.subn(rf"\g<1> @requiresScopes(scopes: [[{scopes}]])", block, count=1)
-        assert count == 1, (spec.graphql_name, name)
-    return printed[:start] + block + printed[end:]
+def _mark_field(field: Any, mark: Mark) -> None:
+    name, args = mark
+    if name == "authenticated":
+        graphene_federation.authenticated(field, federation_version=FEDERATION_VERSION)
+    elif name == "requiresScopes":
+        graphene_federation.requires_scope(
+            field, scopes=args["scopes"], federation_version=FEDERATION_VERSION
+        )
+    else:
+        raise ValueError(f"no field directive @{name}")
+
+
+def _field_name(attr: str, field: Any) -> str:
+    name: str = field.name or to_camel_case(attr)
+    return name
+
+
+def _mark(domain: DomainConfig, root_fields: dict[str, Any], types: dict[str, Any]) -> Plan:
+    """Put the directives on the types and fields; the plan of them, by type and field
+    (``None`` for the type), to check the printed SDL against."""
+    plan: Plan = {"Query": {}}
+    for attr, field in root_fields.items():
+        plan["Query"][_field_name(attr, field)] = marks = policy_marks(None, attr)
+        for mark in marks:
+            _mark_field(field, mark)
+    for entity_type, spec in domain.entities.items():
+        cls = types[entity_type]
+        graphene_federation.key(key_field(spec), federation_version=FEDERATION_VERSION)(cls)
+        planned: dict[str | None, list[Mark]] = {None: [("key", {"fields": key_field(spec)})]}
+        for attr, mounted in cls._meta.fields.items():
+            planned[_field_name(attr, mounted)] = marks = policy_marks(spec, attr)
+            for mark in marks:
+                _mark_field(getattr(cls, attr), mark)
+        plan[spec.graphql_name] = planned
+    return plan
+
+
+def _printed_marks(document: DocumentNode) -> dict[tuple[str, str | None], list[Mark]]:
+    found: dict[tuple[str, str | None], list[Mark]] = {}
+
+    def marks(node: Any) -> list[Mark]:
+        return [
+            (d.name.value, {a.name.value: value_from_ast_untyped(a.value) for a in d.arguments})
+            for d in node.directives or ()
+        ]
+
+    for definition in document.definitions:
+        if isinstance(definition, TypeDefinitionNode):
+            name = definition.name.value
+            found[name, None] = marks(definition)
+            for field in getattr(definition, "fields", None) or ():
+                found[name, field.name.value] = marks(field)
+    return found
+
+
+def _check(document: DocumentNode, plan: Plan) -> None:
+    # graphene-directives writes the directives into the printed schema by pattern: one
+    # it could not place would leave a router enforcing less than this subgraph does.
+    printed = _printed_marks(document)
+    for type_name, fields in plan.items():
+        for field_name, marks in fields.items():
+            shown = printed.get((type_name, field_name), [])
+            missing = [m for m in marks if m not in shown]
+            if missing:
+                where = type_name if field_name is None else f"{type_name}.{field_name}"
+                raise MeshError(f"the subgraph SDL lacks {missing} on {where}: {shown}")
+
+
+def subgraph_sdl(domain: DomainConfig, root_fields: dict[str, Any], types: dict[str, Any]) -> str:
+    """The subgraph SDL of ``domain``'s schema, printed by graphene-federation.
+
+    ``root_fields`` are the Query's fields but the federation ones, ``types`` maps entity
+    types to their graphene object types; both get their directives here (call once).
+    """
+    plan = _mark(domain, root_fields, types)
+    query = type("Query", (graphene.ObjectType,), dict(root_fields))
+    try:
+        built = graphene_federation.build_schema(
+            query=query, types=list(types.values()), federation_version=FEDERATION_VERSION
+        )
+    finally:
+        # graphene-federation marks the schema's PageInfo @shareable on the class itself,
+        # which every build shares: left there, the next build refuses it as a duplicate.
+        if _SHAREABLE_MARK in vars(PageInfo):
+            delattr(PageInfo, _SHAREABLE_MARK)
+    answer = graphql_sync(built.graphql_schema, "{ _service { sdl } }")
+    if answer.errors or answer.data is None:
+        raise MeshError(f"graphene-federation printed no subgraph SDL: {answer.errors}")
+    document = parse(answer.data["_service"]["sdl"])
+    kept = tuple(
+        d
+        for d in document.definitions
+        if not (isinstance(d, TypeDefinitionNode) and d.name.value in _FEDERATION_TYPES)
+    )
+    document = DocumentNode(definitions=kept)
+    _check(document, plan)
+    return f"{print_ast(document)}\n"
 
 
 def _live_all(found: list[Record | None]) -> list[Record | None]:
@@ -170,8 +279,9 @@ def _entities_resolver(
     return resolve
 
 
-def federation_fields(domain: DomainConfig, types: dict[str, Any]) -> dict[str, Any]:
-    """The root fields ``_service`` and ``_entities`` for the Query of ``domain``.
+def federation_fields(domain: DomainConfig, types: dict[str, Any], sdl: str) -> dict[str, Any]:
+    """The root fields ``_service`` (answering ``sdl``) and ``_entities`` for the Query of
+    ``domain``.
 
     ``types`` maps entity types to their graphene object types (filled in before the
     schema is built).
@@ -192,12 +302,10 @@ def federation_fields(domain: DomainConfig, types: dict[str, Any]) -> dict[str, 
             "resolve_type": classmethod(resolve_type),
         },
     )
-    sdl: list[str] = []
+    service = {"sdl": sdl}
 
     def resolve_service(root: Any, info: Any) -> dict[str, str]:
-        if not sdl:
-            sdl.append(subgraph_sdl(info.schema, domain))
-        return {"sdl": sdl[0]}
+        return service
 
     return {
         "_service": graphene.Field(

@@ -33,7 +33,7 @@ from graphql.execution.collect_fields import collect_sub_fields
 from mesh.catalog.reader import parse_id
 from mesh.domain import DomainConfig, EntitySpec, FieldSpec, FieldType
 from mesh.errors import ApiError
-from mesh.graphql.federation import federation_fields
+from mesh.graphql.federation import federation_fields, subgraph_sdl
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.lists import (
     DEFAULT_PAGE,
@@ -318,6 +318,7 @@ def build_schema(domain: DomainConfig) -> graphene.Schema:
             resolver=list_resolver(entity_type),
             description=f"The live {entity_type} entities of the whole fleet, in id order.",
         )
-    query_attrs.update(federation_fields(domain, types))  # Apollo Federation v2 subgraph
+    sdl = subgraph_sdl(domain, query_attrs, types)  # Apollo Federation v2 subgraph
+    query_attrs.update(federation_fields(domain, types, sdl))
     query = type("Query", (graphene.ObjectType,), query_attrs)
     return graphene.Schema(query=query, types=list(types.values()))

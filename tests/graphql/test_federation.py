@@ -20,10 +20,21 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from graphql import TypeDefinitionNode, graphql, parse
+from graphql import (
+    DocumentNode,
+    ObjectTypeDefinitionNode,
+    SchemaExtensionNode,
+    TypeDefinitionNode,
+    graphql,
+    parse,
+    print_ast,
+)
 
 from mesh.domain import DomainConfig
+from mesh.errors import MeshError
 from mesh.graphql import build_schema
+from mesh.graphql import federation as federation_module
+from mesh.graphql.lists import PageInfo
 from mesh.sources.events import Op
 from tests.support.auth import bearer
 from tests.support.fleet import TIMEOUT, Fleet, customer, invoice, invoice_item, open_fleet, product
@@ -36,8 +47,9 @@ COMPOSE_SCRIPT = """
 import { readFileSync } from "node:fs";
 import { parse } from "graphql";
 import { composeServices } from "@apollo/composition";
-const typeDefs = parse(readFileSync(0, "utf8"));
-const result = composeServices([{ name: "mesh", url: "http://mesh/graphql", typeDefs }]);
+const subgraphs = JSON.parse(readFileSync(0, "utf8"));
+const result = composeServices(subgraphs.map(
+  ([name, sdl]) => ({ name, url: `http://${name}/graphql`, typeDefs: parse(sdl) })));
 if (result.errors) {
   for (const error of result.errors) console.error(error.message);
   process.exit(1);
@@ -55,46 +67,159 @@ async def _sdl(domain: DomainConfig) -> str:
     return sdl
 
 
+def _objects(document: DocumentNode) -> dict[str, ObjectTypeDefinitionNode]:
+    return {
+        d.name.value: d for d in document.definitions if isinstance(d, ObjectTypeDefinitionNode)
+    }
+
+
+def _directives(node: Any) -> list[str]:
+    return [print_ast(d) for d in node.directives or ()]
+
+
 async def test_service_sdl_is_a_federation_v2_subgraph(sample_domain: DomainConfig) -> None:
     sdl = await _sdl(sample_domain)
-    first = sdl.splitlines()[0]
-    assert first.startswith('extend schema @link(url: "https://specs.apollo.dev/federation/v2.')
-    assert 'import: ["@key", "@requiresScopes"]' in first
-    # The sample's scope policy, for a router to enforce as this subgraph does.
-    assert '  email: String @requiresScopes(scopes: [["pii:read"]])\n' in sdl
-    for name in ENTITY_TYPES:
-        assert f'type {name} @key(fields: "id") {{' in sdl, name
-    for relation in ("invoices: [Invoice!]!", "items: [InvoiceItem!]!",
-                     "invoiceItems: [InvoiceItem!]!", "customer: Customer",
-                     "product: Product", "invoice: Invoice"):  # fmt: skip
-        assert f"  {relation}\n" in sdl, relation
-    assert "type Query {" in sdl
-    assert "customers(" in sdl
-    for plumbing in ("_service", "_entities", "_Any", "_Entity", "_Service"):
-        assert plumbing not in sdl, plumbing
-    document = parse(sdl)  # valid SDL (the @link/@key definitions come from the gateway)
+    document = parse(sdl)  # valid SDL (the directive definitions come from the gateway)
+    (header,) = [d for d in document.definitions if isinstance(d, SchemaExtensionNode)]
+    assert _directives(header) == [
+        '@link(url: "https://specs.apollo.dev/federation/v2.5", '
+        'import: ["@authenticated", "@key", "@requiresScopes", "@shareable"])'
+    ]
+    assert sdl.startswith("extend schema @link(")
+    objects = _objects(document)
+    assert set(ENTITY_TYPES) <= set(objects)
+    relations = {"Customer": {"invoices": "[Invoice!]!"},
+                 "Product": {"invoiceItems": "[InvoiceItem!]!"},
+                 "Invoice": {"items": "[InvoiceItem!]!", "customer": "Customer"},
+                 "InvoiceItem": {"product": "Product", "invoice": "Invoice"}}  # fmt: skip
+    for name, fields in relations.items():
+        types = {f.name.value: print_ast(f.type) for f in objects[name].fields or ()}
+        assert {f: types.get(f) for f in fields} == fields, name
+    query_fields = {f.name.value for f in objects["Query"].fields or ()}
+    assert {"customer", "customers", "invoiceItem", "invoiceItems"} <= query_fields
     names = {d.name.value for d in document.definitions if isinstance(d, TypeDefinitionNode)}
-    assert set(ENTITY_TYPES) <= names
+    # Neither the plumbing nor federation's own scalars (a composer would show an
+    # undeclared `FieldSet` to the supergraph's clients).
+    plumbing = {"_Any", "_Entity", "_Service", "FieldSet", "federation__Scope"}
+    assert not names & plumbing, names & plumbing
+    assert not query_fields & {"_service", "_entities"}
 
 
-async def test_service_sdl_composes_with_apollo_composition(sample_domain: DomainConfig) -> None:
+async def test_service_sdl_has_the_scope_policy_on_customer_email(
+    sample_domain: DomainConfig,
+) -> None:
+    sdl = await _sdl(sample_domain)
+    assert '  email: String @requiresScopes(scopes: [["pii:read"]])\n' in sdl
+    customer = _objects(parse(sdl))["Customer"]
+    (email,) = [f for f in customer.fields or () if f.name.value == "email"]
+    assert _directives(email) == ['@requiresScopes(scopes: [["pii:read"]])']
+
+
+async def test_service_sdl_keys_every_entity_type_by_id(sample_domain: DomainConfig) -> None:
+    sdl = await _sdl(sample_domain)
+    objects = _objects(parse(sdl))
+    entity_names = {spec.graphql_name for spec in sample_domain.entities.values()}
+    assert entity_names == set(ENTITY_TYPES)
+    for name in entity_names:
+        assert _directives(objects[name]) == ['@key(fields: "id")'], name
+        assert f'type {name} @key(fields: "id") {{' in sdl, name
+    keyed = {name for name, node in objects.items() if node.directives}
+    assert keyed == entity_names | {"PageInfo"}  # PageInfo: @shareable
+    assert _directives(objects["PageInfo"]) == ["@shareable"]
+
+
+async def test_service_sdl_requires_authentication_of_every_field_it_answers(
+    sample_domain: DomainConfig,
+) -> None:
+    # Every request to the subgraph is authenticated: a router must refuse the same
+    # fields to an unauthenticated caller. Scoped fields need an authenticated caller
+    # already; the key is the caller's own (and shared with other subgraphs).
+    objects = _objects(parse(await _sdl(sample_domain)))
+    for field in objects["Query"].fields or ():
+        assert _directives(field) == ["@authenticated"], field.name.value
+    for name in ENTITY_TYPES:
+        for field in objects[name].fields or ():
+            field_name = field.name.value
+            expected = {"id": [], "email": ['@requiresScopes(scopes: [["pii:read"]])']}
+            assert _directives(field) == expected.get(field_name, ["@authenticated"]), (
+                f"{name}.{field_name}"
+            )
+    # Types reached only through those fields carry no policy of their own.
+    for name in ("EntityMeta", "EntitySource", "CustomerConnection", "PageInfo"):
+        assert all(not f.directives for f in objects[name].fields or ()), name
+
+
+async def test_schema_builds_again_with_the_same_sdl(sample_domain: DomainConfig) -> None:
+    # graphene-federation marks PageInfo (shared by every build) @shareable; the mark is
+    # taken off again, or the next build would refuse it.
+    first = await _sdl(sample_domain)
+    assert await _sdl(sample_domain) == first
+    assert not any(name.startswith("_directive_") for name in vars(PageInfo))
+
+
+def test_a_directive_left_out_of_the_sdl_stops_the_build(
+    sample_domain: DomainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = federation_module.graphene_federation
+    real = library.requires_scope
+
+    def requires_nothing_on_email(field: Any, **kwargs: Any) -> Any:
+        return field  # as if the library had lost the directive on its way to the SDL
+
+    monkeypatch.setattr(library, "requires_scope", requires_nothing_on_email)
+    with pytest.raises(MeshError, match=r"lacks \[\('requiresScopes'.*Customer\.email"):
+        build_schema(sample_domain)
+    monkeypatch.setattr(library, "requires_scope", real)
+    build_schema(sample_domain)
+
+
+async def _compose(subgraphs: list[tuple[str, str]]) -> str:
     # `make` installs both (Node is needed for Directus anyway): a missing one is a broken
     # install, not a reason to skip the only check that a gateway accepts the SDL.
     node = shutil.which("node")
     assert node is not None, "node is not installed: cannot run @apollo/composition"
     installed = (COMPOSE_DIR / "node_modules" / "@apollo" / "composition").is_dir()
     assert installed, "@apollo/composition is missing: run `make` (npm ci in tests/graphql/compose)"
-    sdl = await _sdl(sample_domain)
     process = await asyncio.create_subprocess_exec(
         node, "--input-type=module", "-e", COMPOSE_SCRIPT, cwd=COMPOSE_DIR,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(sdl.encode()), timeout=60)
+    sent = json.dumps(subgraphs).encode()
+    out, err = await asyncio.wait_for(process.communicate(sent), timeout=60)
     assert process.returncode == 0, err.decode()
-    supergraph = out.decode()
+    return out.decode()
+
+
+async def test_service_sdl_composes_with_apollo_composition(sample_domain: DomainConfig) -> None:
+    supergraph = await _compose([("mesh", await _sdl(sample_domain))])
     for name in ENTITY_TYPES:
         assert f'type {name}\n  @join__type(graph: MESH, key: "id")' in supergraph, name
+    # The policies reach the supergraph, for the router to enforce.
+    for spec in ("authenticated/v0.1", "requiresScopes/v0.1"):
+        assert f'@link(url: "https://specs.apollo.dev/{spec}", for: SECURITY)' in supergraph
+    assert '  email: String @requiresScopes(scopes: [["pii:read"]])\n' in supergraph
+    assert "  name: String! @authenticated\n" in supergraph
+    assert "scalar FieldSet" not in supergraph
+
+
+OTHER_SUBGRAPH = """
+extend schema @link(url: "https://specs.apollo.dev/federation/v2.5", import: ["@key"])
+type Customer @key(fields: "id") { id: ID! loyaltyPoints: Int }
+type Query { topCustomer: Customer }
+"""
+
+
+async def test_policies_bind_only_this_subgraphs_fields(sample_domain: DomainConfig) -> None:
+    # A composer merges a field's directives over the subgraphs defining it: on the
+    # shared key or on the type, ours would bind another subgraph's fields too.
+    supergraph = await _compose([("mesh", await _sdl(sample_domain)), ("other", OTHER_SUBGRAPH)])
+    assert "  loyaltyPoints: Int @join__field(graph: OTHER)\n" in supergraph
+    assert "  topCustomer: Customer @join__field(graph: OTHER)\n" in supergraph
+    customer = supergraph[supergraph.index("type Customer\n") :]
+    customer = customer[: customer.index("\n}")]
+    assert "  id: ID!\n" in customer
+    assert "@authenticated" not in customer[: customer.index("{")]  # nor on the type
 
 
 async def test_entities_field_types(sample_domain: DomainConfig) -> None:
