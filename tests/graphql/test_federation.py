@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import graphene_federation  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 from graphql import (
@@ -33,7 +34,6 @@ from graphql import (
 from mesh.domain import DomainConfig
 from mesh.errors import MeshError
 from mesh.graphql import build_schema
-from mesh.graphql import federation as federation_module
 from mesh.graphql.lists import PageInfo
 from mesh.sources.events import Op
 from tests.support.auth import bearer
@@ -160,16 +160,15 @@ async def test_schema_builds_again_with_the_same_sdl(sample_domain: DomainConfig
 def test_a_directive_left_out_of_the_sdl_stops_the_build(
     sample_domain: DomainConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    library = federation_module.graphene_federation
-    real = library.requires_scope
+    real = graphene_federation.requires_scope
 
     def requires_nothing_on_email(field: Any, **kwargs: Any) -> Any:
         return field  # as if the library had lost the directive on its way to the SDL
 
-    monkeypatch.setattr(library, "requires_scope", requires_nothing_on_email)
+    monkeypatch.setattr(graphene_federation, "requires_scope", requires_nothing_on_email)
     with pytest.raises(MeshError, match=r"lacks \[\('requiresScopes'.*Customer\.email"):
         build_schema(sample_domain)
-    monkeypatch.setattr(library, "requires_scope", real)
+    monkeypatch.setattr(graphene_federation, "requires_scope", real)
     build_schema(sample_domain)
 
 
