@@ -32,12 +32,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import graphene
-import graphene_federation  # type: ignore[import-untyped]
+import graphene_federation
 from graphene.utils.str_converters import to_camel_case
-from graphene_directives.utils import (  # type: ignore[import-untyped]
+from graphene_directives.utils import (
     non_field_attribute_name,
 )
-from graphene_federation.apollo_versions import (  # type: ignore[import-untyped]
+from graphene_federation.apollo_versions import (
     get_directive_from_name,
     get_directives_based_on_version,
 )

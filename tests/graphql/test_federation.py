@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import graphene_federation  # type: ignore[import-untyped]
+import graphene_federation
 import pytest
 import pytest_asyncio
 from graphql import (
