@@ -96,12 +96,13 @@ def event_row(
 ) -> MirrorRow:
     """The row ``event`` writes; :class:`MirrorRowError` when it cannot be one.
 
-    The checks match the catalog's: an event must be of its topic's entity type, of a
-    tenant the domain declares, and keyed by its URN, so the catalog and its mirror hold
-    the same entities. The row's tenant is the payload's, and the key (which the
-    producer's partitioning and the catalog go by) must name that same tenant: an event
-    keyed as one tenant's entity cannot write a row of another. The ``after`` record must
-    be of the entity ``entity_id`` names, since the row is keyed by its key field.
+    As in the catalog, an event must be of its topic's entity type, of a tenant the domain
+    declares, and keyed by its URN, so the catalog and its mirror hold the same entities.
+    The row's tenant is the payload's, and the key (which partitioning and the catalog go
+    by) must name that same tenant: a record keyed as one tenant's entity writes no row
+    of another. Beyond the catalog's checks: with ``topic_per_tenant`` the event must be
+    on its tenant's topic, and its ``after`` record must be of the entity ``entity_id``
+    names (the row is keyed by the record's key field).
     """
     if event["entity_type"] != table.entity_type:
         raise MirrorRowError(
@@ -113,6 +114,13 @@ def event_row(
             f"event for {table.entity_type} {event['entity_id']!r} is of tenant {tenant!r}, "
             f"which the domain config does not declare (declared: {domain.tenants}); "
             "add the tenant or fix the producer"
+        )
+    if domain.topic_per_tenant and origin.topic != domain.topic(table.entity_type, tenant):
+        # Each tenant's topics are fenced by the broker's ACLs: a producer allowed on one
+        # tenant's topic must not reach another tenant's rows through it.
+        raise MirrorRowError(
+            f"event of tenant {tenant!r} on topic {origin.topic}; with topic_per_tenant its "
+            f"events belong on {domain.topic(table.entity_type, tenant)}"
         )
     urn = domain.urn(tenant, table.entity_type, event["entity_id"])
     if origin.key != urn.encode():

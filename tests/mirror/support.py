@@ -132,7 +132,7 @@ class Scenario:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.broker)
         await admin.start()
         try:
-            topics = [self.domain.topic(t) for t in self.domain.entities]
+            topics = [topic for t in self.domain.entities for topic in self.domain.topics(t)]
             topics.append(f"{self.app_id}.dead_letters")
             await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
         finally:
@@ -180,7 +180,7 @@ class Scenario:
         codecs = codecs or self.codecs
         messages = [
             (
-                self.domain.topic(e["entity_type"]),
+                self.domain.topic(e["entity_type"], e["tenant"]),
                 self.key(e["entity_type"], e["entity_id"], e["tenant"]),
                 codecs[e["entity_type"]].dumps(e),
             )

@@ -5,6 +5,7 @@ mirrored."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -176,4 +177,46 @@ async def test_an_event_of_another_or_an_undeclared_tenant_is_dead_lettered(
     assert messages[2] == (
         "event for customer '3' carries the 'after' record of id 4; entity_id and the "
         "record's key must agree"
+    )
+
+
+async def test_with_topic_per_tenant_an_event_on_another_tenants_topic_is_dead_lettered(
+    broker: str, registry_url: str, mirror_database: str, tmp_path: Path
+) -> None:
+    """Each tenant's topics can be fenced by the broker's ACLs: a record on beta's topic
+    writes no row of default's, however it is keyed."""
+    data = domain_data()
+    data["topic_per_tenant"] = True
+    scenario = Scenario(broker, registry_url, mirror_database, tmp_path, data)
+    domain = scenario.domain
+    default, beta = domain.tenants
+    await scenario.create_topics()
+    intruder = event(domain, "customer", 1, 1)  # default's, keyed as default's
+    landed = await scenario.send_raw(
+        [
+            (
+                domain.topic("customer", beta),
+                scenario.key("customer", 1),
+                scenario.codecs["customer"].dumps(intruder),
+            )
+        ]
+    )
+    await scenario.produce(
+        [event(domain, "customer", 2, 2), event(domain, "customer", 2, 3, tenant=beta)]
+    )
+    mirror = scenario.mirror()
+    await mirror.start()
+    try:
+        await catch_up(mirror)
+    finally:
+        await mirror.stop()
+
+    assert sorted(scenario.rows("customer", by_tenant=True)) == [(beta, 2), (default, 2)]
+    [letter] = await scenario.dead_letters(1)
+    headers = _headers(letter)
+    assert int(headers["dictamesh.offset"]) == landed[0].offset
+    assert headers["dictamesh.error.class"] == "MirrorRowError"
+    assert headers["dictamesh.error.message"] == (
+        f"event of tenant '{default}' on topic {domain.topic('customer', beta)}; with "
+        f"topic_per_tenant its events belong on {domain.topic('customer', default)}"
     )
