@@ -5,6 +5,11 @@ own, then consumes them twice with the mirror's consumer, each run in a fresh gr
 without writing (decode, collapse, commit: the baseline) and once writing to Postgres,
 into a schema of its own that is dropped afterwards. Group joins and the schema migration
 happen before the clock starts. Nothing of an existing mirror is touched.
+
+The mirror writes as an ordinary role that owns its tables, so row-level security applies
+to it (superusers skip it): when ``MESH_DATABASE_URL`` connects as a superuser, the bench
+writes as a NOLOGIN role of its own (``SET ROLE`` through the connection's options) that
+owns the bench schema, and drops it afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class MirrorBench:
 
     events: int
     entity_type: str
+    writer: str
+    """Who wrote, and whether row-level security applied."""
     produce_per_s: float
     consume_per_s: float
     write_per_s: float
@@ -58,6 +65,7 @@ class MirrorBench:
             f"produce (aiokafka, acks=all): {self.produce_per_s:,.0f} events/s",
             f"mirror consume only (decode, collapse, commit): {self.consume_per_s:,.0f} events/s",
             f"mirror consume + Postgres upsert: {self.write_per_s:,.0f} rows/s",
+            f"written as: {self.writer}",
             f"ratio: {self.ratio:.2f}",
         ]
 
@@ -88,7 +96,19 @@ async def bench_mirror(
     url = settings.database_url.get_secret_value()
     schema = f"dictamesh_bench_{token}"
     await _create_topic(servers, topic, settings.topic_partitions)
-    await asyncio.to_thread(_sql, url, f"CREATE SCHEMA {schema}")
+    superuser = await asyncio.to_thread(
+        _sql, url, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    )
+    role = f"dictamesh_bench_{token}" if superuser else None
+    options = f"-csearch_path={schema}"
+    if role is None:
+        await asyncio.to_thread(_sql, url, f"CREATE SCHEMA {schema}")
+        writer = "the URL's role (no superuser: row-level security applies)"
+    else:
+        await asyncio.to_thread(_sql, url, f"CREATE ROLE {role} NOLOGIN")
+        await asyncio.to_thread(_sql, url, f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+        options += f" -crole={role}"
+        writer = f"{role}, owning the bench schema (row-level security applies)"
     try:
         produce_s = await _produce(settings, bench_domain, entity_type, events)
         consume_rate = await _drain(
@@ -103,9 +123,7 @@ async def bench_mirror(
         )
         sep = "&" if "?" in url else "?"
         writing = settings.model_copy(
-            update={
-                "database_url": SecretStr(f"{url}{sep}options={quote(f'-csearch_path={schema}')}")
-            }
+            update={"database_url": SecretStr(f"{url}{sep}options={quote(options)}")}
         )
         mirror = build_mirror(
             writing, bench_domain, CollectorRegistry(), group_id=f"bench-write-{token}"
@@ -118,9 +136,11 @@ async def bench_mirror(
             raise RuntimeError(f"the mirror wrote {found} rows of {events}")
     finally:
         await asyncio.to_thread(_sql, url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        if role is not None:
+            await asyncio.to_thread(_sql, url, f"DROP ROLE IF EXISTS {role}")
         with contextlib.suppress(Exception):
             await _delete_topic(servers, topic)
-    return MirrorBench(events, entity_type, events / produce_s, consume_rate, write_rate)
+    return MirrorBench(events, entity_type, writer, events / produce_s, consume_rate, write_rate)
 
 
 async def _drain(mirror: MirrorConsumer, events: int) -> float:
