@@ -4,7 +4,8 @@ What a grant does, in one transaction (all of it or nothing), each step skipped 
 already done, so running it again changes nothing and says so:
 
 1. refuses a tenant the domain config does not declare, a role that would bypass
-   row-level security (a superuser, ``BYPASSRLS``, the tables' owner or a member of it),
+   row-level security (a superuser, ``BYPASSRLS``, the tables' owner or a member of it,
+   ``CREATEROLE``, which could grant itself any tenant's group role),
    a role that already reads another tenant, and tables without row-level security;
 2. creates the role if missing (``NOLOGIN`` unless ``login``; a password is sent as the
    server's SCRAM verifier, never in clear) and the tenant's group role
@@ -239,7 +240,8 @@ class _Grant:
         self, owners: list[str], login: bool, password: str | None, password_from: str | None
     ) -> None:
         self.cur.execute(
-            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s",
+            "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcanlogin FROM pg_roles"
+            " WHERE rolname = %s",
             (self.role,),
         )
         found = self.cur.fetchone()
@@ -260,11 +262,16 @@ class _Grant:
                 f"created role {self.role} ({'LOGIN' if login else 'NOLOGIN'}{with_password})"
             )
             return
-        superuser, bypassrls, can_login = found
+        superuser, bypassrls, createrole, can_login = found
         if superuser or bypassrls:
             raise MirrorGrantError(
                 f"role {self.role} is a {'superuser' if superuser else 'BYPASSRLS role'}: it "
                 "bypasses row-level security and would read every tenant; grant to another role"
+            )
+        if createrole:
+            raise MirrorGrantError(
+                f"role {self.role} has CREATEROLE: it could make itself a member of any "
+                "tenant's group role and read that tenant; grant to a role without it"
             )
         for owner in owners:
             if self.one("SELECT pg_has_role(%s, %s, 'USAGE')", self.role, owner):

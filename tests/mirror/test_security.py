@@ -340,6 +340,14 @@ async def test_grant_refuses_what_would_leak_or_is_unknown(
     code, err = grant(default, "postgres")
     assert code == 1
     assert "role postgres is a superuser: it bypasses row-level security" in err
+    nobody = sql.Identifier(cluster.nobody)
+    _run(cluster.server, sql.SQL("ALTER ROLE {} CREATEROLE").format(nobody))
+    try:
+        code, err = grant(default, cluster.nobody)
+    finally:
+        _run(cluster.server, sql.SQL("ALTER ROLE {} NOCREATEROLE").format(nobody))
+    assert code == 1
+    assert f"role {cluster.nobody} has CREATEROLE: it could make itself a member" in err
     assert grant(default, cluster.reader) == (0, "")
     code, err = grant(beta, cluster.reader)
     assert code == 1
