@@ -8,7 +8,6 @@ entry points when it is installed.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from mesh import __version__
 from mesh.errors import ConfigError, MeshError
+from mesh.logs import configure_logging, console_unless_set
 from mesh.settings import Settings, load_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -23,6 +23,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 COMMANDS_GROUP = "dictamesh.commands"
 TOOLING_COMMANDS = ("dev", "registry", "bench", "seed", "token")
 """Commands of the tooling distribution, named in the error when it is not installed."""
+CONSOLE_COMMANDS = ("dev",)
+"""Commands that log readable console lines unless ``MESH_LOG_FORMAT`` is set."""
 
 AddCommand = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 """What a ``dictamesh.commands`` entry point loads: it adds its sub-command(s), each with
@@ -257,12 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # People watch `mesh dev` in a terminal.
+        configure_logging(
+            settings,
+            log_format=console_unless_set(settings) if args.command in CONSOLE_COMMANDS else None,
         )
-        # One line per HTTP request drowns what the commands say.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         return int(args.run(settings, args))
     except ConfigError as exc:
         print(f"mesh: configuration error: {exc}", file=sys.stderr)

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     """How long Redis keeps a cached read nobody changes or reads."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    """``json``: one JSON object a line, for a log collector; ``console``: aligned text for
+    people (``mesh dev`` uses it unless this is set)."""
 
     @field_validator("domain_config", "schemas_dir", "state_dir")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from mesh.logs import faust_logging
 from mesh.runtime.end_offsets import install_verified_end_offsets
 from mesh.runtime.kafka import KafkaConnection, faust_credentials
 from mesh.runtime.recovery import install_recovery_hooks
@@ -52,7 +53,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         web_bind=settings.web_bind,
         web_port=settings.web_port,
         web_host=settings.web_host,
-        logging_config=None,
+        # The root logger's one handler, as the CLI made it, survives the worker's start.
+        **faust_logging(settings),
     )
     kafka = KafkaConnection.from_settings(settings)
     install_verified_end_offsets(app, kafka)
