@@ -42,6 +42,7 @@ from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
+from mesh.logs import event_fields
 from mesh.runtime.delivery import MessageBuffer, Subscription
 from mesh.runtime.kafka import AIOKafkaProducer, KafkaConnection
 from mesh.runtime.partitioning import key_partition
@@ -387,6 +388,12 @@ class CatalogIngestor:
 
     async def _dead(self, message: Any, stage: str, error: Exception) -> Awaitable[Any]:
         self.metrics.dead_letters.labels(message.topic, stage).inc()
+        log.warning(
+            "catalog: %s:%d@%d to the dead-letter topic (%s): %s",
+            message.topic, message.partition, message.offset, stage, error,
+            extra={"stage": stage, **event_fields(message.topic, message.partition,
+                                                  message.offset, message.key)},
+        )  # fmt: skip
         headers = dead_letter_headers(
             stage=stage,
             error=error,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from mesh.deadletter import dead_letter_headers
+from mesh.logs import event_fields
 from mesh.mirror.decode import DeadLetter
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.runtime.kafka import AIOKafkaProducer
@@ -27,6 +28,8 @@ async def send_dead_letters(
         log.warning(
             "postgres mirror: %s:%d@%d to the dead-letter topic (%s): %s",
             origin.topic, origin.partition, origin.offset, letter.stage, letter.error,
+            extra={"stage": letter.stage,
+                   **event_fields(origin.topic, origin.partition, origin.offset, origin.key)},
         )  # fmt: skip
         headers = dead_letter_headers(
             stage=letter.stage,
