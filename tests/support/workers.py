@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shutil
 import sys
@@ -139,13 +140,31 @@ class MeshWorker:
             log.seek(self._log_from)
             return log.read().decode(errors="replace")
 
+    def records(self) -> list[dict[str, Any]]:
+        """This run's log lines as the JSON objects they are (``MESH_LOG_FORMAT=json``, the
+        default); a line that is not one fails the test."""
+        found = []
+        for line in self.run_log().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"{self.name} logged a non-JSON line: {line!r}") from None
+        return found
+
     def errors(self) -> list[str]:
-        """The ERROR and CRITICAL lines this run of the worker logged."""
-        return [
-            line
-            for line in self.run_log().splitlines()
-            if re.search(r"\] \[(ERROR|CRITICAL)\] ", line)
-        ]
+        """The error and critical lines this run of the worker logged, one line each (a JSON
+        line shortened to its level, logger, message and exception)."""
+        found = []
+        for line in self.run_log().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("level") in ("error", "critical"):
+                        found.append(_readable(record))
+                    continue
+            if re.search(r"\[(error|critical) *\] ", line, re.IGNORECASE):  # a console line
+                found.append(line)
+        return found
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown of any kind (the process group, as a crash would)."""
@@ -209,6 +228,14 @@ class MeshWorker:
             http.get(self.base + path) as resp,
         ):
             return resp.status, await resp.text()
+
+
+def _readable(record: Mapping[str, Any]) -> str:
+    """A JSON log line as one line for people: level, logger, message, the exception."""
+    text = f"[{record.get('level')}] {record.get('logger')}: {record.get('message')}"
+    for exc in record.get("exception") or ():
+        text += f" ({exc.get('exc_type')}: {exc.get('exc_value')})"
+    return text
 
 
 async def start_workers(

@@ -27,6 +27,7 @@ import aiohttp
 
 from mesh.domain import DomainConfig, SourceSpec, load_domain
 from mesh.errors import MeshError, StackError
+from mesh.logs import console_unless_set
 from mesh.schemas import load_event_schemas
 from mesh.settings import redact_url
 from mesh_tooling.dev.broker import start_broker
@@ -234,6 +235,8 @@ class DevStack:
                 "MESH_STATE_DIR": str(s.state_dir),
                 "MESH_WEB_PORT": str(s.web_port),
                 "MESH_WEB_HOST": s.web_host,
+                # Read by people in .state/logs/worker.log, not by a log collector.
+                "MESH_LOG_FORMAT": console_unless_set(s),
                 **({"MESH_REDIS_URL": redis} if redis else {}),
                 **sources_env,
             }
