@@ -53,7 +53,8 @@ MIN_SECRET_LENGTH = 4
 _SECRET_ENV_NAME = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY)$", re.IGNORECASE)
 # Credentials recognisable by their shape, whether or not the process knows the value.
 _SHAPES = (
-    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), rf"\1 {MASK}"),
+    # As the Authorization header writes them; shorter words after "Basic" are prose.
+    (re.compile(r"\b(Bearer|Basic) +[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {MASK}"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),  # a JWT
     (re.compile(r"(://[^:/@\s\"']*):[^@/\s\"']+@"), rf"\1:{MASK}@"),  # a URL's password
 )
@@ -217,14 +218,16 @@ def configure_logging(
     settings: Settings, *, log_format: LogFormat | None = None, stream: TextIO | None = None
 ) -> logging.Handler:
     """Make one handler on the root logger, writing ``log_format`` (default: the
-    ``MESH_LOG_FORMAT`` setting) to ``stream`` (default: standard error) at
+    ``MESH_LOG_FORMAT`` setting) to ``stream`` (default: the process's standard error) at
     ``MESH_LOG_LEVEL``, and return it. Any handler there before is removed.
 
     The Faust worker keeps it (:func:`faust_logging` configures faust to); warnings
     become log lines too.
     """
     masker = SecretMasker(secret_values(settings))
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    # The process's own stderr, never a replacement of it: the worker redirects sys.stderr
+    # into logging (a loop if logging wrote there), and a caller's capture may be closed.
+    handler = logging.StreamHandler(stream if stream is not None else sys.__stderr__ or sys.stderr)
     handler.setFormatter(
         MeshFormatter(log_format or settings.log_format, settings.worker_name, masker)
     )

@@ -157,6 +157,7 @@ def test_the_masker_masks_known_values_and_credential_shapes() -> None:
     assert masker.mask("abc is too short to mask") == "abc is too short to mask"
     assert masker.mask("Authorization: Bearer abc.def-ghi_jkl") == "Authorization: Bearer ***"
     assert masker.mask("basic: Basic dXNlcjpwYXNz") == "basic: Basic ***"
+    assert masker.mask("Basic auth, basic settings") == "Basic auth, basic settings"
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     assert masker.mask(f"token {jwt} refused") == "token *** refused"
     assert (
