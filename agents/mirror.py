@@ -60,5 +60,7 @@ def register_mirror(context: MeshContext) -> None:
     class _Mirror(MirrorService):
         pass
 
-    _Mirror.mirror = build_mirror(context.settings, context.domain, context.metrics)
+    _Mirror.mirror = build_mirror(
+        context.settings, context.domain, context.metrics, slo=context.slo
+    )
     add_service(context.app, _Mirror)

@@ -6,6 +6,7 @@ from mesh.auth import auth_config_problem
 from mesh.context import MeshContext
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import ConfigError
+from mesh.observability.tracing import configure_tracing
 from mesh.runtime.app import build_faust_app
 from mesh.runtime.state_generation import check_tables_generation
 from mesh.runtime.worker import run_faust_worker
@@ -36,6 +37,8 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshCo
 
 def run_worker(settings: Settings) -> int:
     """Validate the config, build the worker and run it; return the exit code."""
+    # Before the app exists: its HTTP client session must be made instrumented.
+    configure_tracing(settings.worker_name)
     context = create_app(settings)
     problem = auth_config_problem(settings)
     if problem is not None:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.cache import ReadCache
 from mesh.domain import DomainConfig
+from mesh.observability.slo import SloMetrics
 from mesh.runtime.app import App
 from mesh.runtime.keyed_table import KeyedTable
 from mesh.runtime.membership import Membership
@@ -49,9 +50,12 @@ class MeshContext:
     """The source cursor table (declared by :func:`tables.register_tables`)."""
     cache: ReadCache | None = None
     """The GraphQL read caches; the catalog invalidates them as it writes."""
+    slo: SloMetrics = field(init=False)
+    """Request latency and freshness (see :mod:`mesh.observability.slo`)."""
 
     def __post_init__(self) -> None:
         self.membership = Membership(self.app)
+        self.slo = SloMetrics(self.metrics)
 
     def table_options(self) -> dict[str, Any]:
         """Store options for a new table: RocksDB with the block cache capped.

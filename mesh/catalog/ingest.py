@@ -43,6 +43,7 @@ from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
 from mesh.logs import event_fields
+from mesh.observability.tracing import BatchSpan
 from mesh.runtime.delivery import MessageBuffer, Subscription
 from mesh.runtime.kafka import AIOKafkaProducer, KafkaConnection
 from mesh.runtime.partitioning import key_partition
@@ -67,6 +68,9 @@ class _Flight:
     pending: list[Awaitable[Any]]
     """Relation changes and dead letters sent; the changelogs wait for them."""
     started: float
+    source_times: list[float]
+    """Source timestamps (Unix seconds) of the applied changes that have one: freshness."""
+    span: BatchSpan
 
 
 @functools.lru_cache(maxsize=65536)
@@ -198,11 +202,13 @@ class CatalogIngestor:
         dead: list[tuple[Any, str, Exception]] = []
         ops: list[RelationOp] = []
         counts: Counter[tuple[str, str, str]] = Counter()
+        times: list[float] = []
+        span = BatchSpan.start("catalog apply", messages, self.context.settings.app_id)
         for message in messages:
             if message.topic == self.relations_topic:
                 self._fold_relation(message, writes, dead)
             else:
-                self._fold_entity(message, writes, ops, dead, counts)
+                self._fold_entity(message, writes, ops, dead, counts, times)
         for (entity_type, tenant, result), n in counts.items():
             self.metrics.events.labels(entity_type, tenant, result).inc(n)
         relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
@@ -217,12 +223,11 @@ class CatalogIngestor:
             else:
                 relation_records[partition].append((key, record.dumps(op.as_json())))
         pending = [await self._dead(message, stage, error) for message, stage, error in dead]
-        pending += [
-            fut for *_, fut in await self._send_batches(self.relations_topic, relation_records)
-        ]
+        sent = await self._send_batches(self.relations_topic, relation_records, span.headers())
+        pending += [fut for *_, fut in sent]
         for table_partition, values in writes.items():
             self._overlay[table_partition].update(values)
-        return _Flight(messages, dict(writes), pending, started)
+        return _Flight(messages, dict(writes), pending, started, times, span)
 
     async def _commit_forever(self) -> None:
         while True:
@@ -257,7 +262,8 @@ class CatalogIngestor:
         if cache is not None and cache.wants_invalidations():
             # Its in-process part runs last, and nothing awaits between it and the writes
             # below: no request can read the old value in between and store it as current.
-            await cache.invalidate(changed_keys(flight.writes, self._indexes))
+            with flight.span.child("cache invalidate"):
+                await cache.invalidate(changed_keys(flight.writes, self._indexes))
         for (name, partition), offset in last.items():
             values = flight.writes[(name, partition)]
             self._stores[name].write(partition, values, offset)
@@ -268,6 +274,9 @@ class CatalogIngestor:
         if not self._revoking:
             self.subscription.ack(flight.messages)
         self.metrics.batch_seconds.observe(time.monotonic() - flight.started)
+        with flight.span.current():
+            self.context.slo.fresh("catalog", flight.source_times)
+        flight.span.end()
 
     # -- folding -------------------------------------------------------------------------
 
@@ -292,6 +301,7 @@ class CatalogIngestor:
         ops: list[RelationOp],
         dead: list[tuple[Any, str, Exception]],
         counts: Counter[tuple[str, str, str]],
+        times: list[float],
     ) -> None:
         entity_type = self.by_topic[message.topic]
         table = self.entity_tables[entity_type]
@@ -328,6 +338,9 @@ class CatalogIngestor:
         table_writes[message.key] = record.dumps(after)
         ops.extend(relation_ops(self.domain, self.relations, before, after))
         counts[(entity_type, tenant, "applied")] += 1
+        changed_at = event["source"].get("timestamp")
+        if changed_at is not None:
+            times.append(changed_at.timestamp())
 
     def _fold_relation(
         self,
@@ -407,21 +420,26 @@ class CatalogIngestor:
         return sent
 
     async def _send_batches(
-        self, topic: str, records: dict[int, list[tuple[bytes, bytes]]]
+        self,
+        topic: str,
+        records: dict[int, list[tuple[bytes, bytes]]],
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> list[tuple[int, int, Awaitable[Any]]]:
-        """Send ``records`` per partition as whole batches (cheaper than one send each);
-        returns ``(partition, records in batch, future)`` per batch sent."""
+        """Send ``records`` per partition as whole batches (cheaper than one send each),
+        each record with ``headers``; returns ``(partition, records in batch, future)`` per
+        batch sent."""
         producer = self.producer
         assert producer is not None
+        extra = headers or []
         sent: list[tuple[int, int, Awaitable[Any]]] = []
         for partition, items in records.items():
             batch, count = producer.create_batch(), 0
             for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=extra) is None:
                     fut = await producer.send_batch(batch, topic, partition=partition)
                     sent.append((partition, count, fut))
                     batch, count = producer.create_batch(), 0
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None, headers=extra)
                 count += 1
             if count:
                 fut = await producer.send_batch(batch, topic, partition=partition)

@@ -66,6 +66,7 @@ __all__ = [
     "PublicGraphQLError",
     "QueryCache",
     "check_body_size",
+    "error_outcome",
     "format_errors",
     "limit_rules",
     "parse_query",
@@ -487,6 +488,16 @@ def _is_public(error: GraphQLError) -> bool:
         return True
     original = error.original_error
     return original is None or isinstance(original, GraphQLError | UnavailableError)
+
+
+def error_outcome(errors: Collection[GraphQLError]) -> str:
+    """``server_error`` when the fleet failed the request (an unexpected exception, or it
+    could not answer right now), else ``client_error`` (the request was wrong or not
+    allowed): what the availability SLO counts."""
+    for error in errors:
+        if isinstance(error.original_error, UnavailableError) or not _is_public(error):
+            return "server_error"
+    return "client_error"
 
 
 def format_errors(errors: Collection[GraphQLError], limits: GraphQLLimits) -> list[dict[str, Any]]:

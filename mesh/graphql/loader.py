@@ -30,6 +30,7 @@ from mesh.catalog.router import FleetRouter
 from mesh.errors import UnavailableError
 from mesh.graphql.metrics import GraphQLMetrics
 from mesh.graphql.reads import Key, LocalReads, Location
+from mesh.observability.tracing import tracer, tracing_enabled
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -190,7 +191,13 @@ class Loader:
             await asyncio.sleep(0)
         keys, self._pending, self._flushing = self._pending, [], None
         try:
-            await self._read(keys)
+            if tracing_enabled():
+                with tracer().start_as_current_span(
+                    "graphql batch", attributes={"dictamesh.keys": len(keys)}
+                ):
+                    await self._read(keys)
+            else:
+                await self._read(keys)
         except BaseException as exc:
             # Whatever went wrong, no resolver may wait forever for its key; the error
             # reaches the request through the keys (a background task's would be lost).

@@ -12,6 +12,7 @@ from mesh.mirror.decode import MirrorDecoder
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.tables import mirror_tables
 from mesh.mirror.writer import MirrorWriter
+from mesh.observability.slo import SloMetrics
 from mesh.retry import RetryPolicy
 from mesh.runtime.kafka import KafkaConnection
 from mesh.schemas import load_event_schemas
@@ -34,6 +35,7 @@ def build_mirror(
     group_id: str | None = None,
     retry: RetryPolicy | None = None,
     lag_interval_s: float = 1.0,
+    slo: SloMetrics | None = None,
 ) -> MirrorConsumer:
     """A mirror of ``domain``'s entity topics into ``settings.database_url`` (not started).
 
@@ -60,4 +62,5 @@ def build_mirror(
         retry=retry,
         rebalance_timeout_s=settings.rebalance_timeout_s,
         lag_interval_s=lag_interval_s,
+        slo=slo,
     )

@@ -35,6 +35,8 @@ from mesh.mirror.lag import LagReporter
 from mesh.mirror.metrics import MirrorMetrics
 from mesh.mirror.rows import MirrorRow, collapse
 from mesh.mirror.writer import MirrorWriter
+from mesh.observability.slo import SloMetrics
+from mesh.observability.tracing import BatchSpan
 from mesh.retry import RetryPolicy
 from mesh.runtime.kafka import (
     AIOKafkaConsumer,
@@ -82,8 +84,11 @@ class MirrorConsumer:
         max_batch: int = 5000,
         rebalance_timeout_s: float = 10.0,
         lag_interval_s: float = 1.0,
+        slo: SloMetrics | None = None,
     ) -> None:
         self.kafka = kafka
+        self.slo = slo
+        """Where the freshness of written changes is observed (the worker's)."""
         self.group_id = group_id
         self.decoder = decoder
         self.writer = writer
@@ -123,6 +128,7 @@ class MirrorConsumer:
             self.decoder.topics,
             self.metrics.lag,
             lambda: [batch.firsts for batch in self._in_flight],
+            None if self.slo is None else self.slo.partition_lag("mirror"),
         )
         await self.consumer.start()
         await self.producer.start()
@@ -256,11 +262,13 @@ class MirrorConsumer:
     async def _store(self, batch: _Batch, should_stop: StopCheck) -> None:
         """Write, dead-letter and commit one batch."""
         dead = list(batch.dead)
+        span = BatchSpan.start("mirror upsert", batch.records, self.group_id)
         if self.writer is not None and batch.rows:
             writer, rows = self.writer, batch.rows
-            rejected = await self.retry.call(
-                lambda: writer.write(rows), on_retry=self._on_retry, should_stop=should_stop
-            )
+            with span.current():  # the Postgres spans (aiopg's instrumentation) go under it
+                rejected = await self.retry.call(
+                    lambda: writer.write(rows), on_retry=self._on_retry, should_stop=should_stop
+                )
             self.metrics.up.set(1)
             refused = {id(r.row) for r in rejected}
             dead += [DeadLetter(r.row.origin, "mirror-write", r.error) for r in rejected]
@@ -274,6 +282,11 @@ class MirrorConsumer:
         self.applied += len(batch.records)
         self.applied_at = time.perf_counter()
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+        if self.slo is not None and self.writer is not None:
+            times = [r.source_time for r in batch.rows if r.source_time is not None]
+            with span.current():
+                self.slo.fresh("mirror", times)
+        span.end()
 
     def _on_retry(self, error: Exception, retry: int, delay: float) -> None:
         self.metrics.up.set(0)

@@ -32,13 +32,16 @@ class LagReporter:
         topics: Iterable[str],
         gauge: Gauge,
         in_flight: Callable[[], Iterable[Mapping[TopicPartition, int]]],
+        per_partition: dict[tuple[str, int], int] | None = None,
     ) -> None:
-        """``in_flight()``: the first offset per partition of each batch being applied."""
+        """``in_flight()``: the first offset per partition of each batch being applied;
+        ``per_partition`` is kept equal to the lag of each partition owned now."""
         self.consumer = consumer
         self.offsets = kafka.consumer(enable_auto_commit=False)
         self.topics = list(topics)
         self.gauge = gauge
         self.in_flight = in_flight
+        self.per_partition = per_partition
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, interval_s: float) -> None:
@@ -57,6 +60,7 @@ class LagReporter:
     async def update(self) -> None:
         """Set the gauge of every topic from the broker's end offsets now."""
         totals = dict.fromkeys(self.topics, 0)
+        partitions: dict[tuple[str, int], int] = {}
         assigned = list(self.consumer.assignment())
         ends = await self.offsets.end_offsets(assigned) if assigned else {}
         for tp in assigned:
@@ -66,9 +70,13 @@ class LagReporter:
             # ListOffsets with the last record *batch*'s base offset + 1, which is low by
             # that batch's size; while fetching, the watermark is exact.
             end = max(ends[tp], self.consumer.highwater(tp) or 0)
-            totals[tp.topic] += max(0, end - position)
+            partitions[(tp.topic, tp.partition)] = max(0, end - position)
+            totals[tp.topic] += partitions[(tp.topic, tp.partition)]
         for topic, lag in totals.items():
             self.gauge.labels(topic).set(lag)
+        if self.per_partition is not None:
+            self.per_partition.clear()
+            self.per_partition.update(partitions)
 
     async def _forever(self, interval_s: float) -> None:
         while True:

@@ -58,6 +58,8 @@ class MirrorRow:
     meta: tuple[Any, ...]
     has_state: bool
     origin: Origin
+    source_time: float | None = None
+    """The change's source timestamp (Unix seconds), when the source gave one: freshness."""
 
     @property
     def values(self) -> tuple[Any, ...]:
@@ -158,9 +160,11 @@ def event_row(
         deleted,
         event["event_id"],
     )
+    at = source["timestamp"]
     return MirrorRow(
-        table.entity_type, tenant, key, version, tuple(typed), meta, not deleted, origin
-    )
+        table.entity_type, tenant, key, version, tuple(typed), meta, not deleted, origin,
+        None if at is None else at.timestamp(),
+    )  # fmt: skip
 
 
 def _key_mismatch(key: bytes | None, urn: str, tenant: str) -> str:

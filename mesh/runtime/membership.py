@@ -26,9 +26,12 @@ class Membership:
         """Active partitions gained or lost by this worker since its first assignment:
         what a rebalance cost it (a restart of a static member should cost nothing)."""
         self._assigned: frozenset[tuple[str, int]] | None = None
+        self.rebalances = 0
+        """Assignments this worker received (its first included)."""
         app.on_partitions_assigned.connect(self._count_moves)  # type: ignore[arg-type]
 
     async def _count_moves(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.rebalances += 1
         actives = frozenset((tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives())
         if self._assigned is not None:
             self.moved += len(actives ^ self._assigned)
@@ -46,6 +49,31 @@ class Membership:
         """True once this generation's recovery has completed."""
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return bool(recovery.completed.is_set())
+
+    def recovery_remaining(self) -> int:
+        """Changelog records the active tables still have to restore (0 once recovered)."""
+        if self.tables_recovered():
+            return 0
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return int(recovery.active_remaining_total())
+
+    def consumer_lag(self, topics: set[str]) -> dict[tuple[str, int], int]:
+        """Per actively owned partition of ``topics``: records after the last committed
+        one, up to the highwater of the last fetch (partitions not fetched yet left out)."""
+        consumer: Any = self.app.consumer
+        committed = consumer._committed_offset  # Faust's: the last offset it committed
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic not in topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = committed.get(tp)
+            lags[(tp.topic, tp.partition)] = max(
+                int(highwater) - (0 if done is None else done + 1), 0
+            )
+        return lags
 
     def stopping(self) -> bool:
         """True once the app stops (its tables close): nothing is served from them."""

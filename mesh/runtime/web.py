@@ -9,13 +9,18 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
-__all__ = ["Request", "Response", "View", "add_listener", "add_middleware"]
+__all__ = ["Request", "Response", "View", "add_listener", "add_middleware", "web_application"]
+
+
+def web_application(app: faust.App) -> Any:
+    """The aiohttp application ``app``'s web server serves."""
+    return app.web.web_app  # type: ignore[attr-defined]
 
 
 def add_middleware(app: faust.App, middleware: Any) -> None:
     """Run ``middleware`` (an aiohttp middleware) around every view of ``app``'s web
     server; before the server starts."""
-    app.web.web_app.middlewares.append(middleware)  # type: ignore[attr-defined]
+    web_application(app).middlewares.append(middleware)
 
 
 def add_listener(app: faust.App, host: str, port: int) -> None:

@@ -12,6 +12,7 @@ from mesh.codec import AvroEventCodec
 from mesh.deadletter import dead_letter_headers
 from mesh.domain import DomainConfig, SourceSpec
 from mesh.errors import CodecError
+from mesh.observability.tracing import inject_headers
 from mesh.runtime.app import App
 from mesh.runtime.kafka import TopicSender
 from mesh.sources.events import ChangeEvent, DeadLetter
@@ -46,6 +47,8 @@ class EventPublisher:
     async def publish(self, events: list[ChangeEvent], dead: list[DeadLetter]) -> None:
         """Send everything, in order per entity, and wait for Kafka's acknowledgements."""
         pending: list[tuple[Awaitable[Any], str, str, str]] = []
+        # The current span (the runner's publish) and the tenant, on every record.
+        headers = self.headers + inject_headers(self.source.tenant)
         for event in events:
             record = event.envelope(self.source)
             try:
@@ -63,9 +66,7 @@ class EventPublisher:
                     )
                 )
                 continue
-            sent = await self.topics[event.entity_type].send(
-                event.key(self.source), value, self.headers
-            )
+            sent = await self.topics[event.entity_type].send(event.key(self.source), value, headers)
             pending.append((sent, event.collection, event.op.value, "event"))
         for letter in dead:
             sent = await self.dead_letters.send(

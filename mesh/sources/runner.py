@@ -12,7 +12,10 @@ import contextlib
 import logging
 import time
 
+from opentelemetry.trace import SpanKind
+
 from mesh.errors import MeshError
+from mesh.observability.tracing import tracer
 from mesh.sources.base import SourceAdapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
@@ -102,8 +105,24 @@ class SourceRunner:
         next_heads = 0.0
         while not self.stopping:
             started = time.monotonic()
+            poll_started_ns = time.time_ns()
             result = await self.adapter.poll(cursor)
-            await self.publisher.publish(result.events, result.dead_letters)
+            if result.events or result.dead_letters:
+                # A trace starts with a poll that found changes (empty rounds make none).
+                with (
+                    tracer().start_as_current_span(
+                        f"{self.name} poll", start_time=poll_started_ns,
+                        attributes={"dictamesh.source": self.name,
+                                    "dictamesh.events": len(result.events)},
+                    ),
+                    tracer().start_as_current_span(
+                        "publish", kind=SpanKind.PRODUCER,
+                        attributes={"messaging.system": "kafka",
+                                    "messaging.operation.type": "send",
+                                    "messaging.batch.message_count": len(result.events)},
+                    ),
+                ):  # fmt: skip
+                    await self.publisher.publish(result.events, result.dead_letters)
             if result.cursor != cursor:
                 self.cursors.set(self.name, result.cursor)
                 cursor = result.cursor

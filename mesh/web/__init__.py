@@ -1,6 +1,8 @@
 """HTTP views served by each worker's web server: faces over the catalog and GraphQL."""
 
 from mesh.context import MeshContext
+from mesh.observability.requests import observe_requests
+from mesh.runtime.web import web_application
 from mesh.web.auth import register_auth
 from mesh.web.catalog import register_catalog_views
 from mesh.web.graphql import register_graphql_views
@@ -22,3 +24,5 @@ def register_views(context: MeshContext) -> None:
     register_internal_scan_view(context)
     register_relations_check_views(context)
     register_graphql_views(context)
+    # In front of the gate: refused requests are timed (and traced) too.
+    observe_requests(context.slo, web_application(context.app))

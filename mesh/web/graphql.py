@@ -38,9 +38,12 @@ from mesh.graphql.limits import (
     GraphQLLimits,
     QueryCache,
     check_body_size,
+    error_outcome,
     format_errors,
     run_with_timeout,
 )
+from mesh.observability.requests import note_graphql
+from mesh.observability.tracing import tracer
 from mesh.runtime.web import Request, Response, View
 from mesh.settings import Settings
 from mesh.web.entities import (
@@ -154,26 +157,41 @@ def register_graphql_views(context: MeshContext) -> None:
                 )  # fmt: skip
                 cached = await use.response(request_key)
                 if cached is not None:
+                    note_graphql(request, "query")  # only successful queries are cached
                     metrics.ok.inc()
                     return json_bytes_response(view, cached, headers=headers)
                 recorder = use.record()
             prepared = queries.prepare(query)
+            operation_type = "invalid"
             if prepared.errors or prepared.document is None:
                 result = ExecutionResult(data=None, errors=list(prepared.errors))
             else:
                 document = prepared.document
                 operation = get_operation_ast(document, operation_name)
+                named = operation_name
+                if operation is not None:
+                    operation_type = operation.operation.value
+                    if operation.name is not None:
+                        named = operation.name.value
                 if only_queries and operation and operation.operation != OperationType.QUERY:
                     raise NotAllowedError
                 loader = Loader(reads, reader.router, metrics, reader.worker, tenant,
                                 cache=use, recorder=recorder, principal=principal)  # fmt: skip
-                executed = execute(
-                    schema, document, variable_values=variables,
-                    operation_name=operation_name, context_value=loader,
-                )  # fmt: skip
-                result = await run_with_timeout(executed, limits)
+                span_name = f"{operation_type} {named or ''}".rstrip()
+                with tracer().start_as_current_span(span_name) as span:
+                    if span.is_recording():
+                        span.set_attribute("graphql.operation.type", operation_type)
+                        span.set_attribute("graphql.operation.name", named or "")
+                    executed = execute(
+                        schema, document, variable_values=variables,
+                        operation_name=operation_name, context_value=loader,
+                    )  # fmt: skip
+                    result = await run_with_timeout(executed, limits)
                 if debug:
                     result.extensions = {"batches": [b.as_json() for b in loader.batches]}
+            note_graphql(
+                request, operation_type, error_outcome(result.errors) if result.errors else None
+            )
             (metrics.failed if result.errors else metrics.ok).inc()
             answer: dict[str, Any] = {"data": result.data}
             if result.errors:
