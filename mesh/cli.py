@@ -51,7 +51,7 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     load_event_schemas(domain, settings.schemas_dir)
     print(f"{settings.domain_config}: ok ({len(domain.entities)} entity types)")
     for entity_type in domain.entities:
-        print(f"  {entity_type:<14} topic {domain.topic(entity_type)}")
+        print(f"  {entity_type:<14} topic {', '.join(domain.topics(entity_type))}")
     for reference in domain.unindexed_references():
         entity, field = reference.split(".")
         target = domain.entities[entity].fields[field].references
