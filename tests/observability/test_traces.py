@@ -97,6 +97,9 @@ async def _graphql(worker: MeshWorker, query: str, headers: dict[str, str] | Non
 async def test_a_directus_change_is_one_trace_from_poll_to_catalog_and_mirror(
     traced: Traced,
 ) -> None:
+    # The snapshot's batches applied first: a batch holding records of several traces is
+    # a child of the first one's only (linked to the others).
+    await _caught_up(traced.workers)
     # Nothing else writes to Directus meanwhile: a poll that found changes after this
     # moment found this one.
     created_ns = time.time_ns() - 1_000_000_000
@@ -138,17 +141,27 @@ async def test_a_directus_change_is_one_trace_from_poll_to_catalog_and_mirror(
     assert invalidation is not None
 
 
+async def _caught_up(workers: list[MeshWorker]) -> None:
+    async def idle() -> bool:
+        lags = [
+            (labels["consumer"], value)
+            for worker in workers
+            for name, labels, value in (await worker.metrics()).samples
+            if name == "dictamesh_consumer_lag_records"
+        ]
+        return {c for c, _ in lags} == {"catalog", "mirror"} and sum(v for _, v in lags) == 0
+
+    await wait_until(idle, timeout=60, what="the catalog and the mirror caught up")
+
+
 def _dump(receiver: OtlpReceiver, since: int) -> str:
+    """The mirror's batch spans and the traces of the polls since ``since``, one a line."""
     polls = [s for s in receiver.spans if s.name == "directus poll" and s.start_ns >= since]
     out = []
     for poll in polls:
         for s in receiver.trace(poll.trace_id):
             out.append(f"{s.worker} {s.name} {s.span_id} <- {s.parent_id} {s.links}")
     return "\n".join(out)
-
-
-def _names(receiver: OtlpReceiver) -> list[str]:
-    return sorted({s.name for s in receiver.spans})
 
 
 async def test_a_nested_query_across_workers_is_one_trace(traced: Traced) -> None:
