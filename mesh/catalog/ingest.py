@@ -311,23 +311,12 @@ class CatalogIngestor:
         except (CodecError, RegistryError) as exc:
             dead.append((message, "catalog-decode", exc))
             return
+        refused = self._refusal(message, entity_type, event)
+        if refused is not None:
+            dead.append((message, *refused))
+            return
         tenant = event["tenant"]
-        if not self.domain.has_tenant(tenant):
-            error = CodecError(
-                f"event for {entity_type} {event['entity_id']!r} on topic {message.topic} is "
-                f"of tenant {tenant!r}, which the domain config does not declare "
-                f"(declared: {self.domain.tenants}); add the tenant or fix the producer"
-            )
-            dead.append((message, "catalog-tenant", error))
-            return
         urn = self.domain.urn(tenant, entity_type, event["entity_id"])
-        if message.key != urn.encode() or event["entity_type"] != entity_type:
-            error = CodecError(
-                f"event for {event['entity_type']} {event['entity_id']!r} on topic "
-                f"{message.topic} is keyed {message.key!r}; the key must be its URN {urn}"
-            )
-            dead.append((message, "catalog-key", error))
-            return
         name = table.name
         table_writes = writes[(name, message.partition)]
         before = self._current(table, message.partition, message.key, table_writes)
@@ -341,6 +330,37 @@ class CatalogIngestor:
         changed_at = event["source"].get("timestamp")
         if changed_at is not None:
             times.append(changed_at.timestamp())
+
+    def _refusal(
+        self, message: Any, entity_type: str, event: dict[str, Any]
+    ) -> tuple[str, CodecError] | None:
+        """Why an event may not change the catalog (stage and error), or ``None``: its
+        tenant is declared (and, with per-tenant topics, the topic's), its key is its URN
+        in that tenant, and its ``after`` record is of the entity it names."""
+        tenant, entity_id = event["tenant"], event["entity_id"]
+        what = f"event for {event['entity_type']} {entity_id!r} on topic {message.topic}"
+        if not self.domain.has_tenant(tenant):
+            return "catalog-tenant", CodecError(
+                f"{what} is of tenant {tenant!r}, which the domain config does not declare "
+                f"(declared: {self.domain.tenants}); add the tenant or fix the producer"
+            )
+        if self.domain.topic_per_tenant and message.topic != self.domain.topic(entity_type, tenant):
+            return "catalog-tenant", CodecError(
+                f"{what} is of tenant {tenant!r} but on another tenant's topic; it belongs "
+                f"on {self.domain.topic(entity_type, tenant)}"
+            )
+        urn = self.domain.urn(tenant, entity_type, entity_id)
+        if message.key != urn.encode() or event["entity_type"] != entity_type:
+            return "catalog-key", CodecError(
+                f"{what} is keyed {message.key!r}; the key must be its URN {urn}"
+            )
+        after, key = event["after"], self.domain.entities[entity_type].key
+        if after is not None and str(after.get(key)) != entity_id:
+            return "catalog-key", CodecError(
+                f"{what} carries an after record whose {key} is {after.get(key)!r}: a record "
+                "may only change the entity it names"
+            )
+        return None
 
     def _fold_relation(
         self,

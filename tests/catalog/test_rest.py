@@ -241,7 +241,7 @@ async def test_bad_messages_become_dead_letters_and_the_partition_flows(fleet: F
     assert "987654" in found[unknown.offset]["dictamesh.error.message"]
 
 
-async def test_events_of_an_undeclared_tenant_or_keyed_for_another_are_dead_letters(
+async def test_events_of_an_undeclared_tenant_keyed_for_another_or_of_another_entity_are_dead(
     fleet: Fleet,
 ) -> None:
     topic, codec = fleet.domain.topic("customer"), fleet.codecs["customer"]
@@ -261,14 +261,21 @@ async def test_events_of_an_undeclared_tenant_or_keyed_for_another_are_dead_lett
     # beta's payload under default's key: it would land in default's entity.
     beta = {**change.envelope(source), "tenant": "beta"}
     crossed = await fleet.send_raw(topic, change.key(source), codec.dumps(beta))
+    # Keyed as customer 3100, but the record is customer 3199's.
+    other = {**change.envelope(source), "after": {"id": 3199, **customer("Someone else")}}
+    elsewhere = await fleet.send_raw(topic, change.key(source), codec.dumps(other))
     valid = await fleet.send("customer", 3100, 3101, customer("After"), Op.CREATE)
     assert undeclared.partition == crossed.partition == valid.partition
     await eventually(fleet.workers[0], entity("customer", 3100), at_version(3101))
-    found = await dead_letters_of(fleet, topic, {undeclared.offset, crossed.offset})
+    found = await dead_letters_of(
+        fleet, topic, {undeclared.offset, crossed.offset, elsewhere.offset}
+    )
     assert found[undeclared.offset]["dictamesh.stage"] == "catalog-tenant"
     assert "'gamma'" in found[undeclared.offset]["dictamesh.error.message"]
     assert found[crossed.offset]["dictamesh.stage"] == "catalog-key"
     assert "urn:dictamesh:beta:customer:3100" in found[crossed.offset]["dictamesh.error.message"]
+    assert found[elsewhere.offset]["dictamesh.stage"] == "catalog-key"
+    assert "only change the entity it names" in found[elsewhere.offset]["dictamesh.error.message"]
 
 
 def counts_of(answer: Answer) -> dict[str, dict[str, int]]:
