@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml tooling/pyproject.toml tests/graphql/compose/package-lo
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v promtool >/dev/null || { \
+	  echo "==> installing Debian's prometheus package for promtool, the alert rule tests (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@echo "==> installing checkov for the manifest tests in .venv-checkov (it pins an older packaging than pytest)"
 	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
 	@.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off 'checkov==3.3.30'
