@@ -14,6 +14,12 @@ OTHER_VARIABLES = frozenset(
     {
         "MESH_DIRECTUS_URL",  # expanded in the domain config (sources[].url)
         "MESH_DIRECTUS_TOKEN",  # named by the domain config (sources[].token_env)
+        # The standard OpenTelemetry variables (mesh/observability/tracing.py reads them).
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
         "PYTHONUNBUFFERED",
         "PYTHONDONTWRITEBYTECODE",
         "TMPDIR",
