@@ -432,6 +432,7 @@ class CatalogIngestor:
             error=error,
             context={"topic": message.topic, "partition": message.partition,
                      "offset": message.offset},
+            keep=getattr(message, "headers", None),  # a replay sends them back
         )  # fmt: skip
         assert self.producer is not None
         sent: Awaitable[Any] = await self.producer.send(

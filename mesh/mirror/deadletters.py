@@ -35,6 +35,7 @@ async def send_dead_letters(
             stage=letter.stage,
             error=letter.error,
             context={"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
+            keep=origin.headers,  # a replay sends them back
         )
         pending.append(await producer.send(topic, origin.value, key=origin.key, headers=headers))
     await asyncio.gather(*pending)

@@ -82,7 +82,10 @@ class MirrorDecoder:
 
     def decode(self, record: Any) -> MirrorRow | DeadLetter:
         """The row of one record, or a dead letter saying why it cannot be one."""
-        origin = Origin(record.topic, record.partition, record.offset, record.key, record.value)
+        origin = Origin(
+            record.topic, record.partition, record.offset, record.key, record.value,
+            tuple(record.headers or ()),
+        )  # fmt: skip
         entity_type = self.by_topic[record.topic]
         try:
             value = record.value or b""

@@ -29,6 +29,8 @@ class Origin:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's own headers, kept in its dead letter."""
 
 
 @dataclass(frozen=True, slots=True)
