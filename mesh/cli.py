@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from mesh import __version__
+from mesh.deadletters.command import add_deadletter_commands
 from mesh.errors import ConfigError, MeshError
 from mesh.logs import configure_logging, console_unless_set
 from mesh.settings import Settings, load_settings
@@ -218,6 +219,7 @@ def _parser(added: dict[str, AddCommand]) -> argparse.ArgumentParser:
         "--password-env", metavar="VAR", default=None, help="variable holding its login password"
     )
     grant.set_defaults(run=_cmd_mirror_grant)
+    add_deadletter_commands(sub)
     topics = sub.add_parser(
         "topics", help="Strimzi KafkaTopic/KafkaUser resources for the fleet's topics"
     )
