@@ -4,7 +4,9 @@ A source belongs to the worker that actively owns its cursor's changelog partiti
 Kafka's group assignment decides, a dead worker's sources move with its partitions, and
 three workers never triple the events. On revocation the runner finishes its round and
 the producer is flushed before the partition changes hands, so the next owner recovers
-the newest cursor from the changelog.
+the newest cursor from the changelog. Every worker with sources reads the re-read
+requests of dead-letter replays (:mod:`mesh.sources.rereads`); the owner of a source
+carries out its own.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from mesh.catalog.reader import CatalogReader
 from mesh.codec import RegistryClient, build_codecs
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_topic
+from mesh.runtime.kafka import KafkaConnection
 from mesh.runtime.services import Service, add_service
 from mesh.schemas import load_event_schemas
 from mesh.sources.kinds import create_adapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
+from mesh.sources.rereads import RereadInbox, reread_topic
 from mesh.sources.runner import SourceRunner
 from mesh.tables.cursors import CursorStore, cursor_partition
 
@@ -61,9 +65,19 @@ class SourceSupervisor(Service):
                          spec.tenant)  # fmt: skip
         self.children = children_lookup(CatalogReader(ctx))
         """What points at an entity (for adapters whose source does not say), per the catalog."""
+        self.rereads: RereadInbox | None = None
+        if any(spec.enabled for spec in ctx.domain.sources):
+            self.rereads = RereadInbox(
+                KafkaConnection.from_settings(ctx.settings),
+                reread_topic(ctx.settings.app_id),
+                declare=ctx.settings.topic_declare,
+                replication_factor=ctx.settings.replication_factor,
+            )
 
     async def on_start(self) -> None:
         self.context.membership.on_revoked(self._on_revoked)
+        if self.rereads is not None:
+            self.rereads.start()
 
     async def drain(self) -> None:
         # Each runner finishes its round (publish + cursor) and the cursors are flushed.
@@ -72,6 +86,8 @@ class SourceSupervisor(Service):
 
     async def on_stop(self) -> None:
         await self._stop(list(self.runners))
+        if self.rereads is not None:
+            await self.rereads.stop()
 
     @Service.task
     async def _reconcile_forever(self) -> None:
@@ -112,7 +128,7 @@ class SourceSupervisor(Service):
         publisher = EventPublisher(
             ctx.app, ctx.domain, spec, codecs, dead_letter_topic(ctx.settings.app_id), self.metrics
         )
-        runner = SourceRunner(adapter, publisher, self.cursors, self.metrics)
+        runner = SourceRunner(adapter, publisher, self.cursors, self.metrics, rereads=self.rereads)
         log.info("polling source %s on this worker", name)
         self.runners[name] = runner
         runner.start()

@@ -26,6 +26,7 @@ from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
 from mesh.runtime.generation import GENERATION_TOPIC_CONFIG, generation_topic
 from mesh.settings import Settings
+from mesh.sources.rereads import REREAD_PARTITIONS, REREAD_TOPIC_CONFIG, reread_topic
 
 DAY_MS = 24 * 3600 * 1000
 UserAuth = Literal["scram-sha-512", "tls"]
@@ -94,6 +95,15 @@ def fleet_topics(
             partitions,
             "dead letters",
             {"cleanup.policy": "delete", "retention.ms": 30 * DAY_MS},
+        )
+    )
+    # Re-read requests of dead-letter replays, deleted once done (mesh.sources.rereads).
+    topics.append(
+        FleetTopic(
+            reread_topic(settings.app_id),
+            REREAD_PARTITIONS,
+            "source re-read requests",
+            dict(REREAD_TOPIC_CONFIG),
         )
     )
     # Faust's partition assignor elects its leader through this one-partition topic.

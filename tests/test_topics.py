@@ -36,7 +36,10 @@ def test_every_topic_a_worker_uses_is_listed(tmp_path: Path) -> None:
     # The fleet generation: one partition (its first record is the generation), compacted.
     assert topics["shop-generation"].partitions == 1
     assert topics["shop-generation"].config == {"cleanup.policy": "compact"}
-    one_partition = {"shop-__assignor-__leader", "shop-generation"}
+    # Dead-letter replays' re-read requests: one partition, compacted, read by every worker.
+    assert topics["shop.source-rereads"].partitions == 1
+    assert topics["shop.source-rereads"].config == {"cleanup.policy": "compact"}
+    one_partition = {"shop-__assignor-__leader", "shop-generation", "shop.source-rereads"}
     assert {t.partitions for n, t in topics.items() if n not in one_partition} == {12}
     for name in used - {domain.topic(t) for t in domain.entities}:
         if name.endswith("-changelog"):

@@ -285,7 +285,8 @@ async def _partition_counts(kafka: KafkaConnection, topics: set[str]) -> dict[st
     admin = kafka.admin(request_timeout_ms=15_000)
     try:
         await admin.start()
-        described = await admin.describe_topics(sorted(topics))
+        # All of them: a request naming a missing topic may make the broker create it.
+        described = await admin.describe_topics()
     except (KafkaError, OSError) as exc:
         raise unreachable(kafka, exc) from None
     finally:
@@ -293,7 +294,7 @@ async def _partition_counts(kafka: KafkaConnection, topics: set[str]) -> dict[st
     return {
         str(t["topic"]): len(t["partitions"])
         for t in described
-        if t.get("error_code", 0) == 0 and t["partitions"]
+        if t["topic"] in topics and t.get("error_code", 0) == 0 and t["partitions"]
     }
 
 

@@ -9,6 +9,7 @@ A new source kind is a new module with a subclass, registered in ``mesh.sources.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from mesh.domain import DomainConfig, EntitySpec, SourceSpec
 from mesh.retry import RetryHook
 from mesh.sources.events import ChangeEvent, DeadLetter
 from mesh.sources.metrics import AdapterState
+from mesh.sources.rereads import RereadRequest
+
+log = logging.getLogger(__name__)
 
 Cursor = dict[str, Any]
 """An adapter's resume point: JSON-serialisable, opaque to everything but the adapter."""
@@ -33,6 +37,14 @@ class PollResult:
     more: bool = False
     """More is waiting: poll again at once instead of after the poll interval."""
     state: AdapterState = AdapterState.FOLLOWING
+
+
+@dataclass
+class Reread:
+    """What reading items again produced (see :meth:`SourceAdapter.reread`)."""
+
+    events: list[ChangeEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 ChildrenLookup = Callable[[str, str], Awaitable[dict[str, list[str]]]]
@@ -63,6 +75,15 @@ class SourceAdapter(ABC):
     @abstractmethod
     async def poll(self, cursor: Cursor | None) -> PollResult:
         """Read the next changes after ``cursor`` (``None``: nothing read yet)."""
+
+    async def reread(self, requests: list[RereadRequest]) -> Reread:
+        """Read the items of ``requests`` again (a dead letter's replay) and say what they
+        are now, versioned at each request's position. This kind cannot: it says so."""
+        log.warning(
+            "source %s (%s) cannot read items again; %d re-read requests dropped",
+            self.spec.name, self.spec.kind, len(requests),
+        )  # fmt: skip
+        return Reread()
 
     async def heads(self) -> dict[str, int]:
         """Newest feed position per collection, for lag metrics (may be empty)."""

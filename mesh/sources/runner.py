@@ -2,7 +2,9 @@
 
 Each round: poll the adapter from the stored cursor, publish what it returned, wait for
 Kafka's acknowledgements, and only then store the new cursor. A crash between publish and
-store repeats events (same entity versions); nothing is ever skipped.
+store repeats events (same entity versions); nothing is ever skipped. Then the items the
+dead-letter replays asked for (:mod:`mesh.sources.rereads`) are read again and published,
+and only then are their requests deleted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mesh.observability.tracing import tracer
 from mesh.sources.base import SourceAdapter
 from mesh.sources.metrics import AdapterState, SourceMetrics
 from mesh.sources.publish import EventPublisher
+from mesh.sources.rereads import RereadInbox
 from mesh.tables.cursors import CursorStore
 
 log = logging.getLogger(__name__)
@@ -34,9 +37,11 @@ class SourceRunner:
         cursors: CursorStore,
         metrics: SourceMetrics,
         *,
+        rereads: RereadInbox | None = None,
         heads_every_s: float = 5.0,
     ) -> None:
         self.adapter = adapter
+        self.rereads = rereads
         self.publisher = publisher
         self.cursors = cursors
         self.metrics = metrics
@@ -126,6 +131,7 @@ class SourceRunner:
             if result.cursor != cursor:
                 self.cursors.set(self.name, result.cursor)
                 cursor = result.cursor
+            await self._reread()
             self.metrics.poll_seconds.labels(self.name).observe(time.monotonic() - started)
             self.metrics.set_state(self.name, result.state)
             self.metrics.backoff_seconds.labels(self.name).set(0)
@@ -138,6 +144,22 @@ class SourceRunner:
             if not result.more:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.interval)
+
+    async def _reread(self) -> None:
+        """Publish the items re-read requests ask for, then delete the requests."""
+        requests = self.rereads.pending(self.name) if self.rereads is not None else []
+        if not requests:
+            return
+        assert self.rereads is not None
+        found = await self.adapter.reread(requests)
+        if found.events or found.dead_letters:
+            await self.publisher.publish(found.events, found.dead_letters)
+        await self.rereads.done(requests)
+        log.info(
+            "source %s: read %d items again (%d events, %d dead letters) for %s",
+            self.name, len(requests), len(found.events), len(found.dead_letters),
+            ", ".join(r.letter or r.key.decode() for r in requests),
+        )  # fmt: skip
 
     async def _record_lag(self, position: int) -> None:
         try:

@@ -19,6 +19,7 @@ changed, versioned at the delete's position.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -29,11 +30,14 @@ from pydantic import SecretStr
 from mesh.domain import DomainConfig, EntitySpec, SourceSpec
 from mesh.errors import MeshError, SourceAuthError, SourceDataError
 from mesh.retry import RetryPolicy
-from mesh.sources.base import Cursor, PollResult, SourceAdapter
+from mesh.sources.base import Cursor, PollResult, Reread, SourceAdapter
 from mesh.sources.directus.client import ActivityRow, DirectusAuth, DirectusClient
 from mesh.sources.events import ChangeEvent, DeadLetter, Op
 from mesh.sources.mapping import map_item
 from mesh.sources.metrics import AdapterState
+from mesh.sources.rereads import RereadRequest
+
+log = logging.getLogger(__name__)
 
 REFRESH_AFTER_S = 2.0
 """Delay between a referenced entity's delete and re-reading what pointed at it."""
@@ -174,6 +178,38 @@ class DirectusAdapter(SourceAdapter):
                 op = Op.CREATE if row.action == "create" else Op.UPDATE
                 self._emit(result, name, entity, op, row.id, row, item, None)
         return result
+
+    async def reread(self, requests: list[RereadRequest]) -> Reread:
+        """Read the requested items as they are now, as ``UPDATE`` events of every field
+        versioned at the request's position (the dead letter's activity id): never newer
+        than a change the feed may still bring, so the version guard keeps the newest.
+        An item gone meanwhile becomes a ``DELETE``, as in the feed."""
+        wanted: dict[str, list[RereadRequest]] = defaultdict(list)
+        for request in requests:
+            if request.collection in self.by_collection:
+                wanted[request.collection].append(request)
+            else:
+                log.warning("source %s has no collection %r; re-read of %s dropped",
+                            self.spec.name, request.collection, request.item)  # fmt: skip
+        result = PollResult({})
+        for collection, asked in wanted.items():
+            name, entity = self.by_collection[collection]
+            items = await self.client.items_by_ids(collection, entity.key, [r.item for r in asked])
+            head: int | None = None
+            for request in asked:
+                position = request.position
+                if position is None:  # not said: what is read now is as of the head
+                    head = (
+                        head if head is not None else await self.client.activity_head([collection])
+                    )
+                    position = head
+                item = items.get(request.item)
+                if item is None:
+                    self._emit(result, name, entity, Op.DELETE, position, None, None, request.item)
+                else:
+                    fields = tuple(entity.fields)
+                    self._emit(result, name, entity, Op.UPDATE, position, None, item, None, fields)
+        return Reread(result.events, result.dead_letters)
 
     async def _refresh(self, result: PollResult, due: list[dict[str, Any]]) -> None:
         """Emit what the deletes in ``due`` changed silently in the entities pointing at them."""
