@@ -27,7 +27,9 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     ├── BodyTooLargeError, PublicGraphQLError    (mesh.graphql.limits; the latter is also
     │                                             graphql-core's GraphQLError)
     ├── BadRequestError, NotAllowedError         (mesh.web.graphql: HTTP 400 and 405)
-    └── FleetScanError                           (mesh.relations_check)
+    ├── FleetScanError                           (mesh.relations_check)
+    └── DeadLetterToolError                      (mesh.deadletters: a dead-letter command
+                                                  cannot run; exit code 2)
 
 ``retriable`` tells retry logic whether trying again may succeed.
 """
