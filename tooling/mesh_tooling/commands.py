@@ -44,11 +44,14 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "ingest":
         from mesh_tooling.bench.ingest import run_ingest
 
-        return run_ingest(settings, args.events)
+        return run_ingest(settings, args.events, tracing=args.tracing, rounds=args.rounds)
     if args.bench == "graphql":
         from mesh_tooling.bench.graphql import run_graphql
 
-        return run_graphql(settings, args.duration, args.concurrency, args.customers, args.warmup)
+        return run_graphql(
+            settings, args.duration, args.concurrency, args.customers, args.warmup,
+            tracing=args.tracing, rounds=args.rounds,
+        )  # fmt: skip
     if args.bench == "recovery":
         from mesh_tooling.bench.recovery import run_recovery
 
@@ -147,6 +150,17 @@ def add_seed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     seed.set_defaults(run=_cmd_seed)
 
 
+def _add_tracing(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help=f"{what} (alternated, fresh workers; spans exported to a local OTLP sink)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --tracing: rounds of the three (default: 3)"
+    )
+
+
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mesh bench …``: the benchmarks against the local stack."""
     bench = sub.add_parser("bench", help="benchmarks against the local stack")
@@ -157,6 +171,7 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     freshness.set_defaults(run=_cmd_bench)
     ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
     ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
+    _add_tracing(ingest, "instead: the catalog's events/s with tracing off, default, 100 %%")
     ingest.set_defaults(run=_cmd_bench)
     graphql = benches.add_parser(
         "graphql", help="POST /graphql requests/s, p50/p99, 1 and 2 workers"
@@ -165,6 +180,7 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     graphql.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
+    _add_tracing(graphql, "instead: one worker's requests/s with tracing off, default, 100 %%")
     graphql.set_defaults(run=_cmd_bench)
     recovery = benches.add_parser(
         "recovery", help="restart with and without the volume vs the raw changelog ceiling"

@@ -14,6 +14,11 @@ workers share their cross-worker reads through that Redis.
 
 The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh_tooling.bench.load`)
 runs in this process, on the same cores as the workers.
+
+With ``--tracing`` it measures instead what tracing costs: by id and nested, cached, on one
+fresh worker per mode (tracing off, at the default sampler, at 100 %), the modes rotated
+over rounds, the worker exporting to a counting OTLP sink
+(:meth:`GraphQLBench.run_tracing_scenarios`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,14 @@ from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
-from mesh_tooling.bench.ingest import PARTITIONS, IngestBench, _metric
+from mesh_tooling.bench.ingest import (
+    PARTITIONS,
+    TRACING_MODES,
+    IngestBench,
+    _metric,
+    mode_summary,
+    trace_env,
+)
 from mesh_tooling.bench.load import LoadResult, generate_load
 from mesh_tooling.dev.issuer import DevIssuer
 from mesh_tooling.dev.process import ManagedProcess, free_port
@@ -55,6 +67,8 @@ TARGET_PER_S, TARGET_BY_ID_P99, TARGET_NESTED_P99 = 6000.0, 5.0, 50.0
 NO_CACHE = {"Cache-Control": "no-cache"}
 AUTH_AB = "auth-a/b"
 """By id, cached, one worker, authentication off and on alternated (see _measure_auth)."""
+TRACE_AB = "trace-a/b"
+"""By id or nested, cached, one worker, tracing off / default / 100 % (see _measure_tracing)."""
 BASELINE = "baseline"
 NO_KEYS = b'{"tenant": "default", "keys": []}'
 """The baseline: the cheapest request through the same web stack (an internal read of
@@ -75,6 +89,11 @@ class Scenario:
     """Authentication on: every request carried a bearer token the worker verified."""
     cpu_us: float | None = None
     """The workers' CPU time per request (µs), whatever the load client costs."""
+    tracing: str | None = None
+    """With ``--tracing``: the mode (one of ``TRACING_MODES``), its round, and the spans
+    the sink received while the scenario ran (warm-up included)."""
+    round: int = 0
+    spans: int = 0
 
 
 def _cpu_seconds(procs: list[ManagedProcess]) -> float:
@@ -301,6 +320,50 @@ class GraphQLBench(IngestBench):
         self.auth_headers = {}
         return out
 
+    async def _measure_tracing(self, rounds: int) -> list[Scenario]:
+        """By id and nested, cached, on one fresh worker per tracing mode and round; the
+        modes rotate as in ``mesh bench ingest --tracing`` (round ``r`` starts with mode
+        ``r mod 3``). The requests carry no ``traceparent``: the worker's sampler decides,
+        as for a client that does not trace."""
+        by_id = [
+            json.dumps({"query": BY_ID, "variables": {"id": str(c)}}).encode()
+            for c in range(1, self.customers + 1)
+        ]
+        nested = json.dumps({"query": NESTED}).encode()
+        queries = (("by-id", lambda r: r.choice(by_id)), ("nested", lambda r: nested))
+        out = []
+        for n in range(rounds):
+            for mode in TRACING_MODES[n % 3 :] + TRACING_MODES[: n % 3]:
+                print(f"  a new worker, tracing {mode} (round {n + 1} of {rounds}): by-id and "
+                      "nested, cached", flush=True)  # fmt: skip
+                tag = f"-tr{n}{TRACING_MODES.index(mode)}"
+                env = trace_env(mode, self.sink_url)
+                procs, urls = await self._start_workers(1, env=env, tag=tag)
+                for name, body in queries:
+                    before = await self.sink_stats()
+                    load, cpu = await _load(
+                        procs, urls=[f"{urls[0]}/graphql"], body=body,
+                        concurrency=self.concurrency, warmup=self.warmup, duration=self.duration,
+                    )  # fmt: skip
+                    spans = (await self.sink_stats())["spans"] - before["spans"]
+                    out.append(Scenario(name, 1, load, cached=True, cpu_us=cpu, tracing=mode,
+                                        round=n + 1, spans=spans))  # fmt: skip
+                for proc in procs:
+                    await proc.stop()
+        return out
+
+    async def run_tracing_scenarios(self, rounds: int = 3) -> list[Scenario]:
+        """Start the services, load the entities, measure :meth:`_measure_tracing`; clean up."""
+        try:
+            await self._start_services()
+            await self._start_sink()
+            await self._load_entities()
+            return await self._measure_tracing(rounds)
+        finally:
+            for proc in reversed(self.procs):
+                await proc.stop()
+            shutil.rmtree(self.root, ignore_errors=True)
+
     async def run_scenarios(
         self, worker_counts: tuple[int, ...] = (1, 2), *, auth_rounds: int = 2
     ) -> list[Scenario]:
@@ -385,10 +448,43 @@ def _auth_lines(runs: list[Scenario]) -> list[str]:
     return lines
 
 
+def tracing_report(scenarios: list[Scenario]) -> list[str]:
+    """``mesh bench graphql --tracing``: each run, then per query the summary per mode."""
+    lines = [
+        f"{s.query:<8} cached   1 worker(s), round {s.round}, tracing {s.tracing:<7}: "
+        f"{s.load.per_s:8,.0f} requests/s, p50 {s.load.p50_ms:6.2f} ms, p99 {s.load.p99_ms:6.2f} "
+        f"ms, errors {s.load.errors}; worker CPU {s.cpu_us or 0:.0f} µs/request; "
+        f"{s.spans} spans exported"
+        + (f"\n        first error: {s.load.first_error}" if s.load.first_error else "")
+        for s in scenarios
+    ]
+    for query in ("by-id", "nested"):
+        runs = [(s.tracing or "", s.round, s.load.per_s) for s in scenarios if s.query == query]
+        lines += mode_summary(f"{query} cached", "requests/s", runs)
+    return lines
+
+
 def run_graphql(
-    settings: Settings, duration: float, concurrency: int, customers: int, warmup: float = 2.0
+    settings: Settings,
+    duration: float,
+    concurrency: int,
+    customers: int,
+    warmup: float = 2.0,
+    *,
+    tracing: bool = False,
+    rounds: int = 3,
 ) -> int:
     """``mesh bench graphql``: print the figures; return the exit code (1 on any error)."""
+    if tracing:
+        print(f"graphql with tracing: {customers} customers, one worker, by id and nested "
+              f"(cached), {concurrency} requests in flight, tracing off / default sampler / "
+              f"100 % alternated over {rounds} round(s), a fresh worker each time; requests "
+              "without traceparent; spans exported to a counting OTLP sink. The load client "
+              "runs in this process, on the same cores as the worker.")  # fmt: skip
+        bench = GraphQLBench(settings, customers, concurrency, duration, warmup)
+        scenarios = asyncio.run(bench.run_tracing_scenarios(rounds))
+        print("\n".join(tracing_report(scenarios)))
+        return 1 if any(s.load.errors for s in scenarios) else 0
     redis = "shared in Redis (MESH_REDIS_URL)" if settings.redis_url else "not shared (no Redis)"
     print(f"graphql: {customers} customers, {PARTITIONS} partitions, customer 1 with "
           f"{INVOICES} invoices x {ITEMS} items; {concurrency} requests in flight; "

@@ -9,18 +9,27 @@ directory. It pre-loads N change events, measures in the same run
 
 and reports their ratio, the worker's resident memory and disk use, and how long a new
 worker takes to recover the tables from their changelogs.
+
+With ``--tracing`` it measures instead what tracing costs the catalog: the same events
+folded by a fresh worker on a fresh broker with tracing off, at the default sampler and at
+100 %, the three alternated over rounds (see :meth:`IngestBench.run_tracing`), the
+workers exporting to a counting OTLP sink (:mod:`mesh_tooling.dev.otlp_sink`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
 import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -33,12 +42,103 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from mesh.codec import RegistryClient, build_codecs
 from mesh.domain import DomainConfig, load_domain
 from mesh.errors import StackError
+from mesh.observability.tracing import DEFAULT_RATIO, inject_headers
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
+from mesh.sources.events import ChangeEvent
 from mesh_tooling.dev.broker import start_broker
 from mesh_tooling.dev.process import ManagedProcess, free_port
 
 PARTITIONS = 8
+TRACING_MODES = ("off", "default", "100%")
+"""Tracing off (no endpoint), on at the default sampler, on with every trace sampled."""
+TRACING_TARGET = 0.85
+"""Throughput at the default sampler, as a share of the same run's untraced throughput."""
+POLL_RECORDS = 500
+"""Records one source poll publishes under one trace: a full page (the Directus adapter's
+default ``page_size``), as in a bulk load, the case where ingest throughput matters."""
+
+Headers = list[tuple[str, bytes]]
+
+
+def poll_headers(mode: str, polls: int, tenant: str, seed: int = 0) -> list[Headers]:
+    """The trace headers of each of ``polls`` source polls' records under ``mode``, made
+    the way an adapter makes them (:func:`~mesh.observability.tracing.inject_headers`
+    under the poll's ``publish`` span, from a tracer provider with that mode's sampler):
+    ``off``: none (the API's no-op span has no context); ``default``: ``traceparent`` and
+    the tenant as ``baggage`` on every record, flagged sampled for the polls whose new trace
+    the parent-based 10 % sampler keeps (what the source decides; the catalog follows the
+    flag); ``100%``: the same, every poll sampled."""
+    if mode == "off":
+        return [[] for _ in range(polls)]
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    class SeededIds(IdGenerator):
+        """Ids from a seeded generator: every run of a mode carries the same headers, so
+        the same polls are sampled in each round."""
+
+        rng = random.Random(seed)
+
+        def generate_span_id(self) -> int:
+            return self.rng.getrandbits(64) or 1
+
+        def generate_trace_id(self) -> int:
+            return self.rng.getrandbits(128) or 1
+
+    sampler = ALWAYS_ON if mode == "100%" else ParentBased(TraceIdRatioBased(DEFAULT_RATIO))
+    provider = TracerProvider(sampler=sampler, id_generator=SeededIds())  # exports nothing
+    tracer = provider.get_tracer("bench")
+    out = []
+    for _ in range(polls):
+        with tracer.start_as_current_span("directus poll"), tracer.start_as_current_span("publish"):
+            out.append(inject_headers(tenant))
+    provider.shutdown()
+    return out
+
+
+def sampled_share(headers: Sequence[Headers]) -> float:
+    """The share of polls whose ``traceparent`` is flagged sampled."""
+    sampled = sum(1 for h in headers for k, v in h if k == "traceparent" and v.endswith(b"01"))
+    return sampled / len(headers) if headers else 0.0
+
+
+def trace_env(mode: str, endpoint: str) -> dict[str, str]:
+    """A worker's ``OTEL_*`` settings for ``mode``, exporting to ``endpoint``; whatever
+    the caller's environment says, ``off`` exports nothing and ``default`` is the product's
+    default sampler (parent-based, :data:`DEFAULT_RATIO` of new traces)."""
+    if mode == "off":
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ""}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{endpoint}/v1/traces",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_TRACES_EXPORTER": "otlp",
+    }
+    if mode == "100%":
+        env["OTEL_TRACES_SAMPLER"] = "always_on"
+    elif "OTEL_TRACES_SAMPLER" in os.environ:  # cannot be unset for the child: say the default
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = str(DEFAULT_RATIO)
+    return env
+
+
+@dataclass
+class TracedRun:
+    """One worker's fold of the preloaded events under a tracing mode."""
+
+    mode: str
+    round: int
+    per_s: float
+    batch_mean: float
+    sampled_polls: float
+    """Share of the polls (of :data:`POLL_RECORDS` records) whose trace was sampled."""
+    exports: int = 0
+    """OTLP export requests the sink received from this worker, and their spans/bytes."""
+    spans: int = 0
+    export_bytes: int = 0
 
 
 def _events(domain: DomainConfig, count: int) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -100,11 +200,21 @@ class IngestBench:
         self.root = Path(tempfile.mkdtemp(prefix="dictamesh-bench-"))
         os.chmod(self.root, 0o755)
         self.procs: list[ManagedProcess] = []
+        self._values: list[tuple[bytes, bytes]] | None = None
+        self.sink_url = ""
 
     async def _start_services(self) -> None:
+        await self._start_broker()
+        await self._start_registry()
+
+    async def _start_broker(self) -> ManagedProcess:
         port = free_port()
-        self.procs.append(await start_broker("127.0.0.1", port, self.root / "logs"))
+        broker = await start_broker("127.0.0.1", port, self.root / "logs")
+        self.procs.append(broker)
         self.bootstrap = f"127.0.0.1:{port}"
+        return broker
+
+    async def _start_registry(self) -> None:
         reg_port = free_port()
         registry = ManagedProcess(
             "registry",
@@ -122,22 +232,35 @@ class IngestBench:
 
         await registry.wait_ready(ok, timeout=30)
 
-    async def _preload(self) -> float:
+    def _encoded(self) -> list[tuple[bytes, bytes]]:
+        """The preloaded events' keys and Avro values (encoded once per run)."""
+        if self._values is None:
+            schemas = load_event_schemas(self.domain, self.settings.schemas_dir)
+            registry = RegistryClient(self.registry_url)
+            codec = build_codecs(self.domain, schemas, registry)["invoice"]
+            events = _events(self.domain, self.count)
+            self._values = [(key, codec.dumps(event)) for _, key, event in events]
+        return self._values
+
+    async def _preload(self, polls: Sequence[Headers] | None = None) -> float:
+        """Create the topics and produce the events; with ``polls``, record ``n`` carries
+        its source's headers and those of poll ``n // POLL_RECORDS`` (as an adapter sends)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         topics = [self.topic, "bench-ceiling-out"]
         await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
         await admin.close()
-        schemas = load_event_schemas(self.domain, self.settings.schemas_dir)
-        codec = build_codecs(self.domain, schemas, RegistryClient(self.registry_url))["invoice"]
+        source = ChangeEvent.headers(self.domain.entity_sources("invoice")[0])
+        values = self._encoded()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, linger_ms=5, max_batch_size=256 * 1024
         )
         await producer.start()
         started = time.monotonic()
         pending = []
-        for n, (_, key, event) in enumerate(_events(self.domain, self.count)):
-            pending.append(await producer.send(self.topic, codec.dumps(event), key=key))
+        for n, (key, value) in enumerate(values):
+            headers = None if polls is None else source + polls[n // POLL_RECORDS]
+            pending.append(await producer.send(self.topic, value, key=key, headers=headers))
             if len(pending) >= 10_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -220,10 +343,8 @@ class IngestBench:
     async def _fold(self, worker: ManagedProcess, port: int) -> dict[str, float]:
         """Wait until ``worker`` applied every preloaded event; its rate and batch size."""
         metrics = f"http://127.0.0.1:{port}/metrics"
-        applied = (
-            r'^dictamesh_catalog_events_total\{entity_type="invoice",tenant="[^"]+",result="\w+"\} '
-            r"(\S+)$"
-        )
+        # Any label order: the exposition's is not part of the metric's contract.
+        applied = r'^dictamesh_catalog_events_total\{[^}]*entity_type="invoice"[^}]*\} (\S+)$'
         first: float | None = None
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 1800
@@ -260,6 +381,80 @@ class IngestBench:
         await fresh.stop()
         return figures
 
+    async def _start_sink(self) -> None:
+        """The counting OTLP sink, in a process of its own (its CPU is not the bench's)."""
+        port = free_port()
+        sink = ManagedProcess(
+            "OTLP sink", [sys.executable, "-m", "mesh_tooling.dev.otlp_sink", "--port", str(port)],
+            log_path=self.root / "logs" / "otlp-sink.log",
+        )  # fmt: skip
+        await sink.start()
+        self.procs.append(sink)
+        self.sink_url = f"http://127.0.0.1:{port}"
+
+        async def ok() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{self.sink_url}/stats") as r:
+                return r.status == 200
+
+        await sink.wait_ready(ok, timeout=30)
+
+    async def sink_stats(self, settle: float = 0.0) -> dict[str, int]:
+        """What the sink received so far; with ``settle``, once nothing more arrived for
+        that long (a stopping worker's last export)."""
+        last: dict[str, int] = {}
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(f"{self.sink_url}/stats") as resp:
+                    stats = dict(json.loads(await resp.text()))
+                if not settle or stats == last:
+                    return stats
+                last = stats
+                await asyncio.sleep(settle)
+
+    async def _traced(self, mode: str, round_: int, polls: Sequence[Headers]) -> TracedRun:
+        """One fold under ``mode``: a fresh broker and worker, the events preloaded with
+        that mode's headers."""
+        broker = await self._start_broker()
+        state = self.root / f"worker-{TRACING_MODES.index(mode)}-{round_}"
+        try:
+            await self._preload(polls)
+            before = await self.sink_stats()
+            worker, port, _ = await self._start_ready(state, **trace_env(mode, self.sink_url))
+            figures = await self._fold(worker, port)
+            await worker.stop()  # the SDK exports what it still holds at exit
+            after = await self.sink_stats(settle=1.0)
+        finally:
+            await broker.stop()
+            shutil.rmtree(state, ignore_errors=True)
+        return TracedRun(
+            mode, round_, figures["catalog_per_s"], figures["batch_mean"], sampled_share(polls),
+            exports=after["requests"] - before["requests"], spans=after["spans"] - before["spans"],
+            export_bytes=after["bytes"] - before["bytes"],
+        )  # fmt: skip
+
+    async def run_tracing(self, rounds: int = 3) -> list[TracedRun]:
+        """Fold the events once per tracing mode and round, each time on a fresh broker
+        (the same events, headers as an adapter in that mode sends them) by a fresh worker.
+        The modes rotate: round ``r`` starts with mode ``r mod 3``, so over three rounds
+        each mode runs once first, second and third (a shared machine drifts)."""
+        polls = -(-self.count // POLL_RECORDS)
+        tenant = self.domain.entity_sources("invoice")[0].tenant
+        headers = {mode: poll_headers(mode, polls, tenant) for mode in TRACING_MODES}
+        out = []
+        try:
+            await self._start_registry()
+            await self._start_sink()
+            for n in range(rounds):
+                order = TRACING_MODES[n % 3 :] + TRACING_MODES[: n % 3]
+                for mode in order:
+                    print(f"  round {n + 1} of {rounds}: tracing {mode}", flush=True)
+                    out.append(await self._traced(mode, n + 1, headers[mode]))
+            return out
+        finally:
+            for proc in reversed(self.procs):
+                await proc.stop()
+            shutil.rmtree(self.root, ignore_errors=True)
+
     async def run(self) -> dict[str, float]:
         try:
             await self._start_services()
@@ -274,8 +469,16 @@ class IngestBench:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_ingest(settings: Settings, events: int) -> int:
+def run_ingest(settings: Settings, events: int, tracing: bool = False, rounds: int = 3) -> int:
     """``mesh bench ingest``: print the figures; return the exit code."""
+    if tracing:
+        print(f"ingest with tracing: {events} invoice CREATE events, {PARTITIONS} partitions, "
+              f"one worker; tracing off / default sampler / 100 % alternated over {rounds} "
+              f"round(s), a fresh broker and worker each time; {POLL_RECORDS} records per "
+              "source poll (one trace each); spans exported to a counting OTLP sink")  # fmt: skip
+        runs = asyncio.run(IngestBench(settings, events).run_tracing(rounds))
+        print("\n".join(tracing_report(runs)))
+        return 0
     print(f"ingest: {events} invoice CREATE events, {PARTITIONS} partitions, one worker")
     f = asyncio.run(IngestBench(settings, events).run())
     print(f"raw aiokafka consume → produce (ceiling): {f['ceiling_per_s']:,.0f} events/s")
@@ -284,3 +487,40 @@ def run_ingest(settings: Settings, events: int) -> int:
     print(f"worker resident memory: {f['rss_mb']:,.0f} MB; state on disk: {f['disk_mb']:,.0f} MB")
     print(f"recovery of a new worker from the changelogs: {f['recovery_s']:.1f} s")
     return 0
+
+
+def mode_summary(what: str, unit: str, runs: Sequence[tuple[str, int, float]]) -> list[str]:
+    """Per tracing mode, from ``(mode, round, value)``: the mean value and its range, and
+    (but for ``off``) the ratio to ``off`` of the same round: mean and range over rounds."""
+    lines = []
+    off = {r: v for m, r, v in runs if m == "off"}
+    for mode in TRACING_MODES:
+        values = [v for m, _, v in runs if m == mode]
+        if not values:
+            continue
+        line = (
+            f"{what}, tracing {mode:<7}: mean {sum(values) / len(values):8,.0f} {unit} "
+            f"(range {min(values):,.0f} to {max(values):,.0f}, {len(values)} runs)"
+        )
+        ratios = [v / off[r] for m, r, v in runs if m == mode and r in off and off[r]]
+        if mode != "off" and ratios:
+            line += (
+                f"; / off of the same round: mean {sum(ratios) / len(ratios):.2f} "
+                f"(range {min(ratios):.2f} to {max(ratios):.2f})"
+            )
+            if mode == "default":
+                met = sum(ratios) / len(ratios) >= TRACING_TARGET
+                line += f", target ≥ {TRACING_TARGET}: {'met' if met else 'NOT met'}"
+        lines.append(line)
+    return lines
+
+
+def tracing_report(runs: list[TracedRun]) -> list[str]:
+    """``mesh bench ingest --tracing``: each run, then the summary per mode."""
+    lines = [
+        f"round {t.round} {t.mode:<7}: {t.per_s:8,.0f} events/s (mean batch {t.batch_mean:.0f}); "
+        f"{t.sampled_polls:.0%} of polls sampled; exported {t.spans} spans in {t.exports} "
+        f"requests ({t.export_bytes / 1024:,.0f} KiB)"
+        for t in runs
+    ]
+    return lines + mode_summary("catalog", "events/s", [(t.mode, t.round, t.per_s) for t in runs])
