@@ -105,6 +105,7 @@ class Letter:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    """As read (Kafka allows a header without a value: ``None``)."""
 
     @classmethod
     def from_record(cls, record: Any) -> Letter:
@@ -119,7 +120,7 @@ class Letter:
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` as text (``None`` when absent)."""
-        found = [value for key, value in self.headers if key == name]
+        found = [value for key, value in self.headers if key == name and value is not None]
         return found[-1].decode("utf-8", "replace") if found else None
 
     @property

@@ -21,26 +21,30 @@ class Run:
     err: str
 
 
-async def mesh(scenario: Scenario, *args: str, env: dict[str, str] | None = None) -> Run:
-    """``mesh deadletters ARGS`` against ``scenario``'s broker, registry and app id, with
-    stdin not a terminal."""
+async def run_mesh(env: dict[str, str], *args: str) -> Run:
+    """``mesh deadletters ARGS`` with ``env`` on top of this process's environment, stdin
+    not a terminal."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mesh", "deadletters", *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "MESH_BROKER_URL": f"kafka://{scenario.broker}",
-            "MESH_SCHEMA_REGISTRY_URL": scenario.registry_url,
-            "MESH_APP_ID": scenario.app_id,
-            "MESH_TOPIC_PARTITIONS": "3",
-            **(env or {}),
-        },
+        env={**os.environ, **env},
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def mesh(scenario: Scenario, *args: str, env: dict[str, str] | None = None) -> Run:
+    """``mesh deadletters ARGS`` against ``scenario``'s broker, registry and app id."""
+    settings = {
+        "MESH_BROKER_URL": f"kafka://{scenario.broker}",
+        "MESH_SCHEMA_REGISTRY_URL": scenario.registry_url,
+        "MESH_APP_ID": scenario.app_id,
+        "MESH_TOPIC_PARTITIONS": "3",
+    }
+    return await run_mesh({**settings, **(env or {})}, *args)
 
 
 async def end_offsets(broker: str, topic: str, partitions: int = 3) -> dict[int, int]:

@@ -9,18 +9,15 @@ worker read the item again and publish it at the letter's position.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 
 import psycopg2
 import pytest
 
 from mesh.deadletter import dead_letter_topic
 from mesh.sources.rereads import reread_topic
-from tests.deadletters.support import Run, end_offsets, records
+from tests.deadletters.support import Run, end_offsets, records, run_mesh
 from tests.sources.capture_fixtures import KafkaLog
 from tests.sources.test_capture import (
     APP_ONE,
@@ -41,16 +38,7 @@ __all__ = ["fleet", "stack"]  # the fixtures, used here by name
 
 async def mesh(stack: Stack, *args: str) -> Run:
     """``mesh deadletters ARGS`` against the stack's fleet."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", "deadletters", *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **stack.worker_env, "MESH_APP_ID": APP_ONE},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return await run_mesh({**stack.worker_env, "MESH_APP_ID": APP_ONE}, *args)
 
 
 def fix_in_the_database(stack: Stack, item: str, sku: str) -> None:
