@@ -15,9 +15,9 @@ workers share their cross-worker reads through that Redis.
 The load (a closed loop of ``--concurrency`` requests in flight, :mod:`mesh_tooling.bench.load`)
 runs in this process, on the same cores as the workers.
 
-With ``--tracing`` it measures instead what tracing costs: by id and nested, cached, on one
-fresh worker per mode (tracing off, at the default sampler, at 100 %), the modes rotated
-over rounds, the worker exporting to a counting OTLP sink
+With ``--tracing`` it measures instead what tracing costs: by id cached, nested cached and
+uncached, on one fresh worker per mode (tracing off, at the default sampler, at 100 %), the
+modes rotated over rounds, the worker exporting to a counting OTLP sink
 (:meth:`GraphQLBench.run_tracing_scenarios`).
 """
 
@@ -321,7 +321,8 @@ class GraphQLBench(IngestBench):
         return out
 
     async def _measure_tracing(self, rounds: int) -> list[Scenario]:
-        """By id and nested, cached, on one fresh worker per tracing mode and round; the
+        """By id cached, nested cached and uncached, on one fresh worker per tracing mode and
+        round; the
         modes rotate as in ``mesh bench ingest --tracing`` (round ``r`` starts with mode
         ``r mod 3``). The requests carry no ``traceparent``: the worker's sampler decides,
         as for a client that does not trace."""
@@ -330,23 +331,28 @@ class GraphQLBench(IngestBench):
             for c in range(1, self.customers + 1)
         ]
         nested = json.dumps({"query": NESTED}).encode()
-        queries = (("by-id", lambda r: r.choice(by_id)), ("nested", lambda r: nested))
+        queries = (
+            ("by-id", True, lambda r: r.choice(by_id)),
+            ("nested", True, lambda r: nested),
+            ("nested", False, lambda r: nested),  # executed: operation and loader spans too
+        )
         out = []
         for n in range(rounds):
             for mode in TRACING_MODES[n % 3 :] + TRACING_MODES[: n % 3]:
-                print(f"  a new worker, tracing {mode} (round {n + 1} of {rounds}): by-id and "
-                      "nested, cached", flush=True)  # fmt: skip
+                print(f"  a new worker, tracing {mode} (round {n + 1} of {rounds}): by-id "
+                      "cached, nested cached and uncached", flush=True)  # fmt: skip
                 tag = f"-tr{n}{TRACING_MODES.index(mode)}"
                 env = trace_env(mode, self.sink_url)
                 procs, urls = await self._start_workers(1, env=env, tag=tag)
-                for name, body in queries:
+                for name, cached, body in queries:
                     before = await self.sink_stats()
                     load, cpu = await _load(
                         procs, urls=[f"{urls[0]}/graphql"], body=body,
                         concurrency=self.concurrency, warmup=self.warmup, duration=self.duration,
+                        headers=None if cached else NO_CACHE,
                     )  # fmt: skip
                     spans = (await self.sink_stats())["spans"] - before["spans"]
-                    out.append(Scenario(name, 1, load, cached=True, cpu_us=cpu, tracing=mode,
+                    out.append(Scenario(name, 1, load, cached=cached, cpu_us=cpu, tracing=mode,
                                         round=n + 1, spans=spans))  # fmt: skip
                 for proc in procs:
                     await proc.stop()
@@ -451,16 +457,21 @@ def _auth_lines(runs: list[Scenario]) -> list[str]:
 def tracing_report(scenarios: list[Scenario]) -> list[str]:
     """``mesh bench graphql --tracing``: each run, then per query the summary per mode."""
     lines = [
-        f"{s.query:<8} cached   1 worker(s), round {s.round}, tracing {s.tracing:<7}: "
+        f"{s.query:<8} {'cached' if s.cached else 'uncached':<8} 1 worker(s), round {s.round}, "
+        f"tracing {s.tracing:<7}: "
         f"{s.load.per_s:8,.0f} requests/s, p50 {s.load.p50_ms:6.2f} ms, p99 {s.load.p99_ms:6.2f} "
         f"ms, errors {s.load.errors}; worker CPU {s.cpu_us or 0:.0f} µs/request; "
         f"{s.spans} spans exported"
         + (f"\n        first error: {s.load.first_error}" if s.load.first_error else "")
         for s in scenarios
     ]
-    for query in ("by-id", "nested"):
-        runs = [(s.tracing or "", s.round, s.load.per_s) for s in scenarios if s.query == query]
-        lines += mode_summary(f"{query} cached", "requests/s", runs)
+    for query, cached in dict.fromkeys((s.query, s.cached) for s in scenarios):
+        runs = [
+            (s.tracing or "", s.round, s.load.per_s)
+            for s in scenarios
+            if (s.query, s.cached) == (query, cached)
+        ]
+        lines += mode_summary(f"{query} {'cached' if cached else 'uncached'}", "requests/s", runs)
     return lines
 
 
@@ -476,11 +487,12 @@ def run_graphql(
 ) -> int:
     """``mesh bench graphql``: print the figures; return the exit code (1 on any error)."""
     if tracing:
-        print(f"graphql with tracing: {customers} customers, one worker, by id and nested "
-              f"(cached), {concurrency} requests in flight, tracing off / default sampler / "
-              f"100 % alternated over {rounds} round(s), a fresh worker each time; requests "
-              "without traceparent; spans exported to a counting OTLP sink. The load client "
-              "runs in this process, on the same cores as the worker.")  # fmt: skip
+        print(f"graphql with tracing: {customers} customers, one worker, by id (cached) and "
+              f"nested (cached, uncached), {concurrency} requests in flight, tracing off / "
+              f"default sampler / 100 % alternated over {rounds} round(s), a fresh worker "
+              "each time; requests without traceparent; spans exported to a counting OTLP "
+              "sink. The load client runs in this process, on the same cores as the "
+              "worker.")  # fmt: skip
         bench = GraphQLBench(settings, customers, concurrency, duration, warmup)
         scenarios = asyncio.run(bench.run_tracing_scenarios(rounds))
         print("\n".join(tracing_report(scenarios)))
