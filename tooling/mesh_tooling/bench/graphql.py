@@ -471,7 +471,15 @@ def tracing_report(scenarios: list[Scenario]) -> list[str]:
             for s in scenarios
             if (s.query, s.cached) == (query, cached)
         ]
-        lines += mode_summary(f"{query} {'cached' if cached else 'uncached'}", "requests/s", runs)
+        what = f"{query} {'cached' if cached else 'uncached'}"
+        lines += mode_summary(what, "requests/s", runs)
+        # The worker's own cost, whatever else the shared cores run meanwhile.
+        per_cpu_s = [
+            (s.tracing or "", s.round, 1e6 / s.cpu_us)
+            for s in scenarios
+            if (s.query, s.cached) == (query, cached) and s.cpu_us
+        ]
+        lines += mode_summary(what, "requests per worker CPU-second", per_cpu_s)
     return lines
 
 
