@@ -193,7 +193,8 @@ async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> N
 async def test_changes_in_directus_reach_kafka_and_the_bench_measures_them(
     first_run: Stack,
 ) -> None:
-    """The stack's worker captures Directus writes: `mesh bench freshness` sees each one."""
+    """The stack's worker captures Directus writes: `mesh bench freshness` sees each one on
+    Kafka and, with `--through graphql`, in the worker's GraphQL answers."""
     ports = first_run.ports
     env = {
         **_env(ports, first_run.state),
@@ -212,6 +213,24 @@ async def test_changes_in_directus_reach_kafka_and_the_bench_measures_them(
     assert delay is not None, text
     assert 0 < int(delay.group(1)) <= int(delay.group(2))
     assert re.search(r"bulk load of 600: Directus accepted \d+ items/s", text), text
+    # Through GraphQL: each write (new items and renames) until the worker's answer shows it.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh", "bench", "freshness", "--through", "graphql",
+        "--items", "6", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    visible = re.search(
+        r"write → visible in GraphQL, 6 writes: p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms "
+        r"— SLO p99 < 2 s: (met|NOT met)",
+        text,
+    )
+    assert visible is not None, text
+    assert 0 < int(visible.group(1)) <= int(visible.group(2)) <= int(visible.group(3))
+    assert re.search(r"creates  \(3\): p50 \d+ ms", text), text
+    assert re.search(r"renames  \(3\): p50 \d+ ms", text), text
 
 
 async def test_ctrl_c_stops_everything(first_run: Stack) -> None:

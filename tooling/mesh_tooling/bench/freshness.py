@@ -5,6 +5,12 @@ measures, per item, the delay from the moment Directus acknowledged the write to
 moment its CREATE event arrived on Kafka (p50/p99). Part two bulk-loads items in requests
 of 500 and compares the event rate with the rate Directus accepted the writes at, in
 the same run: a ratio near 1 means the load is limited by Directus, not the adapter.
+
+``--through graphql`` measures instead what a client sees: per single write, alternately a
+new item and a rename of the one made before, the delay from Directus' acknowledgement to
+the first answer of the stack's worker to ``POST /graphql`` (a dev issuer token, as ``mesh
+token`` mints) that shows the written name, polled every :data:`POLL_S`; p50/p99/max
+against the freshness SLO (p99 < 2 s).
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ from mesh_tooling.dev.readiness import wait_until_following
 from mesh_tooling.settings import DevSettings
 
 BULK_BATCH = 500
+SLO_P99_S = 2.0
+"""Freshness SLO: a write is visible in GraphQL within 2 s at the 99th percentile."""
+POLL_S = 0.01
+"""How often the GraphQL mode asks again (the delays are at most this much late)."""
+BY_ID = "query ($id: ID!) { customer(id: $id) { id name } }"
 
 
 @dataclass
@@ -160,6 +171,65 @@ class FreshnessBench:
             "max_s": max(delays),
         }
 
+    async def _rename(self, http: aiohttp.ClientSession, item_id: str, name: str) -> None:
+        url = f"{self.base}/items/{self.entity.collection}/{item_id}"
+        async with http.patch(url, json={"name": name}) as resp:
+            if resp.status != 200:
+                raise StackError(f"Directus refused the write ({resp.status}): {await resp.text()}")
+
+    async def _visible(
+        self, gql: aiohttp.ClientSession, url: str, item_id: str, name: str, timeout: float
+    ) -> float:
+        """Ask ``url`` for the item until its answer shows ``name``; when it did."""
+        body = {"query": BY_ID, "variables": {"id": item_id}}
+        deadline = time.monotonic() + timeout
+        answer: Any = None
+        while time.monotonic() < deadline:
+            async with gql.post(url, json=body) as resp:
+                if resp.status in (401, 403):
+                    raise StackError(
+                        f"the worker refused the dev issuer's token ({resp.status}): "
+                        f"{await resp.text()}; is MESH_STATE_DIR the stack's?"
+                    )
+                answer = await resp.json(content_type=None)
+            seen = time.monotonic()
+            customer = (answer.get("data") or {}).get(self.entity_type)
+            if customer is not None and customer.get("name") == name:
+                return seen
+            await asyncio.sleep(POLL_S)
+        raise StackError(f"{name!r} not visible in GraphQL after {timeout:.0f} s: {answer}")
+
+    async def run_graphql(self, items: int, worker: str, token: str) -> dict[str, list[float]]:
+        """Per single write, the seconds until the worker's GraphQL answer shows it, by
+        kind (``create``, ``rename``)."""
+        delays: dict[str, list[float]] = {"create": [], "rename": []}
+        url = f"{worker}/graphql"
+        async with (
+            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as gql,
+        ):
+            try:
+                http.headers["Authorization"] = f"Bearer {await self._login(http)}"
+            except aiohttp.ClientError as exc:
+                raise StackError(
+                    f"cannot reach Directus at {self.base} ({exc}); run `make dev`"
+                ) from None
+            item_id = ""
+            for n in range(items):
+                name = f"bench {self.run_id} {n}"
+                if n % 2 == 0:
+                    (item_id,) = await self._create(http, {**self._item(n), "name": name})
+                    kind = "create"
+                else:
+                    await self._rename(http, item_id, name)
+                    kind = "rename"
+                written = time.monotonic()
+                seen = await self._visible(gql, url, item_id, name, timeout=60)
+                delays[kind].append(seen - written)
+                print(f"\r  single writes: {n + 1}/{items}", end="", flush=True)
+            print()
+        return delays
+
     async def _bulk(self, http: aiohttp.ClientSession, bulk: int) -> dict[str, float]:
         ids: set[str] = set()
         started = time.monotonic()
@@ -182,14 +252,50 @@ class FreshnessBench:
         }
 
 
-def run_freshness(settings: DevSettings, items: int, bulk: int) -> int:
+def _graphql_lines(delays: dict[str, list[float]]) -> list[str]:
+    """The GraphQL mode's report: every write, then each kind; p99 against the SLO."""
+    everything = [d for values in delays.values() for d in values]
+    p99 = _percentile(everything, 0.99)
+    met = "met" if p99 < SLO_P99_S else "NOT met"
+    lines = [
+        f"write → visible in GraphQL, {len(everything)} writes: p50 "
+        f"{statistics.median(everything) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
+        f"{max(everything) * 1000:.0f} ms — SLO p99 < {SLO_P99_S:.0f} s: {met}"
+    ]
+    for kind, values in delays.items():
+        if values:
+            lines.append(
+                f"  {kind + 's':<8} ({len(values)}): p50 {statistics.median(values) * 1000:.0f} "
+                f"ms, p99 {_percentile(values, 0.99) * 1000:.0f} ms, max "
+                f"{max(values) * 1000:.0f} ms"
+            )
+    return lines
+
+
+def run_freshness(settings: DevSettings, items: int, bulk: int, through: str = "kafka") -> int:
     """``mesh bench freshness``: print the figures; return the exit code."""
     bench = FreshnessBench(settings)
+    worker = f"http://{settings.web_host}:{settings.web_port}"
+    if through == "graphql":
+        from mesh_tooling.dev.issuer import DevIssuer
+
+        print(
+            f"freshness through GraphQL against {bench.base} and {worker}/graphql (entity "
+            f"{bench.entity_type}): {items} single writes, new items and renames alternated, "
+            f"each polled every {POLL_S * 1000:.0f} ms until the answer shows it"
+        )
+        waited = asyncio.run(wait_until_following([worker], [bench.source.name], timeout=300))
+        if waited >= 1:
+            print(f"waited {waited:.0f} s for the worker at {worker} to follow the source")
+        issuer = DevIssuer.in_dir(settings.state_dir / "issuer")
+        token = issuer.mint(bench.source.tenant, subject="bench-freshness", ttl_s=3600)
+        delays = asyncio.run(bench.run_graphql(items, worker, token))
+        print("\n".join(_graphql_lines(delays)))
+        return 0
     print(
         f"freshness against {bench.base} (entity {bench.entity_type}, topic {bench.topic}): "
         f"{items} single writes, then {bulk} items in requests of {BULK_BATCH}"
     )
-    worker = f"http://{settings.web_host}:{settings.web_port}"
     sources = [bench.source.name]
     waited = asyncio.run(wait_until_following([worker], sources, timeout=300))
     if waited >= 1:
