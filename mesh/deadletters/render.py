@@ -97,14 +97,15 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-AvroDecoder = Callable[[bytes], tuple[str, Any]]
-"""A Confluent-framed value → (what decoded it, the decoded value); raises MeshError."""
+AvroDecoder = Callable[[bytes, str | None], tuple[str, Any]]
+"""A Confluent-framed value (and the subject it was written under, when known) → (what
+decoded it, the decoded value); raises MeshError."""
 
 
 def registry_decoder(registry: RegistryClient) -> AvroDecoder:
     """Decodes with the writer schema the value names, fetched from ``registry``."""
 
-    def decode(value: bytes) -> tuple[str, Any]:
+    def decode(value: bytes, subject: str | None) -> tuple[str, Any]:
         schema_id, body = unpack(value)
         writer = registry.writer_schema(schema_id)
         try:
@@ -113,18 +114,21 @@ def registry_decoder(registry: RegistryClient) -> AvroDecoder:
             raise CodecError(
                 f"the body does not decode with schema {schema_id}: {type(exc).__name__}: {exc}"
             ) from None
-        found = registry.subject_version(schema_id)
+        # One schema can be registered under many subjects: name the record's topic's.
+        found = registry.subject_version(schema_id, subject=subject)
         named = f", {found[0]} version {found[1]}" if found else ""
         return f"Avro, schema id {schema_id}{named}", decoded
 
     return decode
 
 
-def show_value(value: bytes | None, decode: AvroDecoder | None) -> list[str]:
+def show_value(
+    value: bytes | None, decode: AvroDecoder | None, subject: str | None = None
+) -> list[str]:
     """The value's lines: decoded Avro when it is Confluent-framed and decodes, else raw."""
     if value is not None and len(value) > 5 and value[0] == 0 and decode is not None:
         try:
-            what, decoded = decode(value)
+            what, decoded = decode(value, subject)
         except MeshError as exc:
             return [f"value      (not decoded: {exc})", f"  {raw(value)}"]
         body = json.dumps(decoded, indent=2, default=_json_default, ensure_ascii=False)
@@ -150,4 +154,6 @@ def show_lines(letter: Letter, topic: str, replay: str, decode: AvroDecoder | No
         *(f"  {name}: {_indented(raw(value))}" for name, value in letter.headers),
         f"key        {raw(letter.key)}",
     ]
-    return lines + show_value(letter.value, decode)
+    topic_of_record = letter.origin.topic
+    subject = None if topic_of_record is None else f"{topic_of_record}-value"
+    return lines + show_value(letter.value, decode, subject)

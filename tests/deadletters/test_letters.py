@@ -107,12 +107,12 @@ def test_lines_and_values() -> None:
     assert raw(b"\x00\x01") == "hex 00 01 (2 bytes)"
     assert raw(None) == "(null)"
 
-    def unknown(value: bytes) -> tuple[str, object]:
+    def unknown(value: bytes, subject: str | None) -> tuple[str, object]:
         raise UnknownSchemaError("schema id 9 is not known")
 
     framed = b"\x00\x00\x00\x00\x09\x02"
     assert show_value(framed, unknown)[0] == "value      (not decoded: schema id 9 is not known)"
-    assert show_value(framed, lambda v: ("Avro", {"a": 1}))[:2] == ["value      (Avro)", "  {"]
+    assert show_value(framed, lambda v, s: ("Avro", {"a": 1}))[:2] == ["value      (Avro)", "  {"]
 
 
 def test_re_read_requests_fold_into_what_is_pending() -> None:
