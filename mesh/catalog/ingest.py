@@ -311,12 +311,12 @@ class CatalogIngestor:
         except (CodecError, RegistryError) as exc:
             dead.append((message, "catalog-decode", exc))
             return
-        refused = self._refusal(message, entity_type, event)
+        tenant = event["tenant"]
+        urn = self.domain.urn(tenant, entity_type, event["entity_id"])
+        refused = self._refusal(message, entity_type, event, urn)
         if refused is not None:
             dead.append((message, *refused))
             return
-        tenant = event["tenant"]
-        urn = self.domain.urn(tenant, entity_type, event["entity_id"])
         name = table.name
         table_writes = writes[(name, message.partition)]
         before = self._current(table, message.partition, message.key, table_writes)
@@ -332,32 +332,34 @@ class CatalogIngestor:
             times.append(changed_at.timestamp())
 
     def _refusal(
-        self, message: Any, entity_type: str, event: dict[str, Any]
+        self, message: Any, entity_type: str, event: dict[str, Any], urn: str
     ) -> tuple[str, CodecError] | None:
         """Why an event may not change the catalog (stage and error), or ``None``: its
-        tenant is declared (and, with per-tenant topics, the topic's), its key is its URN
-        in that tenant, and its ``after`` record is of the entity it names."""
+        tenant is declared (and, with per-tenant topics, the topic's), its key is ``urn`` (its
+        URN in that tenant), and its ``after`` record is of the entity it names."""
         tenant, entity_id = event["tenant"], event["entity_id"]
-        what = f"event for {event['entity_type']} {entity_id!r} on topic {message.topic}"
+
+        def what() -> str:  # only for a refusal: this runs for every event
+            return f"event for {event['entity_type']} {entity_id!r} on topic {message.topic}"
+
         if not self.domain.has_tenant(tenant):
             return "catalog-tenant", CodecError(
-                f"{what} is of tenant {tenant!r}, which the domain config does not declare "
+                f"{what()} is of tenant {tenant!r}, which the domain config does not declare "
                 f"(declared: {self.domain.tenants}); add the tenant or fix the producer"
             )
         if self.domain.topic_per_tenant and message.topic != self.domain.topic(entity_type, tenant):
             return "catalog-tenant", CodecError(
-                f"{what} is of tenant {tenant!r} but on another tenant's topic; it belongs "
+                f"{what()} is of tenant {tenant!r} but on another tenant's topic; it belongs "
                 f"on {self.domain.topic(entity_type, tenant)}"
             )
-        urn = self.domain.urn(tenant, entity_type, entity_id)
         if message.key != urn.encode() or event["entity_type"] != entity_type:
             return "catalog-key", CodecError(
-                f"{what} is keyed {message.key!r}; the key must be its URN {urn}"
+                f"{what()} is keyed {message.key!r}; the key must be its URN {urn}"
             )
         after, key = event["after"], self.domain.entities[entity_type].key
         if after is not None and str(after.get(key)) != entity_id:
             return "catalog-key", CodecError(
-                f"{what} carries an after record whose {key} is {after.get(key)!r}: a record "
+                f"{what()} carries an after record whose {key} is {after.get(key)!r}: a record "
                 "may only change the entity it names"
             )
         return None
