@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 
 TRACER_NAME = "dictamesh"
 TENANT_BAGGAGE = "dictamesh.tenant"
-DEFAULT_RATIO = 0.1
-"""Without ``OTEL_TRACES_SAMPLER``: a tenth of new traces, and every trace a caller sampled."""
+DEFAULT_RATIO = 0.01
+"""Without ``OTEL_TRACES_SAMPLER``: 1 % of new traces, and every trace a caller sampled.
+
+A worker answers thousands of reads a second, so 1 % still records dozens of traces a
+second per worker; a recorded request costs ~165 µs of worker CPU (the SDK span, its
+export), twice a cached read, so 10 % would cost a cached read a fifth of its throughput
+(README: what tracing costs). Raise it with ``OTEL_TRACES_SAMPLER_ARG``."""
 MAX_LINKS = 128
 """Links on one batch span at most (distinct traces beyond it are counted, not linked)."""
 
@@ -60,9 +65,20 @@ def tracing_enabled() -> bool:
     return _enabled
 
 
+_tracer: Tracer | None = None
+
+
 def tracer() -> Tracer:
     """The product's tracer (a no-op one while tracing is off)."""
-    return trace.get_tracer(TRACER_NAME)
+    # Once tracing is on, the same SDK tracer every time: the provider builds a new one
+    # (scope, attributes) per ``get_tracer`` call, a few µs on every request.
+    global _tracer
+    if _tracer is not None:
+        return _tracer
+    found = trace.get_tracer(TRACER_NAME)
+    if _enabled:
+        _tracer = found
+    return found
 
 
 def _wanted(environ: os._Environ[str] | dict[str, str]) -> bool:
@@ -82,7 +98,7 @@ def configure_tracing(worker_name: str, environ: dict[str, str] | None = None) -
     ``None`` (nothing exported, nothing instrumented).
 
     ``OTEL_EXPORTER_OTLP_PROTOCOL`` picks ``http/protobuf`` (default) or ``grpc``;
-    ``OTEL_TRACES_SAMPLER``/``_ARG`` the sampler (default: parent-based, 10 % of new
+    ``OTEL_TRACES_SAMPLER``/``_ARG`` the sampler (default: parent-based, 1 % of new
     traces); the service is ``OTEL_SERVICE_NAME`` (default ``dictamesh``), each worker an
     instance of it.
     """
@@ -170,12 +186,15 @@ def _server_spans() -> Any:
     The instrumentation's own middleware computes every attribute (URL parsing, semantic
     convention filtering) and records its HTTP metrics before the sampler runs, for every
     request: measured with ``mesh bench graphql --tracing``, a cached read by id went from
-    ~80 to ~160 µs of worker CPU at the default sampler, where 9 requests in 10 are not
-    sampled. Here an unsampled request costs the sampler's decision and a non-recording
-    span made current, which its children (operation, loader, peer calls) still follow.
-    The instrumentation's HTTP metrics are not made (no meter provider is set up: they were
-    no-ops; ``dictamesh_request_duration_seconds`` is the request metric). The sampler sees
-    the span's name, not its attributes (the standard samplers read neither)."""
+    ~80 to ~160 µs of worker CPU at the default sampler. Here an unsampled request costs
+    the sampler's decision and a non-recording span made current, which its children
+    (operation, loader, peer calls) still follow; the span name is computed once per route,
+    no propagator runs for a request without trace headers, and the span is attached to the
+    context directly rather than through ``use_span`` (a generator context manager: a few µs
+    per request, a tenth of a cached read's cost with the rest). The instrumentation's HTTP
+    metrics are not made (no meter provider is set up: they were no-ops;
+    ``dictamesh_request_duration_seconds`` is the request metric). The sampler sees the
+    span's name, not its attributes (the standard samplers read neither)."""
     from aiohttp import web
     from opentelemetry.instrumentation.aiohttp_server import (
         collect_request_attributes,
@@ -186,19 +205,37 @@ def _server_spans() -> Any:
 
     excluded = get_excluded_urls("AIOHTTP_SERVER")
     server_tracer = trace.get_tracer("opentelemetry.instrumentation.aiohttp_server")
+    names: dict[tuple[str, Any], str] = {}  # by method and route resource: a few dozen
+    trace_headers = ("traceparent", "tracestate", "baggage")
+    empty = context.Context()
+
+    def span_name(request: Any) -> str:
+        resource = request.match_info.route.resource
+        if resource is None:  # not found, method not allowed: a new route object each time
+            return get_default_span_name(request)
+        key = (request.method, resource)
+        name = names.get(key)
+        if name is None:
+            name = names[key] = get_default_span_name(request)
+        return name
 
     @web.middleware
     async def server_span(request: Any, handler: Any) -> Any:
         if excluded.url_disabled(request.path):
             return await handler(request)
+        headers = request.headers
+        parent = (
+            propagate.extract(headers) if any(name in headers for name in trace_headers) else empty
+        )
         span = server_tracer.start_span(
-            get_default_span_name(request),
-            context=propagate.extract(request.headers),
-            kind=trace.SpanKind.SERVER,
+            span_name(request), context=parent, kind=trace.SpanKind.SERVER
         )
         if not span.is_recording():
-            with trace.use_span(span, end_on_exit=True):
+            token = context.attach(trace.set_span_in_context(span))
+            try:
                 return await handler(request)
+            finally:
+                context.detach(token)
         attributes = collect_request_attributes(request)
         span.set_attributes(attributes)
         with trace.use_span(

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from mesh.observability.tracing import TENANT_BAGGAGE, sampled_context
+from mesh.observability.tracing import DEFAULT_RATIO, TENANT_BAGGAGE, sampled_context
 from mesh.settings import Settings
 
 TRACEPARENT = re.compile(rb"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
@@ -42,8 +42,9 @@ def test_events_carry_what_an_adapter_sends_in_each_mode() -> None:
         assert len({h[0][1] for h in polls}) == len(polls)  # a trace per poll
         assert polls == poll_headers(mode, 400, "default")  # the same in every round
     assert sampled_share(poll_headers("100%", 400, "default")) == 1.0
-    default = poll_headers("default", 400, "default")
-    assert 0.05 < sampled_share(default) < 0.15  # the source's 10 % of new traces
+    default = poll_headers("default", 3000, "default")
+    # The source's 1 % of new traces (DEFAULT_RATIO): ~30 of 3000 polls.
+    assert 0.4 * DEFAULT_RATIO < sampled_share(default) < 2 * DEFAULT_RATIO
     # The catalog follows the flag: a sampled poll's records give a parent context.
     sampled = [h for h in default if h[0][1].endswith(b"-01")]
     assert sampled
@@ -64,7 +65,7 @@ def test_worker_settings_per_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")  # inherited: overridden
     default = trace_env("default", endpoint)
     assert default["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
-    assert default["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert default["OTEL_TRACES_SAMPLER_ARG"] == str(DEFAULT_RATIO)
 
 
 async def test_the_sink_counts_spans_and_answers_like_a_collector() -> None:

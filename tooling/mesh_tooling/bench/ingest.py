@@ -67,7 +67,7 @@ def poll_headers(mode: str, polls: int, tenant: str, seed: int = 0) -> list[Head
     under the poll's ``publish`` span, from a tracer provider with that mode's sampler):
     ``off``: none (the API's no-op span has no context); ``default``: ``traceparent`` and
     the tenant as ``baggage`` on every record, flagged sampled for the polls whose new trace
-    the parent-based 10 % sampler keeps (what the source decides; the catalog follows the
+    the parent-based default sampler keeps (what the source decides; the catalog follows the
     flag); ``100%``: the same, every poll sampled."""
     if mode == "off":
         return [[] for _ in range(polls)]
