@@ -2,6 +2,7 @@
 
 from mesh.agents.catalog import register_catalog_agents
 from mesh.agents.mirror import register_mirror
+from mesh.agents.sagas import register_sagas
 from mesh.agents.sources import register_source_agents
 from mesh.context import MeshContext
 
@@ -13,3 +14,4 @@ def register_agents(context: MeshContext) -> None:
     register_source_agents(context)
     register_catalog_agents(context)
     register_mirror(context)
+    register_sagas(context)

@@ -48,6 +48,8 @@ class MeshContext:
     """The catalog's tables (declared by :func:`tables.register_tables`)."""
     cursors: KeyedTable | None = None
     """The source cursor table (declared by :func:`tables.register_tables`)."""
+    sagas: Any = None
+    """The worker's :class:`~mesh.sagas.service.Sagas` (``None`` with sagas off)."""
     cache: ReadCache | None = None
     """The GraphQL read caches; the catalog invalidates them as it writes."""
     slo: SloMetrics = field(init=False)

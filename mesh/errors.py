@@ -28,6 +28,10 @@ turns one into a single clear message and a non-zero exit instead of a traceback
     │                                             graphql-core's GraphQLError)
     ├── BadRequestError, NotAllowedError         (mesh.web.graphql: HTTP 400 and 405)
     ├── FleetScanError                           (mesh.relations_check)
+    ├── SagaError                                a saga cannot start or a step failed
+    │   ├── SagaInputError                       the request is malformed (no saga started)
+    │   └── StepRefusedError                     a step's business rule refused (the saga
+    │                                             compensates at once, no retry)
     └── DeadLetterToolError                      (mesh.deadletters: a dead-letter command
                                                   cannot run; exit code 2)
 
@@ -123,10 +127,13 @@ class SourceError(MeshError):
         retriable: bool = False,
         status: int | None = None,
         retry_after: float | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message, retriable=retriable)
         self.status = status
         self.retry_after = retry_after
+        self.code = code
+        """The source's own error code, when it sent one (Directus: ``RECORD_NOT_UNIQUE``)."""
 
 
 class SourceAuthError(SourceError):
@@ -171,3 +178,16 @@ class ApiError(MeshError):
     def body(self) -> dict[str, Any]:
         """The JSON body of the answer."""
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+class SagaError(MeshError):
+    """A saga cannot start, or one of its steps failed."""
+
+
+class SagaInputError(SagaError):
+    """A saga request is malformed; the message says which field and why. No saga starts."""
+
+
+class StepRefusedError(SagaError):
+    """A step's business rule refused (an unknown customer, not enough stock): the saga
+    compensates at once; retrying would not help."""

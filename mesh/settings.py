@@ -154,6 +154,18 @@ class Settings(BaseSettings):
     """At most one JWKS fetch per this many seconds for an unknown key id (a rotation),
     and the keys are fetched again at least every hour."""
 
+    # --- sagas -------------------------------------------------------------------------
+    sagas: bool = True
+    """Run the sagas (``placeOrder``): needs each tenant's Directus write token
+    (``write_token_env`` of its source in the domain config)."""
+    saga_deadline_s: float = Field(default=60.0, gt=0, le=86_400)
+    """A saga still going forward this long after it started compensates."""
+    saga_crash_at: str | None = None
+    """Tests only: a saga point at which this worker kills itself once (see
+    :mod:`mesh.sagas.faults`); needs ``MESH_SAGA_CRASH_MARKER``."""
+    saga_crash_marker: Path | None = None
+    """Tests only: the file that says the crash hook has fired."""
+
     # --- connected services -------------------------------------------------------
     database_url: SecretStr | None = None
     """Postgres for the mirror; unset: no mirror (the dev stack starts a throwaway one)."""

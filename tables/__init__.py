@@ -12,3 +12,8 @@ def register_tables(context: MeshContext) -> None:
     """Declare every table of DictaMesh on ``context.app``."""
     context.cursors = declare_cursor_table(context)
     context.catalog = declare_catalog_tables(context, reverse_relations(context.domain))
+    if context.settings.sagas:
+        from mesh.sagas.service import Sagas
+        from mesh.sagas.store import declare_saga_table
+
+        context.sagas = Sagas(context, declare_saga_table(context))

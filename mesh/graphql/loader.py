@@ -102,6 +102,9 @@ class Loader:
     """What resolvers work out once per request (e.g. per selection), not once per entity."""
     principal: Principal | None = None
     """Who the request acts for: fields with a scope policy are withheld from others."""
+    cacheable: bool = True
+    """False once the request read or wrote something the response cache cannot track
+    (a saga: its state is not a catalog entity, and a mutation acts)."""
 
     def prime(self, record: dict[str, Any]) -> None:
         """Cache an entity record read otherwise (a list page), so it is not read again."""

@@ -294,8 +294,9 @@ def _root_resolver(entity_type: str, spec: EntitySpec) -> Callable[..., Awaitabl
     return resolve
 
 
-def build_schema(domain: DomainConfig) -> graphene.Schema:
-    """The GraphQL schema of ``domain`` (resolvers read through ``info.context``)."""
+def build_schema(domain: DomainConfig, sagas: Any = None) -> graphene.Schema:
+    """The GraphQL schema of ``domain`` (resolvers read through ``info.context``), with the
+    saga mutation and queries over ``sagas`` (:mod:`mesh.graphql.sagas`) when given."""
     types: dict[str, Any] = {}
     for entity_type, spec in domain.entities.items():
         types[entity_type] = _object_type(domain, entity_type, spec, types)
@@ -320,5 +321,11 @@ def build_schema(domain: DomainConfig) -> graphene.Schema:
         )
     sdl = subgraph_sdl(domain, query_attrs, types)  # Apollo Federation v2 subgraph
     query_attrs.update(federation_fields(domain, types, sdl))
+    mutation = None
+    if sagas is not None:
+        from mesh.graphql.sagas import saga_fields
+
+        saga_queries, mutation = saga_fields(sagas)
+        query_attrs.update(saga_queries)
     query = type("Query", (graphene.ObjectType,), query_attrs)
-    return graphene.Schema(query=query, types=list(types.values()))
+    return graphene.Schema(query=query, mutation=mutation, types=list(types.values()))

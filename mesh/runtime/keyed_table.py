@@ -33,6 +33,28 @@ class KeyedTable:
         """Store ``value`` (sent to the changelog asynchronously)."""
         self._table[key] = value
 
+    async def put(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` once the changelog acknowledged it: after this returns, a crash
+        of this worker cannot lose it (the next owner recovers it)."""
+        table = self._table
+        sent = await table.changelog_topic.send(
+            key=key,
+            value=value,
+            partition=table.partition_for_key(key),
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        await sent
+        table.data[key] = value  # the changelog has it already: not sent again
+
+    def partition(self, key: bytes) -> int:
+        """The changelog partition of ``key``."""
+        return self._table.partition_for_key(key)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every record this worker holds (active and standby partitions)."""
+        return [(bytes(k), bytes(v)) for k, v in self._table.data.items()]
+
 
 def declare_keyed_table(
     app: faust.App,

@@ -10,6 +10,7 @@ from mesh.web.health import register_health_views
 from mesh.web.internal_entities import register_internal_entities_view, register_internal_scan_view
 from mesh.web.metrics import register_metrics_view
 from mesh.web.relations_check import register_relations_check_views
+from mesh.web.sagas import register_saga_views
 
 __all__ = ["register_views"]
 
@@ -23,6 +24,7 @@ def register_views(context: MeshContext) -> None:
     register_internal_entities_view(context)
     register_internal_scan_view(context)
     register_relations_check_views(context)
+    register_saga_views(context)
     register_graphql_views(context)
     # In front of the gate: refused requests are timed (and traced) too.
     observe_requests(context.slo, web_application(context.app))

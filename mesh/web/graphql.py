@@ -125,7 +125,7 @@ def _audience(principal: Principal | None) -> str:
 
 def register_graphql_views(context: MeshContext) -> None:
     """Build the schema of ``context.domain`` and register ``GET``/``POST /graphql``."""
-    schema = build_schema(context.domain).graphql_schema
+    schema = build_schema(context.domain, context.sagas).graphql_schema
     limits = graphql_limits(context.settings)
     queries = QueryCache(schema, limits)
     reader = CatalogReader(context)
@@ -163,6 +163,7 @@ def register_graphql_views(context: MeshContext) -> None:
                 recorder = use.record()
             prepared = queries.prepare(query)
             operation_type = "invalid"
+            loader: Loader | None = None
             if prepared.errors or prepared.document is None:
                 result = ExecutionResult(data=None, errors=list(prepared.errors))
             else:
@@ -199,7 +200,8 @@ def register_graphql_views(context: MeshContext) -> None:
             if result.extensions:
                 answer["extensions"] = result.extensions
             body = json_bytes(answer)
-            if use is not None and recorder is not None and not result.errors:
+            cacheable = loader is None or loader.cacheable
+            if use is not None and recorder is not None and not result.errors and cacheable:
                 use.store(request_key, body, recorder)
             return json_bytes_response(view, body, headers=headers)
         except BadRequestError as exc:

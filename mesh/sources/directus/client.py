@@ -161,15 +161,18 @@ class DirectusClient:
         session: aiohttp.ClientSession | None = None,
         on_retry: RetryHook | None = None,
         should_stop: Callable[[], bool] | None = None,
+        max_attempts: int | None = None,
     ) -> None:
-        """``session`` is borrowed (not closed here); ``on_retry`` and ``should_stop`` are
-        passed to every :meth:`RetryPolicy.call`."""
+        """``session`` is borrowed (not closed here); ``on_retry``, ``should_stop`` and
+        ``max_attempts`` are passed to every :meth:`RetryPolicy.call` (sagas make one
+        attempt per call: their engine retries whole steps)."""
         self.base_url = base_url.rstrip("/")
         self.auth = auth
         self.timeout_s = timeout_s
         self.retry = retry
         self.on_retry = on_retry
         self.should_stop = should_stop
+        self.max_attempts = max_attempts
         self.logins = 0
         self.refreshes = 0
         self._http = session
@@ -254,6 +257,27 @@ class DirectusClient:
             query["filter"] = {key: {"_gt": after}}
         return await self._read(self._items_path(collection), query)
 
+    # -- the API sagas write with (with their own role and token) ------------------------
+
+    async def items_where(
+        self, collection: str, where: dict[str, Any], *, fields: str = "*", limit: int = -1
+    ) -> list[dict[str, Any]]:
+        """The items matching the Directus ``filter`` ``where``."""
+        query = {"filter": where, "limit": limit, "fields": fields}
+        return await self._read(self._items_path(collection), query)
+
+    async def create_item(self, collection: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Create one item; its stored values. A duplicate in a unique field raises
+        :class:`SourceError` with ``code == "RECORD_NOT_UNIQUE"``."""
+        return dict(await self._call("POST", self._items_path(collection), body=values) or {})
+
+    async def update_item(
+        self, collection: str, item_id: str | int, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Update one item by primary key; its stored values."""
+        path = f"{self._items_path(collection)}/{quote(str(item_id), safe='')}"
+        return dict(await self._call("PATCH", path, body=values) or {})
+
     # -- requests -------------------------------------------------------------------------
 
     def _where(self, method: str, path: str) -> str:
@@ -290,7 +314,12 @@ class DirectusClient:
                 raise self._auth_error(reply)
             return self._data(method, path, reply)
 
-        return await self.retry.call(attempt, on_retry=self.on_retry, should_stop=self.should_stop)
+        return await self.retry.call(
+            attempt,
+            on_retry=self.on_retry,
+            should_stop=self.should_stop,
+            max_attempts=self.max_attempts,
+        )
 
     async def _send(
         self,
@@ -349,6 +378,7 @@ class DirectusClient:
             retriable=retriable,
             status=reply.status,
             retry_after=reply.retry_after if retriable else None,
+            code=reply.code,
         )
 
     # -- authentication -------------------------------------------------------------------

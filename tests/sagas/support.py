@@ -1,0 +1,134 @@
+"""What the saga tests share: a GraphQL client for sagas and Directus bookkeeping."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tests.support.auth import bearer
+from tests.support.directus_admin import DirectusAdmin
+from tests.support.waiting import wait_until
+from tests.support.workers import MeshWorker
+
+WRITER = ("pii:read", "orders:write")
+"""The scopes of a client that may place orders."""
+
+SAGA_FIELDS = "id type status step error result history { event step attempt error }"
+FINAL = ("COMPLETED", "COMPENSATED", "FAILED_COMPENSATION")
+
+
+async def graphql(
+    worker: MeshWorker,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    scopes: tuple[str, ...] = WRITER,
+    tenant: str = "default",
+) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(headers=bearer(tenant, scopes)) as http,
+        http.post(f"{worker.base}/graphql", json={"query": query, "variables": variables}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+PLACE = f"""mutation Place($input: PlaceOrderInput!) {{
+  placeOrder(input: $input) {{ {SAGA_FIELDS} }}
+}}"""
+
+
+async def place(
+    worker: MeshWorker,
+    customer: int,
+    lines: Sequence[tuple[int | str, int]],
+    key: str | None = None,
+    scopes: tuple[str, ...] = WRITER,
+) -> dict[str, Any]:
+    """``placeOrder``'s whole answer."""
+    variables = {
+        "input": {
+            "customer": str(customer),
+            "lines": [{"product": str(p), "quantity": q} for p, q in lines],
+            "idempotencyKey": key or uuid.uuid4().hex,
+        }
+    }
+    return await graphql(worker, PLACE, variables, scopes=scopes)
+
+
+async def saga(worker: MeshWorker, sid: str) -> dict[str, Any] | None:
+    answer = await graphql(worker, f'{{ saga(id: "{sid}") {{ {SAGA_FIELDS} }} }}')
+    found: dict[str, Any] | None = (answer.get("data") or {}).get("saga")
+    return found
+
+
+async def finished(workers: list[MeshWorker], sid: str, timeout: float = 90) -> dict[str, Any]:
+    """The saga once it reached a final status (asked of whichever worker answers)."""
+    seen: dict[str, Any] = {}
+
+    async def done() -> bool:
+        for worker in workers:
+            if not worker.running:
+                continue
+            try:
+                found = await saga(worker, sid)
+            except (aiohttp.ClientError, AssertionError):
+                continue
+            if found is not None:
+                seen.update(found)
+                return found["status"] in FINAL
+        return False
+
+    await wait_until(done, timeout=timeout, what=lambda: f"saga {sid} to end; last seen {seen}")
+    return seen
+
+
+@dataclass
+class Shelf:
+    """A product made for one test, so tests never share stock."""
+
+    id: int
+    stock: int
+
+
+async def new_product(admin: DirectusAdmin, stock: int, price: str = "12.50") -> Shelf:
+    tag = uuid.uuid4().hex[:8]
+    item = await admin.create(
+        "products", {"sku": f"T-{tag}", "name": f"Test {tag}", "price": price, "stock": stock}
+    )
+    return Shelf(int(item["id"]), stock)
+
+
+async def new_customer(admin: DirectusAdmin, status: str = "active") -> int:
+    item = await admin.create("customers", {"name": f"Buyer {time.time_ns()}", "status": status})
+    return int(item["id"])
+
+
+async def stock_of(admin: DirectusAdmin, product: int) -> int:
+    return int((await admin.item("products", product))["stock"])
+
+
+async def rows_of(admin: DirectusAdmin, collection: str, where: dict[str, Any]) -> list[Any]:
+    import json
+
+    params = {"limit": "-1", "fields": "*", "filter": json.dumps(where)}
+    return list(await admin.api.request("GET", f"/items/{collection}", params=params))
+
+
+async def in_catalog(worker: MeshWorker, entity_type: str, entity_id: int, **fields: Any) -> None:
+    """Wait until the catalog holds ``entity_type`` ``entity_id`` with ``fields``' values."""
+    wanted = " ".join(fields) or "id"
+    last: dict[str, Any] = {}
+
+    async def there() -> bool:
+        answer = await graphql(worker, f'{{ {entity_type}(id: "{entity_id}") {{ id {wanted} }} }}')
+        found = (answer.get("data") or {}).get(entity_type)
+        last["answer"] = answer
+        return found is not None and all(found.get(k) == v for k, v in fields.items())
+
+    await wait_until(there, timeout=30, what=lambda: f"{entity_type} {entity_id}: {last}")
