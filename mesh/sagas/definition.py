@@ -72,8 +72,8 @@ class Step:
     compensate: Compensation | None = None
     timeout_s: float = 10.0
     """One attempt of the action (or the compensation) at most this long."""
-    max_attempts: int = 8
-    """Attempts of the action on retriable errors (the deadline may end them sooner)."""
+    max_attempts: int | None = None
+    """Attempts of the action on retriable errors; ``None``: until the saga's deadline."""
 
 
 @dataclass(frozen=True)

@@ -122,16 +122,17 @@ class SagaEngine:
         if not isinstance(exc, MeshError | TimeoutError):
             log.exception("saga %s: step %s raised", state.id, step.name)
         await self.persist(state, Event.STEP_FAILED, step.name, error)
-        wait = definition.backoff(state.attempt)
-        if (
-            _retriable(exc)
-            and not isinstance(exc, StepRefusedError)
-            and state.attempt < step.max_attempts
-            and time.time() + wait < state.deadline_at
-        ):
-            await asyncio.sleep(wait)
-            return
-        await self._compensate(state, f"{step.name}: {error}")
+        why = f"{step.name}: {error}"
+        if _retriable(exc) and not isinstance(exc, StepRefusedError):
+            wait = definition.backoff(state.attempt)
+            if step.max_attempts is not None and state.attempt >= step.max_attempts:
+                why = f"{step.name}: gave up after {state.attempt} attempts: {error}"
+            elif time.time() + wait >= state.deadline_at:
+                why = f"{step.name}: the saga's deadline passed while retrying: {error}"
+            else:
+                await asyncio.sleep(wait)
+                return
+        await self._compensate(state, why)
 
     async def _compensate(self, state: SagaState, why: str) -> None:
         # From the failed step itself down: it may have had part of its effect.

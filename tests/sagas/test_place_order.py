@@ -7,6 +7,7 @@ itself: stock, reservations, invoices and items.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -15,8 +16,12 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
 
+from mesh.codec import RegistryClient
+from mesh.codec.avro import AvroEventCodec
 from mesh.domain import DomainConfig
+from mesh.sagas.events import SAGA_CHANGED_SCHEMA, SAGA_CHANGED_TOPIC
 from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
 from tests.sagas.support import (
     finished,
@@ -212,3 +217,93 @@ async def test_a_saga_is_read_by_rest_in_its_own_tenant_only(shop: Shop) -> None
         shop.workers[1], "{ sagas(first: 100, status: COMPLETED) { nodes { id } } }"
     )
     assert sid in [n["id"] for n in listed["data"]["sagas"]["nodes"]]
+
+
+async def test_orders_racing_for_the_last_units_never_oversell(shop: Shop) -> None:
+    admin = shop.admin
+    product = await new_product(admin, 5)
+    customers = [await new_customer(admin) for _ in range(3)]
+    await _ready(shop, customers[0], product.id)
+    for customer in customers[1:]:
+        await in_catalog(shop.workers[0], "customer", customer)
+    orders = [place(shop.workers[n % 2], customers[n % 3], [(product.id, 1)]) for n in range(12)]
+    started = await asyncio.gather(*orders)
+    ids = [answer["data"]["placeOrder"]["id"] for answer in started]
+    sagas = [await finished(shop.workers, sid) for sid in ids]
+    completed = {s["id"] for s in sagas if s["status"] == "COMPLETED"}
+    assert len(completed) == 5, [(s["status"], s["error"]) for s in sagas]
+    assert all(s["status"] == "COMPENSATED" for s in sagas if s["id"] not in completed)
+    assert await stock_of(admin, product.id) == 0
+    rows = await rows_of(admin, "reservations", {"product": {"_eq": product.id}})
+    assert {r["saga"] for r in rows if r["status"] == "held"} == completed
+    assert all(r["status"] == "held" for r in rows)  # a refused order reserves nothing
+
+
+@pytest.mark.parametrize("outage", ["shorter than the deadline", "past the deadline"])
+async def test_directus_stopped_mid_saga(shop: Shop, seeded: DirectusHandle, outage: str) -> None:
+    admin = shop.admin
+    customer = await new_customer(admin)
+    product = await new_product(admin, 3)
+    await _ready(shop, customer, product.id)
+    # Stopped first, so the saga surely meets it: its first step reads the catalog only,
+    # the second (reserve_stock) is the first to find Directus gone.
+    await seeded.service.stop()
+    try:
+        answer = await place(shop.workers[0], customer, [(product.id, 2)])
+        sid = answer["data"]["placeOrder"]["id"]
+        # The shop's sagas have a 30 s deadline.
+        await asyncio.sleep(4 if outage == "shorter than the deadline" else 35)
+    finally:
+        await seeded.service.start()
+    saga = await finished(shop.workers, sid, timeout=180)
+    failures = [h for h in saga["history"] if h["event"] == "STEP_FAILED"]
+    if outage == "shorter than the deadline":
+        assert saga["status"] == "COMPLETED", (saga["error"], saga["history"])
+        assert await stock_of(admin, product.id) == 1
+        return
+    assert failures, saga["history"]  # it retried while Directus was away
+    assert saga["status"] == "COMPENSATED", (saga["error"], saga["history"])
+    assert "deadline" in saga["error"]
+    assert await stock_of(admin, product.id) == 3
+    rows = await rows_of(admin, "reservations", {"saga": {"_eq": sid}})
+    assert all(r["status"] == "released" for r in rows)
+    invoices = await rows_of(admin, "invoices", {"saga_key": {"_eq": sid}})
+    assert all(i["status"] == "cancelled" for i in invoices)
+
+
+async def test_every_transition_is_an_avro_event_in_the_registry(
+    shop: Shop, registry_url: str
+) -> None:
+    admin = shop.admin
+    customer = await new_customer(admin)
+    product = await new_product(admin, 2)
+    await _ready(shop, customer, product.id)
+    sid = (await place(shop.workers[1], customer, [(product.id, 1)]))["data"]["placeOrder"]["id"]
+    saga = await finished(shop.workers, sid)
+    codec = AvroEventCodec(
+        RegistryClient(registry_url), f"{SAGA_CHANGED_TOPIC}-value", SAGA_CHANGED_SCHEMA
+    )
+    bootstrap = shop.workers[0].env["MESH_BROKER_URL"].removeprefix("kafka://")
+    consumer = AIOKafkaConsumer(
+        SAGA_CHANGED_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    events: dict[int, dict[str, object]] = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(events) < len(saga["history"]):
+            assert asyncio.get_running_loop().time() < deadline, (events, saga["history"])
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    if record.key == sid.encode():
+                        event = codec.loads(record.value)
+                        events[event["sequence"]] = event  # a resumed saga may repeat one
+    finally:
+        await consumer.stop()
+    assert [(e["event"], e["step"]) for _, e in sorted(events.items())] == [
+        (h["event"], h["step"]) for h in saga["history"]
+    ]
+    assert {e["saga_type"] for e in events.values()} == {"place_order"}
+    assert {e["tenant"] for e in events.values()} == {"default"}
+    assert events[max(events)]["status"] == "COMPLETED"
