@@ -50,6 +50,13 @@ SCENARIOS = [
         "test_a_recreated_kafka_never_answers_from_the_earlier_generations_cache",
         10,
     ),
+    # Every saga crash point (tests/sagas/test_crashes.py: MESH_SAGA_CRASH_MATRIX=all).
+    Scenario("sagas", "tests/sagas/test_crashes.py", 10, (("MESH_SAGA_CRASH_MATRIX", "all"),)),
+    Scenario(
+        "saga-races",
+        "tests/sagas/test_place_order.py::test_orders_racing_for_the_last_units_never_oversell",
+        10,
+    ),
     # The isolation matrix's long form: more fleet shapes (see tests/tenancy/).
     Scenario("tenancy", "tests/tenancy/test_isolation.py", 3, (("MESH_TENANCY_LONG", "1"),)),
 ]
