@@ -13,7 +13,7 @@ from typing import Any
 
 import graphene
 
-from mesh.errors import SagaInputError
+from mesh.errors import SagaError, SagaInputError
 from mesh.graphql.limits import PublicGraphQLError
 from mesh.graphql.lists import PageInfo
 from mesh.graphql.loader import Loader
@@ -121,7 +121,7 @@ def saga_fields(sagas: Any) -> tuple[dict[str, Any], type[graphene.ObjectType]]:
         }
         try:
             state = await sagas.start("place_order", loader.tenant, input["idempotency_key"], order)
-        except SagaInputError as exc:
+        except SagaError as exc:  # malformed input, or the tenant cannot be written to
             raise PublicGraphQLError(f"placeOrder: {exc}") from None
         return Saga.of(state)
 

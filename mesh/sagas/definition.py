@@ -86,6 +86,10 @@ class SagaDefinition:
     """Checks and normalises a request's input (:class:`~mesh.errors.SagaInputError`)."""
     services: Callable[[], Any] = lambda: None
     """Makes the steps' dependencies once per worker (``ctx.services``)."""
+    preflight: Callable[[Any, str], None] = lambda services, tenant: None
+    """Called with the services and the tenant before a saga starts: raises
+    :class:`~mesh.errors.SagaError` when it could not run (e.g. no write token), so the
+    request fails instead of a saga that can only compensate."""
     deadline_s: float = 60.0
     """After this long a saga still going forward compensates."""
     compensation_attempts: int = 30

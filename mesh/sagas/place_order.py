@@ -215,12 +215,17 @@ async def issue_invoice(ctx: StepContext) -> dict[str, Any]:
     return {"issued_at": issued_at}
 
 
+def _writable(services: OrderServices, tenant: str) -> None:
+    services.writer(tenant)  # raises SagaError when the tenant has no write token
+
+
 def place_order(services: Callable[[], OrderServices], deadline_s: float) -> SagaDefinition:
     """The saga's definition (``services`` made once per worker)."""
     return SagaDefinition(
         name="place_order",
         validate=validate_order,
         services=services,
+        preflight=_writable,
         deadline_s=deadline_s,
         steps=(
             Step("check_order", check_order),

@@ -188,6 +188,7 @@ class Sagas:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise SagaInputError("the idempotency key must be 1 to 200 characters")
         order = self.prepare(saga_type, raw_input)
+        self.definitions[saga_type].preflight(self._services[saga_type], tenant)
         sid = saga_id(tenant, saga_type, key)
         owner = self._owner(sid)
         if owner is None:

@@ -49,6 +49,7 @@ async def place(
     lines: Sequence[tuple[int | str, int]],
     key: str | None = None,
     scopes: tuple[str, ...] = WRITER,
+    tenant: str = "default",
 ) -> dict[str, Any]:
     """``placeOrder``'s whole answer."""
     variables = {
@@ -58,7 +59,7 @@ async def place(
             "idempotencyKey": key or uuid.uuid4().hex,
         }
     }
-    return await graphql(worker, PLACE, variables, scopes=scopes)
+    return await graphql(worker, PLACE, variables, scopes=scopes, tenant=tenant)
 
 
 async def saga(worker: MeshWorker, sid: str) -> dict[str, Any] | None:

@@ -187,6 +187,9 @@ async def test_malformed_orders_are_refused_before_any_saga_starts(shop: Shop) -
         assert message in answer["errors"][0]["message"], (name, answer)
     no_scope = await place(worker, 1, [(1, 1)], scopes=("pii:read",))
     assert "orders:write" in no_scope["errors"][0]["message"]
+    # The second tenant's Directus is not enabled here: nothing to write to.
+    beta = await place(worker, 1, [(1, 1)], tenant="beta")
+    assert "tenant beta has no enabled Directus source" in beta["errors"][0]["message"]
     after = await graphql(worker, "{ sagas(first: 100) { nodes { id } } }")
     assert after == before
 
