@@ -40,6 +40,10 @@ class FieldType(StrEnum):
     TIMESTAMP = "timestamp"
 
 
+_UNIQUE_TYPES = (FieldType.STRING, FieldType.INTEGER, FieldType.LONG)
+"""Types a unique field may have: exact values an idempotency key is made of."""
+
+
 class FieldSpec(_Model):
     """One field of an entity type."""
 
@@ -53,6 +57,12 @@ class FieldSpec(_Model):
     """Scopes a caller's token must all carry to read the field (e.g. ``[pii:read]``);
     without them GraphQL answers ``null`` with an error, REST leaves the field out. Only
     on nullable plain fields (a forward relation or the key cannot be withheld)."""
+    unique: bool = False
+    """No two rows of the entity type (per source) hold the same value. Directus enforces
+    it with a unique index: a duplicate write answers 400 ``RECORD_NOT_UNIQUE``, which is
+    what sagas use for idempotency (a retried create of the same key fails instead of
+    creating a second row). Nulls do not collide. Not on the key (unique already) or on
+    decimal, float, boolean and timestamp fields."""
 
     @model_validator(mode="after")
     def _decimal_has_precision(self) -> Self:
@@ -63,6 +73,11 @@ class FieldSpec(_Model):
                 raise ValueError("'scale' cannot be larger than 'precision'")
         elif self.precision is not None or self.scale is not None:
             raise ValueError("'precision' and 'scale' only apply to decimal fields")
+        if self.unique and self.type not in _UNIQUE_TYPES:
+            raise ValueError(
+                f"a {self.type.value} field cannot be unique (only "
+                f"{', '.join(t.value for t in _UNIQUE_TYPES)} fields can)"
+            )
         return self
 
 
@@ -102,6 +117,10 @@ class SourceSpec(_Model):
     url: str
     token_env: str | None = None
     """Env var holding a static token."""
+    write_token_env: str | None = None
+    """Env var holding the static token sagas write to this source with: a role of its
+    own (create and update on the collections a saga writes, no delete), never the
+    adapter's, which stays read-only. Unset: no saga writes to this source."""
     email_env: str | None = None
     """Env vars holding a login (used when no static token is set); tokens are refreshed."""
     password_env: str | None = None
@@ -118,6 +137,11 @@ class SourceSpec(_Model):
             raise ValueError("set 'token_env', or both 'email_env' and 'password_env'")
         if self.backoff_max_ms < self.backoff_base_ms:
             raise ValueError("'backoff_max_ms' must be at least 'backoff_base_ms'")
+        if self.write_token_env is not None and self.write_token_env == self.token_env:
+            raise ValueError(
+                "'write_token_env' must name another variable than 'token_env': sagas write "
+                "with a role of their own, the adapter's stays read-only"
+            )
         return self
 
 
@@ -186,6 +210,11 @@ class DomainConfig(_Model):
                 raise _CrossRefError(f"{where}.key", f"key field '{entity.key}' is not in fields")
             if entity.fields[entity.key].nullable:
                 raise _CrossRefError(f"{where}.fields.{entity.key}", "the key cannot be nullable")
+            if entity.fields[entity.key].unique:
+                raise _CrossRefError(
+                    f"{where}.fields.{entity.key}.unique",
+                    "the key is unique already (it is the primary key): drop 'unique'",
+                )
             for field_name, spec in entity.fields.items():
                 if not spec.requires_scopes:
                     continue

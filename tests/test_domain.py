@@ -27,14 +27,33 @@ def raw() -> dict[str, Any]:
 
 def test_the_shipped_config_declares_the_sample_domain() -> None:
     domain = load_domain(SHIPPED)
-    assert sorted(domain.entities) == ["customer", "invoice", "invoice_item", "product"]
+    assert sorted(domain.entities) == [
+        "customer",
+        "invoice",
+        "invoice_item",
+        "product",
+        "reservation",
+    ]
     assert domain.topic("customer") == "customers.directus.entity_changed"
     assert domain.urn("default", "invoice", "7") == "urn:dictamesh:default:invoice:7"
     assert domain.entities["invoice"].fields["customer"].references == "customer"
     assert domain.entities["customer"].reverse_relations["invoices"].entity == "invoice"
     assert domain.entities["invoice"].reverse_relations["items"].field == "invoice"
     names = {e.graphql_name for e in domain.entities.values()}
-    assert names == {"Customer", "Product", "Invoice", "InvoiceItem"}
+    assert names == {"Customer", "Product", "Invoice", "InvoiceItem", "Reservation"}
+    # What sagas write with: their own token, and unique keys a retried write collides on.
+    assert [(s.token_env, s.write_token_env) for s in domain.sources] == [
+        ("MESH_DIRECTUS_TOKEN", "MESH_DIRECTUS_WRITE_TOKEN"),
+        ("MESH_DIRECTUS_BETA_TOKEN", "MESH_DIRECTUS_BETA_WRITE_TOKEN"),
+    ]
+    unique = {
+        f"{name}.{field}"
+        for name, entity in domain.entities.items()
+        for field, spec in entity.fields.items()
+        if spec.unique
+    }
+    assert unique == {"invoice.saga_key", "invoice_item.saga_key", "reservation.saga_line"}
+    assert domain.entities["product"].reverse_relations["reservations"].entity == "reservation"
 
 
 def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -76,6 +95,14 @@ def _broken(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "must be",
         ),
         ("tenants", KeyError, "tenants", "required key is missing"),
+        ("entities.customer.fields.id.unique", True, "fields.id.unique", "the key is unique"),
+        ("entities.product.fields.price.unique", True, "price", "decimal field cannot be unique"),
+        (
+            "sources.0.write_token_env",
+            "MESH_DIRECTUS_TOKEN",
+            "sources.0",
+            "'write_token_env' must name another variable",
+        ),
     ],
 )
 def test_bad_config_names_the_key_and_the_problem(
@@ -201,7 +228,7 @@ def test_check_warns_about_a_reference_without_a_reverse_relation(
     tmp_path: Path, raw: dict[str, Any]
 ) -> None:
     path = tmp_path / "domain.yaml"
-    broken = _broken(raw, "entities.product.reverse_relations", KeyError)
+    broken = _broken(raw, "entities.product.reverse_relations.invoice_items", KeyError)
     path.write_text(yaml.safe_dump(broken, sort_keys=False))  # field order is the schema's
     assert load_domain(path).unindexed_references() == ["invoice_item.product"]
     result = subprocess.run(

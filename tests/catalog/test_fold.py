@@ -53,6 +53,7 @@ def test_relations_come_from_the_config() -> None:
         ("customer.invoices", "invoice", "customer"),
         ("invoice.items", "invoice_item", "invoice"),
         ("product.invoice_items", "invoice_item", "product"),
+        ("product.reservations", "reservation", "product"),
     }
 
 

@@ -24,7 +24,7 @@ from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from tests.strategies import events
 
-DOMAIN_TYPES = ["customer", "product", "invoice", "invoice_item"]
+DOMAIN_TYPES = ["customer", "product", "invoice", "invoice_item", "reservation"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def _invoice(**overrides: Any) -> dict[str, Any]:
             "status": "paid",
             "issued_at": None,
             "total": Decimal("1234.50"),
+            "saga_key": None,
             "date_created": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
             "date_updated": None,
         },

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from mesh_tooling.dev.directus import (
     DEFAULT_ROWS,
+    SAGA_EMAIL,
     SERVICE_EMAIL,
     DirectusClient,
     DirectusService,
@@ -47,9 +48,9 @@ class Run:
     stderr: str
 
 
-def seed_env(url: str | None, token: str | None) -> dict[str, str]:
+def seed_env(url: str | None, token: str | None, saga_token: str | None = None) -> dict[str, str]:
     """The environment of a seed job: ours without any MESH_* or Directus variable, plus
-    the Directus URL, the admin login and the token when given."""
+    the Directus URL, the admin login and the tokens when given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DIRECTUS_"))}
     env |= {
         "MESH_DIRECTUS_ADMIN_EMAIL": ADMIN_EMAIL,
@@ -59,6 +60,8 @@ def seed_env(url: str | None, token: str | None) -> dict[str, str]:
         env["MESH_DIRECTUS_URL"] = url
     if token is not None:
         env["MESH_DIRECTUS_TOKEN"] = token
+    if saga_token is not None:
+        env["MESH_DIRECTUS_WRITE_TOKEN"] = saga_token
     return env
 
 
@@ -86,6 +89,7 @@ class Seeded:
 
     url: str
     token: str = field(repr=False)
+    saga_token: str = field(repr=False)
     env: dict[str, str] = field(repr=False)
     first: Run
 
@@ -114,15 +118,15 @@ async def seeded_by_command(
         directus_install, make_database(), tmp_path_factory.mktemp("directus-seed-command")
     )
     await service.bootstrap()
-    token = generate_service_token()
-    env = seed_env(service.url, token)
+    token, saga_token = generate_service_token(), generate_service_token()
+    env = seed_env(service.url, token, saga_token)
     # Started before Directus, like a compose job whose Directus is still starting, and
     # kept waiting long enough to say so.
     proc = await start_seed(env, "--wait", "180")
     try:
         await asyncio.sleep(PROGRESS_EVERY_S + 1)
         await service.start()
-        yield Seeded(service.url, token, env, await finish(proc))
+        yield Seeded(service.url, token, saga_token, env, await finish(proc))
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -154,6 +158,13 @@ async def test_waits_for_directus_then_seeds_collections_rows_and_user(
     )
     me = DirectusClient(admin.http, seeded_by_command.url, seeded_by_command.token)
     assert await me.request("GET", "/users/me", params={"fields": "id"}) == user
+    # MESH_DIRECTUS_WRITE_TOKEN (the source's write_token_env) is the sagas' user's.
+    (saga,) = await admin.request(
+        "GET", "/users", params={"filter[email][_eq]": SAGA_EMAIL, "fields": "id"}
+    )
+    me = DirectusClient(admin.http, seeded_by_command.url, seeded_by_command.saga_token)
+    assert await me.request("GET", "/users/me", params={"fields": "id"}) == saga
+    assert f"saga user {SAGA_EMAIL}, token from MESH_DIRECTUS_WRITE_TOKEN" in run.stdout
 
 
 @pytest.mark.directus
@@ -181,7 +192,7 @@ async def test_second_run_creates_nothing(
 @pytest.mark.asyncio(loop_scope="session")
 async def test_prints_neither_token_nor_password(seeded_by_command: Seeded) -> None:
     run = seeded_by_command.first
-    for secret in (seeded_by_command.token, ADMIN_PASSWORD):
+    for secret in (seeded_by_command.token, seeded_by_command.saga_token, ADMIN_PASSWORD):
         assert secret not in run.stdout + run.stderr
 
 
@@ -206,6 +217,10 @@ async def test_no_rows_seeds_collections_and_user_only(
             )
             me = DirectusClient(http, service.url, "t" * 16)
             assert await me.request("GET", "/users/me", params={"fields": "id"})
+            # Without MESH_DIRECTUS_WRITE_TOKEN there is no user for sagas.
+            assert not await api.request(
+                "GET", "/users", params={"filter[email][_eq]": SAGA_EMAIL, "fields": "id"}
+            )
     finally:
         await service.stop()
 

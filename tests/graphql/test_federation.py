@@ -42,7 +42,7 @@ from tests.support.waiting import wait_until
 from tests.support.workers import MeshWorker
 
 COMPOSE_DIR = Path(__file__).parent / "compose"
-ENTITY_TYPES = ("Customer", "Product", "Invoice", "InvoiceItem")
+ENTITY_TYPES = ("Customer", "Product", "Invoice", "InvoiceItem", "Reservation")
 COMPOSE_SCRIPT = """
 import { readFileSync } from "node:fs";
 import { parse } from "graphql";

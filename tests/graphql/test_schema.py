@@ -43,6 +43,7 @@ def test_fields_are_camel_cased_and_typed(sample_domain: DomainConfig) -> None:
         "product": "Product",
         "quantity": "Int!",
         "unitPrice": "String!",  # decimals stay exact as strings
+        "sagaKey": "String",
         "dateCreated": "String",  # timestamps as ISO 8601 strings
         "dateUpdated": "String",
     }
@@ -54,6 +55,7 @@ def test_relations_both_ways(sample_domain: DomainConfig) -> None:
     assert str(_object(schema, "Customer").fields["invoices"].type) == "[Invoice!]!"
     assert str(_object(schema, "Invoice").fields["items"].type) == "[InvoiceItem!]!"
     assert str(_object(schema, "Product").fields["invoiceItems"].type) == "[InvoiceItem!]!"
+    assert str(_object(schema, "Product").fields["reservations"].type) == "[Reservation!]!"
 
 
 def test_metadata_type(sample_domain: DomainConfig) -> None:

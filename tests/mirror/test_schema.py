@@ -116,6 +116,7 @@ async def test_tables_columns_and_migrations_follow_the_config(scenario: Scenari
         "product",
         "invoice",
         "invoice_item",
+        "reservation",
         "user",
         "dictamesh_migrations",
     }

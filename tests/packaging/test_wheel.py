@@ -105,7 +105,7 @@ def test_mesh_check_from_an_empty_directory(venv: Path, empty_dir: Path) -> None
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     shipped = venv.parent / "lib" / "python3.11" / "site-packages" / "mesh" / "samples"
-    assert f"{shipped}/config/domain.yaml: ok (4 entity types)" in done.stdout
+    assert f"{shipped}/config/domain.yaml: ok (5 entity types)" in done.stdout
 
 
 def test_mesh_init_writes_a_domain_to_edit(venv: Path, empty_dir: Path) -> None:

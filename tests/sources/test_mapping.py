@@ -27,6 +27,7 @@ def test_a_directus_invoice_maps_to_typed_values() -> None:
         "status": "paid",
         "issued_at": "2026-03-01T10:20:30.000Z",
         "total": "3727.64",
+        "saga_key": "order-3:invoice",
         "date_created": "2026-03-01T10:20:30.123Z",
         "date_updated": None,
         "extra_field_not_in_config": "ignored",
@@ -39,6 +40,7 @@ def test_a_directus_invoice_maps_to_typed_values() -> None:
         "status": "paid",
         "issued_at": datetime(2026, 3, 1, 10, 20, 30, tzinfo=UTC),
         "total": Decimal("3727.64"),
+        "saga_key": "order-3:invoice",
         "date_created": datetime(2026, 3, 1, 10, 20, 30, 123000, tzinfo=UTC),
         "date_updated": None,
     }

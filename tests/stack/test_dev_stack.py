@@ -177,6 +177,19 @@ async def test_every_printed_url_answers(first_run: Stack) -> None:
             "urn:dictamesh:beta:customer:1",
         )
         assert mine["data"] != theirs["data"]
+        # The sagas' token: its own user, which writes but never deletes.
+        saga = {"Authorization": f"Bearer {stack.line('saga token').split()[0]}"}
+        async with http.get(f"{directus}/items/customers/1", headers=saga) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.delete(f"{directus}/items/invoices/1", headers=saga) as resp:
+            assert resp.status == 403, await resp.text()
+
+
+async def test_the_worker_has_each_tenants_saga_token(first_run: Stack) -> None:
+    tokens = [line.split()[2] for line in first_run.output if line.strip().startswith("saga ")]
+    assert len(tokens) == 2  # one per tenant's Directus
+    for name, token in zip(("MESH_DIRECTUS", "MESH_DIRECTUS_BETA"), tokens, strict=True):
+        assert _processes_mentioning(f"{name}_WRITE_TOKEN={token}"), name
 
 
 async def test_ready_means_the_sources_follow_their_feeds(first_run: Stack) -> None:
@@ -255,6 +268,7 @@ async def test_a_second_run_reuses_everything_and_uses_redis_when_set(
         assert not any("sample rows to" in line for line in stack.output)
         assert any("sample rows to" in line for line in first_run.output)
         assert stack.line("adapter token") == first_run.line("adapter token")
+        assert stack.line("saga token") == first_run.line("saga token")
         ready = next(line for line in stack.output if "stack ready in" in line)
         print(f"second start: {ready}")
     finally:

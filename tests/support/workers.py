@@ -322,6 +322,7 @@ async def start_following_fleet(
         "MESH_SCHEMA_REGISTRY_URL": registry_url,
         "MESH_DIRECTUS_URL": directus.url,
         "MESH_DIRECTUS_TOKEN": directus.service_token,
+        "MESH_DIRECTUS_WRITE_TOKEN": directus.saga_token,
         "MESH_TOPIC_PARTITIONS": str(partitions),
         "MESH_REBALANCE_TIMEOUT_S": "3",
         "MESH_ROCKSDB_BLOCK_CACHE_MB": "8",

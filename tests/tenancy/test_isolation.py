@@ -161,6 +161,7 @@ async def tenancy(
         "MESH_DIRECTUS_BETA_ENABLED": "true",
         "MESH_DIRECTUS_BETA_URL": seeded_beta.url,
         "MESH_DIRECTUS_BETA_TOKEN": seeded_beta.service_token,
+        "MESH_DIRECTUS_BETA_WRITE_TOKEN": seeded_beta.saga_token,
         **({"MESH_REDIS_URL": redis_url} if redis else {}),
     }
     app_id = f"tenancy-{size}-{'redis' if redis else 'local'}"

@@ -5,7 +5,9 @@ service user and sample rows.
 Where to seed comes from the domain config, as the adapters read it: each Directus source's
 ``url`` (the sample's is ``${MESH_DIRECTUS_URL:-…}``) and the static token in the variable
 its ``token_env`` names (the sample's ``MESH_DIRECTUS_TOKEN``), which becomes the service
-user's token. The admin login is ``MESH_DIRECTUS_ADMIN_EMAIL`` /
+user's token. When the variable its ``write_token_env`` names is set (the sample's
+``MESH_DIRECTUS_WRITE_TOKEN``), the sagas' role and user get that token; unset, they are
+not made. The admin login is ``MESH_DIRECTUS_ADMIN_EMAIL`` /
 ``MESH_DIRECTUS_ADMIN_PASSWORD``. Seeding is idempotent (:func:`seed_directus`), so the
 job can run on every ``docker compose up``. Neither the token nor the password is printed.
 """
@@ -48,6 +50,9 @@ class SeedTarget:
     url: str
     token_env: str
     token: str = field(repr=False)
+    write_token_env: str | None = None
+    write_token: str | None = field(default=None, repr=False)
+    """The sagas' token (None: the source's ``write_token_env`` is unset or not set)."""
 
 
 def seed_targets(domain: DomainConfig, environ: Mapping[str, str]) -> list[SeedTarget]:
@@ -68,22 +73,41 @@ def seed_targets(domain: DomainConfig, environ: Mapping[str, str]) -> list[SeedT
                 source="domain config",
                 key=f"sources.{source.name}.token_env",
             )
-        token = environ.get(source.token_env, "").strip()
-        if len(token) < MIN_TOKEN_LENGTH:
-            problem = "is not set" if not token else f"is too short ({len(token)} characters)"
-            raise ConfigError(
-                f"{problem}: it is the static token the Directus adapters use, which mesh seed "
-                f"gives the service user; use at least {MIN_TOKEN_LENGTH} random characters "
-                "(e.g. `openssl rand -hex 24`)",
-                source="environment",
-                key=source.token_env,
+        token = _token(environ, source.token_env, "the static token the Directus adapters use")
+        write_token = None
+        if source.write_token_env is not None and environ.get(source.write_token_env, ""):
+            write_token = _token(
+                environ, source.write_token_env, "the static token sagas write to Directus with"
             )
-        targets.append(SeedTarget(source.name, source.url.rstrip("/"), source.token_env, token))
+        targets.append(
+            SeedTarget(
+                source.name,
+                source.url.rstrip("/"),
+                source.token_env,
+                token,
+                source.write_token_env,
+                write_token,
+            )
+        )
     if not targets:
         raise StackError(
             "the domain config has no entity types in a Directus source: nothing to seed"
         )
     return targets
+
+
+def _token(environ: Mapping[str, str], name: str, what: str) -> str:
+    """The token in ``environ[name]``; :class:`ConfigError` when it is unset or short."""
+    token = environ.get(name, "").strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        problem = "is not set" if not token else f"is too short ({len(token)} characters)"
+        raise ConfigError(
+            f"{problem}: it is {what}, which mesh seed gives its service user; use at least "
+            f"{MIN_TOKEN_LENGTH} random characters (e.g. `openssl rand -hex 24`)",
+            source="environment",
+            key=name,
+        )
+    return token
 
 
 async def _health(http: aiohttp.ClientSession, url: str) -> str | None:
@@ -141,6 +165,8 @@ def _summary(target: SeedTarget, result: SeedResult) -> list[str]:
         f"Directus {target.url} (source {target.source}): {state} in {result.seconds:.1f} s",
         f"  service user {result.service_email}, token from {target.token_env}",
     ]
+    if result.saga_email is not None:
+        lines.append(f"  saga user {result.saga_email}, token from {target.write_token_env}")
     lines += [
         f"  {collection:<{width}}  {count:>5} rows ({result.created.get(collection, 0)} new)"
         for collection, count in result.counts.items()
@@ -162,6 +188,7 @@ async def _seed(settings: DevSettings, *, rows: bool, wait: float) -> None:
             password,
             domain,
             service_token=target.token,
+            saga_token=target.write_token,
             rows=rows,
             source=target.source,
             progress=say,

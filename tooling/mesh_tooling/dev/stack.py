@@ -8,7 +8,9 @@ Ctrl-C (or SIGTERM, or any child dying) stops every child in reverse order.
 
 A source the stack runs gets ``MESH_<SOURCE NAME>_URL`` and ``MESH_<SOURCE NAME>_ENABLED``
 in the worker's environment (``directus_beta`` → ``MESH_DIRECTUS_BETA_URL``), which the
-sample domain config reads; the first tenant's keeps ``MESH_DIRECTUS_URL``.
+sample domain config reads; the first tenant's keeps ``MESH_DIRECTUS_URL``. Its tokens go
+in the variables the source names: the adapters' read-only one in ``token_env``
+(``MESH_DIRECTUS_TOKEN``), the sagas' in ``write_token_env`` (``MESH_DIRECTUS_WRITE_TOKEN``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class TenantDirectus:
     source: SourceSpec
     url: str
     token: str
+    saga_token: str
     seeded: SeedResult
 
 
@@ -78,12 +81,17 @@ def stack_sources(domain: DomainConfig, tenants: int) -> list[SourceSpec]:
     return found
 
 
-def source_env(source: SourceSpec, url: str, token: str, *, first: bool) -> dict[str, str]:
-    """What a worker needs to poll ``source`` at ``url`` (see the module docstring)."""
+def source_env(
+    source: SourceSpec, url: str, token: str, saga_token: str, *, first: bool
+) -> dict[str, str]:
+    """What a worker needs to poll ``source`` at ``url`` and have sagas write to it (see
+    the module docstring)."""
     name = "DIRECTUS" if first else source.name.upper().replace("-", "_")
     env = {f"MESH_{name}_URL": url, f"MESH_{name}_ENABLED": "true"}
     if source.token_env:
         env[source.token_env] = token
+    if source.write_token_env:
+        env[source.write_token_env] = saga_token
     return env
 
 
@@ -132,6 +140,8 @@ class DevStack:
         await directus.start()
         # The adapters' static token: made once, kept in the state directory.
         token = load_or_create_token(s.state_dir / f"directus{suffix}", name="service-token")
+        # The sagas' token: their own role, which writes (the adapters' stays read-only).
+        saga_token = load_or_create_token(s.state_dir / f"directus{suffix}", name="saga-token")
         say(f"seeding tenant {source.tenant}'s Directus with the sample domain")
         seeded = await seed_directus(
             directus.url,
@@ -139,12 +149,13 @@ class DevStack:
             s.directus_admin_password.get_secret_value(),
             domain,
             service_token=token,
+            saga_token=saga_token,
             rows=s.seed_rows,
             source=source.name,
             seed=SEEDS[n],
             progress=say,
         )
-        return TenantDirectus(source, directus.url, token, seeded)
+        return TenantDirectus(source, directus.url, token, saga_token, seeded)
 
     def _directus_lines(self, instance: TenantDirectus) -> list[tuple[str, str]]:
         s, seeded = self.settings, instance.seeded
@@ -155,6 +166,7 @@ class DevStack:
                 f"{s.directus_admin_email} / {s.directus_admin_password.get_secret_value()}",
             ),
             ("  adapter token", f"{instance.token}  (user {seeded.service_email})"),
+            ("  saga token", f"{instance.saga_token}  (user {seeded.saga_email})"),
             ("  sample rows", ", ".join(f"{n} {c}" for c, n in seeded.counts.items())),
         ]
 
@@ -215,7 +227,9 @@ class DevStack:
         sources_env: dict[str, str] = {}
         for n, instance in enumerate(instances):
             sources_env.update(
-                source_env(instance.source, instance.url, instance.token, first=n == 0)
+                source_env(
+                    instance.source, instance.url, instance.token, instance.saga_token, first=n == 0
+                )
             )
         issuer = DevIssuer.in_dir(s.state_dir / "issuer")
         jwks_url = f"http://{host}:{s.issuer_port}{JWKS_PATH}"

@@ -9,8 +9,9 @@ Order of use::
     await directus.bootstrap()   # idempotent: installs system tables + admin on a fresh database
     await directus.start()       # waits for GET /server/health
     token = load_or_create_token(state_dir)                                 # seed.py
+    saga_token = load_or_create_token(state_dir, "saga-token")
     result = await seed_directus(directus.url, admin_email, admin_password, domain,
-                                 service_token=token, progress=print)
+                                 service_token=token, saga_token=saga_token, progress=print)
     ...
     await directus.stop()
 
@@ -20,7 +21,14 @@ vars), ``database`` (bootstrap state of the database), ``service`` (the server p
 ``seed`` (the seed's entry point and service token).
 """
 
-from mesh_tooling.dev.directus.access import SERVICE_EMAIL, SERVICE_ROLE, SYSTEM_READ_COLLECTIONS
+from mesh_tooling.dev.directus.access import (
+    SAGA_ACCESS,
+    SAGA_EMAIL,
+    SAGA_ROLE,
+    SERVICE_EMAIL,
+    SERVICE_ROLE,
+    SYSTEM_READ_COLLECTIONS,
+)
 from mesh_tooling.dev.directus.client import DirectusClient
 from mesh_tooling.dev.directus.install import (
     DIRECTUS_VERSION,
@@ -45,6 +53,9 @@ from mesh_tooling.dev.directus.settings import (
 __all__ = [
     "DEFAULT_ROWS",
     "DIRECTUS_VERSION",
+    "SAGA_ACCESS",
+    "SAGA_EMAIL",
+    "SAGA_ROLE",
     "SERVICE_EMAIL",
     "SERVICE_ROLE",
     "SYSTEM_READ_COLLECTIONS",

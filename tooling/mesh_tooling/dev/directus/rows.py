@@ -23,6 +23,7 @@ DEFAULT_ROWS: Mapping[str, int] = {
     "product": 40,
     "invoice": 120,
     "invoice_item": 400,
+    "reservation": 0,  # only sagas hold stock
 }
 """Sample rows per entity type; types not listed get :data:`_ROWS_FALLBACK`."""
 _ROWS_FALLBACK = 50
@@ -54,6 +55,8 @@ def _sample_value(
     """A plausible value for one field; names of the sample domain get realistic values,
     anything else a generic one of the right type."""
     t = spec.type
+    if name == "saga_key" and spec.nullable:
+        return None  # sample rows are nobody's saga
     if t is FieldType.STRING:
         if name == "name" and "email" in entity.fields:
             return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
@@ -72,6 +75,8 @@ def _sample_value(
     if t is FieldType.INTEGER:
         if name == "quantity":
             return rng.randint(1, 10)
+        if name == "stock":
+            return max(0, rng.randint(-20, 240))  # units on hand; about 1 in 13 sold out
         return rng.randint(0, 500)
     if t is FieldType.LONG:
         return rng.randrange(10**12)

@@ -1,7 +1,7 @@
 """The domain's Directus collections: their fields, relations and the order to fill them.
 
-Idempotent: an existing collection only gets its missing fields, and only missing
-relations are created.
+Idempotent: an existing collection only gets its missing fields (and a unique index on a
+field the config now declares ``unique``), and only missing relations are created.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def _field_payload(name: str, spec: FieldSpec, *, key: bool) -> dict[str, Any]:
             "meta": {"hidden": True, "readonly": True, "interface": "input"},
         }
     schema: dict[str, Any] = {"is_nullable": spec.nullable}
+    if spec.unique:
+        # A unique index: a duplicate write answers 400 RECORD_NOT_UNIQUE.
+        schema["is_unique"] = True
     meta: dict[str, Any] = {"required": not spec.nullable}
     if spec.type is FieldType.DECIMAL:
         schema["numeric_precision"] = spec.precision
@@ -119,11 +122,22 @@ async def ensure_schema(
             )
             changed = True
             continue
-        have = {f["field"] for f in await api.request("GET", f"/fields/{entity.collection}")}
+        have = {f["field"]: f for f in await api.request("GET", f"/fields/{entity.collection}")}
         for payload in payloads:
-            if payload["field"] not in have:
-                progress(f"adding field {entity.collection}.{payload['field']}")
+            name = payload["field"]
+            current = have.get(name)
+            if current is None:
+                progress(f"adding field {entity.collection}.{name}")
                 await api.request("POST", f"/fields/{entity.collection}", payload)
+                changed = True
+            elif payload["schema"].get("is_unique") and not (current.get("schema") or {}).get(
+                "is_unique"
+            ):
+                # Fails (400) while rows hold duplicates: those are for people to resolve.
+                progress(f"making field {entity.collection}.{name} unique")
+                await api.request(
+                    "PATCH", f"/fields/{entity.collection}/{name}", {"schema": {"is_unique": True}}
+                )
                 changed = True
     relations = await api.request("GET", "/relations")
     have_rel = {(r["collection"], r["field"]) for r in relations}

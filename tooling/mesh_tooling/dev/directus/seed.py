@@ -3,21 +3,24 @@
 From the domain config it creates, for every entity type whose source is a Directus source:
 the collection (integer auto-increment ``id``), its fields with matching Directus types, a
 many-to-one relation for every ``references:`` field, a read-only role and service user
-for the adapters (with the static token the caller passes), and deterministic sample rows.
+for the adapters (with the static token the caller passes), when asked a role and user
+for the sagas (their own token: create and update, no delete), and deterministic sample
+rows.
 
 Everything is idempotent: what exists is left alone (missing fields, relations and
 permissions are added), and a collection that already holds rows gets no new ones, so a
 second run on a seeded Directus writes nothing and takes ~0.7 s (0.5 s of it is the login
 stall Directus adds against timing attacks).
 
-The steps live in :mod:`.schema` (collections, fields, relations), :mod:`.access` (role,
-permissions, service user) and :mod:`.rows` (sample rows); :func:`seed_directus` runs them.
+The steps live in :mod:`.schema` (collections, fields, relations), :mod:`.access` (roles,
+permissions, service users) and :mod:`.rows` (sample rows); :func:`seed_directus` runs them.
 
 Usage::
 
     token = load_or_create_token(state_dir)        # the dev stack persists it
+    saga_token = load_or_create_token(state_dir, "saga-token")
     result = await seed_directus(directus.url, admin_email, admin_password, domain,
-                                 service_token=token, progress=print)
+                                 service_token=token, saga_token=saga_token, progress=print)
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ import aiohttp
 
 from mesh.domain import DomainConfig
 from mesh.errors import StackError
-from mesh_tooling.dev.directus.access import SERVICE_EMAIL, ensure_service_user
+from mesh_tooling.dev.directus.access import (
+    SAGA_EMAIL,
+    SERVICE_EMAIL,
+    ensure_saga_user,
+    ensure_service_user,
+)
 from mesh_tooling.dev.directus.client import DirectusClient
 from mesh_tooling.dev.directus.rows import DEFAULT_ROWS, seed_rows
 from mesh_tooling.dev.directus.schema import directus_entities, ensure_schema
@@ -67,6 +75,8 @@ class SeedResult:
 
     service_email: str
     service_token: str = field(repr=False)
+    saga_email: str | None
+    """The sagas' service user (None: not asked for)."""
     counts: Mapping[str, int]
     """Rows per collection after seeding, e.g. ``{"customers": 50, ...}``."""
     created: Mapping[str, int]
@@ -84,13 +94,16 @@ async def seed_directus(
     *,
     service_token: str,
     service_email: str = SERVICE_EMAIL,
+    saga_token: str | None = None,
+    saga_email: str = SAGA_EMAIL,
     rows: Mapping[str, int] | bool = True,
     source: str | None = None,
     seed: int = 2026,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> SeedResult:
     """Create the domain's collections, fields, relations, the adapters' service user (with
-    ``service_token`` as its static token) and sample rows in the Directus at ``base_url``.
+    ``service_token`` as its static token), the sagas' (with ``saga_token``, when given) and
+    sample rows in the Directus at ``base_url``.
 
     ``rows`` gives sample rows per entity type (``True``: :data:`DEFAULT_ROWS`, ``False``: no
     rows, only schema and user); ``source`` limits seeding to entity types of
@@ -100,6 +113,10 @@ async def seed_directus(
     started = time.monotonic()
     if len(service_token) < 16:
         raise StackError("the Directus service token must be at least 16 characters long")
+    if saga_token is not None and len(saga_token) < 16:
+        raise StackError("the Directus saga token must be at least 16 characters long")
+    if saga_token == service_token:
+        raise StackError("the saga token must differ from the adapters' read-only token")
     entities = directus_entities(domain, source)
     if not entities:
         raise StackError(
@@ -114,6 +131,8 @@ async def seed_directus(
         changed |= await ensure_service_user(
             api, collections, service_email, service_token, progress
         )
+        if saga_token is not None:
+            changed |= await ensure_saga_user(api, collections, saga_email, saga_token, progress)
         per_type: Mapping[str, int] = (
             (DEFAULT_ROWS if rows else dict.fromkeys(entities, 0))
             if isinstance(rows, bool)
@@ -127,6 +146,7 @@ async def seed_directus(
     return SeedResult(
         service_email=service_email,
         service_token=service_token,
+        saga_email=saga_email if saga_token is not None else None,
         counts=counts,
         created=created,
         changed_schema=changed,
