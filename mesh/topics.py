@@ -25,6 +25,7 @@ from typing import Any, Literal
 from mesh.deadletter import dead_letter_topic
 from mesh.domain import DomainConfig
 from mesh.runtime.generation import GENERATION_TOPIC_CONFIG, generation_topic
+from mesh.sagas.events import SAGA_CHANGED_TOPIC
 from mesh.settings import Settings
 from mesh.sources.rereads import REREAD_PARTITIONS, REREAD_TOPIC_CONFIG, reread_topic
 
@@ -106,6 +107,16 @@ def fleet_topics(
             dict(REREAD_TOPIC_CONFIG),
         )
     )
+    if settings.sagas:
+        # Every saga transition (mesh.sagas.events), for consumers that follow sagas.
+        topics.append(
+            FleetTopic(
+                SAGA_CHANGED_TOPIC,
+                partitions,
+                "saga transitions",
+                {"cleanup.policy": "delete", "retention.ms": 30 * DAY_MS},
+            )
+        )
     # Faust's partition assignor elects its leader through this one-partition topic.
     topics.append(FleetTopic(f"{settings.app_id}-__assignor-__leader", 1, "group leader"))
     # The fleet generation the shared cache is filed under (mesh.runtime.generation): one
