@@ -190,12 +190,17 @@ def test_the_seed_is_the_tooling_image_and_the_workers_the_runtime(
 def test_the_workers_use_the_token_the_seed_gives_the_service_user(
     services: dict[str, Service], workers: dict[str, Service]
 ) -> None:
-    seeded = environment(services["seed"])["MESH_DIRECTUS_TOKEN"]
-    match = DEFAULT.match(seeded)
-    assert match, f"the token should come from a variable with a dev default, got {seeded!r}"
-    assert len(match.group(2)) >= 16  # what `mesh seed` accepts
-    for name, worker in workers.items():
-        assert environment(worker)["MESH_DIRECTUS_TOKEN"] == seeded, name
+    # The adapters' token and the sagas' (their own role): what the seed creates is what
+    # every worker uses, and they differ.
+    for variable in ("MESH_DIRECTUS_TOKEN", "MESH_DIRECTUS_WRITE_TOKEN"):
+        seeded = environment(services["seed"])[variable]
+        match = DEFAULT.match(seeded)
+        assert match, f"{variable} should come from a variable with a dev default: {seeded!r}"
+        assert len(match.group(2)) >= 16  # what `mesh seed` accepts
+        for name, worker in workers.items():
+            assert environment(worker)[variable] == seeded, (name, variable)
+    seed = environment(services["seed"])
+    assert seed["MESH_DIRECTUS_TOKEN"] != seed["MESH_DIRECTUS_WRITE_TOKEN"]
 
 
 def test_every_image_is_pinned_to_an_exact_version(services: dict[str, Service]) -> None:
