@@ -14,6 +14,7 @@ OTHER_VARIABLES = frozenset(
     {
         "MESH_DIRECTUS_URL",  # expanded in the domain config (sources[].url)
         "MESH_DIRECTUS_TOKEN",  # named by the domain config (sources[].token_env)
+        "MESH_DIRECTUS_WRITE_TOKEN",  # named by the domain config (sources[].write_token_env)
         # The standard OpenTelemetry variables (mesh/observability/tracing.py reads them).
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
