@@ -60,18 +60,26 @@ class SagaEngine:
         self.dead_letter = dead_letter
 
     async def persist(
-        self, state: SagaState, event: Event, step: str | None = None, error: str | None = None
+        self,
+        state: SagaState,
+        event: Event,
+        step: str | None = None,
+        error: str | None = None,
+        *,
+        publish: bool = True,
     ) -> None:
-        """Record a transition, persist it, then publish it."""
+        """Record a transition, persist it, then publish it (unless ``publish`` is off:
+        :meth:`drive` publishes a saga's last transition when it begins)."""
         state.record(event, step, error)
         await self.store.put(state)
         self.faults.reached(f"{event.value}:{step or ''}".rstrip(":"))
-        await self.events.publish(state)
+        if publish:
+            await self.events.publish(state)
 
     async def drive(self, state: SagaState) -> SagaState:
         """Run ``state`` to a final status (or until cancelled: the state stays resumable)."""
         definition = self.definitions[state.saga_type]
-        if state.history:  # resumed: its last transition may not have been published
+        if state.history:  # new or resumed: its last transition may not be published yet
             await self.events.publish(state)
         self.metrics.running.inc()
         try:

@@ -207,9 +207,9 @@ class Sagas:
             return existing
         definition = self.definitions[saga_type]
         state = SagaState(sid, saga_type, tenant, order, time.time() + definition.deadline_s)
-        await self.engine.persist(state, Event.STARTED)
+        await self.engine.persist(state, Event.STARTED, publish=False)
         self.metrics.started.labels(saga_type).inc()
-        self._drive(state)
+        self._drive(state)  # publishes STARTED first: a failed publish is retried with it
         return state
 
     async def get(self, tenant: str, sid: str) -> SagaState | None:
