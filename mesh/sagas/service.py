@@ -17,6 +17,8 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pydantic import SecretStr
+
 from mesh.catalog.reader import CatalogReader
 from mesh.codec import RegistryClient
 from mesh.context import MeshContext
@@ -99,8 +101,6 @@ class Sagas:
                 f"sagas cannot write to source {spec.name}: set its write token "
                 f"({env or 'write_token_env in the domain config'})"
             )
-        from pydantic import SecretStr
-
         client = DirectusClient(
             spec.url,
             DirectusAuth.static(SecretStr(token), from_env=env),
