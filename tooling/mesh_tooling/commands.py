@@ -56,6 +56,13 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         from mesh_tooling.bench.recovery import run_recovery
 
         return run_recovery(settings, args.entities, args.replay)
+    if args.bench == "saga":
+        from mesh_tooling.bench.saga import run_saga
+
+        return run_saga(
+            _dev_settings(), sagas=args.sagas, concurrency=args.concurrency, lines=args.lines,
+            workers=args.workers, products=args.products, rounds=args.rounds,
+        )  # fmt: skip
     if args.bench == "mirror":
         from mesh.domain import load_domain
         from mesh_tooling.bench.mirror import bench_mirror
@@ -197,6 +204,27 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--replay", action="store_true", help="also rebuild by Faust's record-by-record replay"
     )
     recovery.set_defaults(run=_cmd_bench)
+    saga = benches.add_parser(
+        "saga",
+        help="place-order sagas/s, p50/p99 vs their Directus requests sent directly",
+        description=(
+            "Starts a broker, registry, a Directus of its own (on a fresh database of the "
+            "Postgres at MESH_DATABASE_URL, else 127.0.0.1:5432, else a throwaway one) and "
+            "workers; places orders through GraphQL placeOrder and waits for each saga's end, "
+            "then sends the same orders' Directus requests directly (the saga's own steps "
+            "without the engine) at the same concurrency: sagas/s, p50/p99 completion time, "
+            "their ratio (target >= 0.8), CPU per order by process."
+        ),
+    )
+    saga.add_argument("--sagas", type=int, default=120, help="orders per path and round")
+    saga.add_argument("--concurrency", type=int, default=8, help="orders in flight")
+    saga.add_argument("--lines", type=int, default=2, help="lines (distinct products) per order")
+    saga.add_argument("--workers", type=int, default=2, help="workers in the fleet")
+    saga.add_argument("--products", type=int, default=50, help="products the lines are drawn from")
+    saga.add_argument(
+        "--rounds", type=int, default=2, help="rounds of the two paths, alternated (default: 2)"
+    )
+    saga.set_defaults(run=_cmd_bench)
     mirror = benches.add_parser("mirror", help="Postgres mirror rows/s vs consume-only")
     mirror.add_argument("--events", type=int, default=50_000, help="change events to mirror")
     mirror.set_defaults(run=_cmd_bench)
