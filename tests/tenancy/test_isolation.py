@@ -300,7 +300,7 @@ async def _read_everything(
     matrix.check(reader, other, f"REST types on {where}", types)
     source = "directus" if reader == "default" else "directus_beta"
     assert {t["name"]: t["source"] for t in types["types"]} == dict.fromkeys(
-        ("customer", "product", "invoice", "invoice_item"), source
+        ("customer", "product", "invoice", "invoice_item", "reservation"), source
     )
 
 
