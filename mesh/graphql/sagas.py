@@ -98,9 +98,11 @@ def saga_fields(sagas: Any) -> tuple[dict[str, Any], type[graphene.ObjectType]]:
         return Saga.of(state)
 
     async def resolve_sagas(
-        root: Any, info: Any, first: int = 20, after: str | None = None, status: Any = None
+        root: Any, info: Any, first: int | None = 20, after: str | None = None, status: Any = None
     ) -> dict[str, Any]:
         wanted = None if status is None else getattr(status, "value", status)
+        first = 20 if first is None else first
+        after = after or None
         try:
             found, more = await sagas.list(_loader(info).tenant, wanted, first, after)
         except SagaInputError as exc:

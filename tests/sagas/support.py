@@ -97,17 +97,41 @@ class Shelf:
     stock: int
 
 
+MADE: dict[str, list[int]] = {"customers": [], "products": []}
+"""What the saga tests made in the session's Directus (removed by :func:`remove_made`)."""
+
+
 async def new_product(admin: DirectusAdmin, stock: int, price: str = "12.50") -> Shelf:
     tag = uuid.uuid4().hex[:8]
     item = await admin.create(
         "products", {"sku": f"T-{tag}", "name": f"Test {tag}", "price": price, "stock": stock}
     )
+    MADE["products"].append(int(item["id"]))
     return Shelf(int(item["id"]), stock)
 
 
 async def new_customer(admin: DirectusAdmin, status: str = "active") -> int:
     item = await admin.create("customers", {"name": f"Buyer {time.time_ns()}", "status": status})
+    MADE["customers"].append(int(item["id"]))
     return int(item["id"])
+
+
+async def remove_made(admin: DirectusAdmin) -> None:
+    """Delete what the tests made and what their sagas wrote (the session's Directus is
+    shared: other tests compare its rows, e.g. the tenancy tests' two tenants)."""
+    customers, products = MADE["customers"], MADE["products"]
+    if products:
+        for row in await rows_of(admin, "invoice_items", {"product": {"_in": products}}):
+            await admin.delete("invoice_items", row["id"])
+        for row in await rows_of(admin, "reservations", {"product": {"_in": products}}):
+            await admin.delete("reservations", row["id"])
+    if customers:
+        for row in await rows_of(admin, "invoices", {"customer": {"_in": customers}}):
+            await admin.delete("invoices", row["id"])
+    for collection in ("products", "customers"):
+        for item in MADE[collection]:
+            await admin.delete(collection, item)
+        MADE[collection].clear()
 
 
 async def stock_of(admin: DirectusAdmin, product: int) -> int:

@@ -32,6 +32,7 @@ from tests.sagas.support import (
     new_customer,
     new_product,
     place,
+    remove_made,
     rows_of,
     stock_of,
 )
@@ -97,6 +98,7 @@ async def crashing(
             directus=seeded, registry_url=registry_url, partitions=2,
             env={"MESH_SAGA_DEADLINE_S": "120"},
         )  # fmt: skip
+        cleanup.push_async_callback(remove_made, admin)
         yield Crashing(worker, admin, root / "markers")
 
 

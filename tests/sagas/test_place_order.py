@@ -30,6 +30,7 @@ from tests.sagas.support import (
     new_customer,
     new_product,
     place,
+    remove_made,
     rows_of,
     stock_of,
 )
@@ -67,6 +68,7 @@ async def shop(
             cleanup, app_id=APP_ID, root=root, names=("sg-a", "sg-b"), directus=seeded,
             registry_url=registry_url, partitions=4, env={"MESH_SAGA_DEADLINE_S": "30"},
         )  # fmt: skip
+        cleanup.push_async_callback(remove_made, admin)
         yield Shop(workers, admin)
 
 
