@@ -68,6 +68,15 @@ async def test_the_bench_completes_every_saga_and_reports_the_ratio(postgres_url
         assert phase.cpu_s["Directus"] > 0  # its process was found by its port
         assert phase.cpu_s["client"] > 0
     ceiling, sagas = run.phases
+    # The ceiling counts its requests: its writes are the ones Directus logged.
+    logged = {}
+    for request, n in ceiling.requests.items():
+        method, collection = request.split()
+        if method != "GET":
+            logged[f"{collection} {'create' if method == 'POST' else 'update'}"] = n
+    assert logged == ceiling.writes
+    assert ceiling.requests["GET reservations"] >= 12  # each line's row looked up first
+    assert not sagas.requests  # the workers' requests are not counted here
     assert sagas.statuses == {"COMPLETED": 6}  # as GraphQL saga(id) answers
     assert list(ceiling.parts_ms) == list(STEPS[1:])  # no catalog check without the engine
     assert set(sagas.parts_ms) == {PLACED, *STEPS, BETWEEN, SEEN}
@@ -82,6 +91,7 @@ async def test_the_bench_completes_every_saga_and_reports_the_ratio(postgres_url
     assert any(line.startswith("round 1 sagas  :") for line in lines)
     assert any("statuses read back through GraphQL saga(id): COMPLETED 6" in x for x in lines)
     assert any(line.strip().startswith("CPU ms per order: client") for line in lines)
+    assert any(line.strip().startswith("Directus requests per order: ") for line in lines)
     assert any(line.strip().startswith("time per order (mean ms): placeOrder") for line in lines)
     [ratio] = ratios(run.phases)
     assert ratio == pytest.approx(sagas.per_s / ceiling.per_s)

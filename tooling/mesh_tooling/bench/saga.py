@@ -290,6 +290,8 @@ class Phase:
     """The other processes' CPU seconds in the phase by command, most first."""
     writes: Counter[str] = field(default_factory=Counter)
     """Directus writes of the sagas' user in the phase, ``"<collection> <action>"``."""
+    requests: Counter[str] = field(default_factory=Counter)
+    """Ceiling: the Directus requests sent, ``"<method> <collection>"``."""
     parts_ms: dict[str, list[float]] = field(default_factory=dict)
     """Where each order's time went (see :func:`timeline`), by part."""
     transitions_ms: list[float] = field(default_factory=list)
@@ -317,12 +319,38 @@ class Phase:
         self.first_error = self.first_error or error
 
 
+class CountingDirectus(SagaDirectus):
+    """The sagas' Directus client, counting the calls the saga steps make, by method and
+    collection (``GET reservations``: a read by query)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+
+    async def items_where(
+        self, collection: str, where: dict[str, Any], *, fields: str = "*", limit: int = -1
+    ) -> list[dict[str, Any]]:
+        self.calls[f"GET {collection}"] += 1
+        return await super().items_where(collection, where, fields=fields, limit=limit)
+
+    async def create_item(self, collection: str, values: dict[str, Any]) -> dict[str, Any]:
+        self.calls[f"POST {collection}"] += 1
+        return await super().create_item(collection, values)
+
+    async def update_item(
+        self, collection: str, item_id: str | int, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls[f"PATCH {collection}"] += 1
+        return await super().update_item(collection, item_id, values)
+
+
 class DirectSagas:
     """The place-order saga's Directus steps run in this process, without the engine: the
     same step functions with a :class:`StockKeeper` of its own (locks, first-touch settle)
     and the sagas' own Directus client, as a worker makes it."""
 
-    def __init__(self, client: SagaDirectus, tenant: str, prices: dict[str, str]) -> None:
+    def __init__(self, client: CountingDirectus, tenant: str, prices: dict[str, str]) -> None:
+        self.client = client
         self.tenant = tenant
         self.prices = prices
         self.stock = StockKeeper(
@@ -737,6 +765,7 @@ class SagaBench(IngestBench):
         assert self.direct is not None
         direct = self.direct
         phase = Phase(CEILING, round_, len(orders))
+        before = Counter(direct.client.calls)
 
         async def each(n: int) -> None:
             started = time.perf_counter()
@@ -751,6 +780,7 @@ class SagaBench(IngestBench):
                 phase.parts_ms.setdefault(step, []).append(ms)
 
         await self._measure(phase, each, len(orders))
+        phase.requests = direct.client.calls - before
         return phase
 
     async def _warm_up(self, orders: list[Order]) -> None:
@@ -848,7 +878,7 @@ class SagaBench(IngestBench):
                 say(f"made {len(customers)} customers and {len(products)} products; waiting "
                     "for the catalog")  # fmt: skip
                 await self._wait_catalog(customers, products)
-                client = SagaDirectus(
+                client = CountingDirectus(
                     target.url, DirectusAuth.static(SecretStr(target.saga_token)),
                     timeout_s=self.source.request_timeout_s, retry=RetryPolicy(0.1, 1.0),
                     max_attempts=1, session=http,
@@ -929,6 +959,12 @@ def _parts(phase: Phase) -> str:
     return ", ".join(out)
 
 
+def _requests(phase: Phase) -> str:
+    n = max(phase.orders, 1)
+    each = ", ".join(f"{what} {count / n:.2g}" for what, count in sorted(phase.requests.items()))
+    return f"{phase.requests.total() / n:.3g} ({each})"
+
+
 def _writes(phase: Phase) -> str:
     n = max(phase.orders, 1)
     return ", ".join(f"{what} {count / n:g}" for what, count in sorted(phase.writes.items()))
@@ -979,6 +1015,8 @@ def report(run: SagaRun) -> list[str]:
         if phase.other_cpu_s:
             lines.append(f"        other processes (share of a core): {_others(phase)}")
         lines.append(f"        Directus writes per order: {_writes(phase) or 'none'}")
+        if phase.requests:
+            lines.append(f"        Directus requests per order: {_requests(phase)}")
         if phase.parts_ms:
             lines.append(f"        time per order (mean ms): {_parts(phase)}")
         if phase.first_error:
