@@ -101,6 +101,9 @@ class Edits:
                 return self.ref("invoice")
             case "invoice_item", "product":
                 return self.ref("product")
+            case ("invoice", "saga_key") | ("invoice_item", "saga_key"):
+                # Unique in Directus (a saga's idempotency key): never the same twice.
+                return rng.choice([None, f"seq-saga-{entity_type}-{n}"])
         raise AssertionError(f"no values for {entity_type}.{name}")
 
     def editable(self, entity_type: str) -> list[str]:
