@@ -210,17 +210,25 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Starts a broker, registry, a Directus of its own (on a fresh database of the "
             "Postgres at MESH_DATABASE_URL, else 127.0.0.1:5432, else a throwaway one) and "
-            "workers; places orders through GraphQL placeOrder and waits for each saga's end, "
-            "then sends the same orders' Directus requests directly (the saga's own steps "
-            "without the engine) at the same concurrency: sagas/s, p50/p99 completion time, "
-            "their ratio (target >= 0.8), CPU per order by process."
+            "workers; then, alternated over rounds at the same concurrency, places orders "
+            "through GraphQL placeOrder, each waited for until its saga ends, and sends the "
+            "same orders' Directus requests directly (the saga's own steps without the "
+            "engine): sagas/s, p50/p99 completion time, their ratio (target >= 0.8), where "
+            "an order's time goes and CPU per order by process. Exit code 1 if any order "
+            "failed or any saga did not complete."
         ),
     )
-    saga.add_argument("--sagas", type=int, default=120, help="orders per path and round")
-    saga.add_argument("--concurrency", type=int, default=8, help="orders in flight")
-    saga.add_argument("--lines", type=int, default=2, help="lines (distinct products) per order")
-    saga.add_argument("--workers", type=int, default=2, help="workers in the fleet")
-    saga.add_argument("--products", type=int, default=50, help="products the lines are drawn from")
+    saga.add_argument(
+        "--sagas", type=int, default=120, help="orders per path and round (default: 120)"
+    )
+    saga.add_argument("--concurrency", type=int, default=8, help="orders in flight (default: 8)")
+    saga.add_argument(
+        "--lines", type=int, default=2, help="lines (distinct products) per order (default: 2)"
+    )
+    saga.add_argument("--workers", type=int, default=2, help="workers in the fleet (default: 2)")
+    saga.add_argument(
+        "--products", type=int, default=50, help="products the lines are drawn from (default: 50)"
+    )
     saga.add_argument(
         "--rounds", type=int, default=2, help="rounds of the two paths, alternated (default: 2)"
     )

@@ -806,10 +806,10 @@ class SagaBench(IngestBench):
         await asyncio.gather(*(client() for _ in range(self.concurrency)))
         assert self.direct is not None
         direct = self.direct
-        pending = iter(range(len(orders)))
+        again = iter(range(len(orders)))
 
         async def direct_client() -> None:
-            for n in pending:
+            for n in again:
                 await direct.place(orders[n])
 
         await asyncio.gather(*(direct_client() for _ in range(self.concurrency)))
