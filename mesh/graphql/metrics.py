@@ -31,9 +31,18 @@ class GraphQLMetrics:
             ["kind"],
             registry=registry,
         )
+        self.executions = Counter(
+            "dictamesh_graphql_executions",
+            "GraphQL operations executed, by executor: plan (compiled once per query, see "
+            "mesh.graphql.plan) or general (graphql-core's, for what no plan covers).",
+            ["executor"],
+            registry=registry,
+        )
         # Resolved once: looking a labelled child up costs more than counting with it.
         self.ok = self.requests.labels(outcome="ok")
         self.failed = self.requests.labels(outcome="errors")
+        self.planned = self.executions.labels(executor="plan")
+        self.general = self.executions.labels(executor="general")
         self._batches = {kind: self.batches.labels(kind=kind) for kind in KINDS}
         self._keys = {kind: self.keys.labels(kind=kind) for kind in KINDS}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from graphql import ExecutionResult, OperationType, execute, get_operation_ast
+from graphql import ExecutionResult, OperationType, get_operation_ast
 
 from mesh.auth.audit import OPERATION
 from mesh.auth.middleware import principal_of
@@ -42,6 +42,7 @@ from mesh.graphql.limits import (
     format_errors,
     run_with_timeout,
 )
+from mesh.graphql.plan import execute
 from mesh.observability.requests import note_graphql
 from mesh.observability.tracing import tracer
 from mesh.runtime.web import Request, Response, View

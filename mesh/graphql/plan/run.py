@@ -1,0 +1,367 @@
+"""Walking a :class:`~.compile.Plan` over the records the request's loader returns.
+
+Values complete exactly as graphql-core completes them (its ``complete_value``): non-null
+checks, lists, leaf serialization with the type's own ``serialize``, errors located with
+the field nodes and path, the null propagated to the nearest nullable parent, and errors
+sorted as its ``build_response`` sorts them. What is cheaper:
+
+* no per-field ``ResolveInfo``, ``Path``, argument coercion and awaitable checks: one info
+  per planned field per request, paths built only for errors, plain leaf values stored as
+  they are (a ``str`` is its own ``String``);
+* no future, coroutine, task or ``gather`` per value still being read: the relation fields
+  (forward references, reverse relations) of one round are read together, as one
+  ``loader.fetch`` of all their keys, requested in the same tick as graphql-core's
+  resolvers request them one by one, so the loader makes the same batches (one per level
+  and owner); once they are read each field takes its values, or its own keys' error,
+  from the loader again, the way its resolver would.
+
+Every other field is resolved by calling its resolver as graphql-core calls it
+(``resolve(source, info, **args)``), so field policies, the loader's tenant, tracing and
+the response cache's recorder behave the same; a resolver's awaitable (a root field's
+coroutine) is awaited as a task with the round it was made in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from types import NoneType
+from typing import Any
+
+from graphql import ExecutionResult, GraphQLError, GraphQLResolveInfo, located_error
+from graphql.execution.values import get_argument_values
+from graphql.pyutils import Undefined, inspect, is_awaitable, is_iterable
+
+from mesh.graphql.loader import Loader
+from mesh.graphql.plan.compile import LEAF, OBJECT, Completion, FieldPlan, Plan, Selection
+from mesh.graphql.reads import Key
+from mesh.graphql.schema import _first, _live_first, _present
+
+__all__ = ["Execution"]
+
+_PLAIN = frozenset({str, int, float, bool, NoneType, dict, list})
+"""Types a resolved value is completed as is, without asking whether it is an awaitable
+or an exception."""
+_MIN_INT, _MAX_INT = -(2**31), 2**31 - 1
+
+# What a read of the round is for: a forward reference's record, a reverse relation's
+# member ids, then its members.
+_FORWARD, _IDS, _MEMBERS = 0, 1, 2
+_THEN: dict[int, Callable[[list[Any]], Any]] = {
+    _FORWARD: _live_first,
+    _IDS: _first,
+    _MEMBERS: _present,
+}
+
+Slot = tuple[Any, "str | int", bool, Any]
+"""Where a completed object or list sits: ``(container, key, nullable, parent slot)``,
+``container[key]`` being the position and ``parent`` the slot of the object or list
+holding it (``None``: the root). Tuples: one is made per object."""
+
+# A read of the round: what it is for, the field, its keys' span in the round's keys,
+# where the value goes (``out[key]`` in the object at ``slot``).
+_Read = tuple[int, FieldPlan, int, int, dict[str, Any], str, "Slot | None"]
+# An awaitable of a resolver: the future (or task), the field, how it completes (the
+# field's completion, or its list's items') and where it goes.
+_Waiting = tuple["asyncio.Future[Any]", FieldPlan, Completion, Any, "str | int", "Slot | None"]
+
+
+class _NullFieldError(Exception):
+    """A non-null position completed to null: its error is recorded, and the nearest
+    nullable position above it becomes null (the exception carries that upwards)."""
+
+
+def _values(found: list[Any]) -> list[Any]:
+    return found
+
+
+def _sort_key(error: GraphQLError) -> Any:
+    # graphql-core's build_response order, so both executors list errors alike.
+    return (error.locations or [], error.path or [], error.message)
+
+
+class Execution:
+    """One request's run of a plan (build one per request, then await :meth:`run`)."""
+
+    def __init__(self, plan: Plan, loader: Loader, variables: dict[str, Any]) -> None:
+        self.plan = plan
+        self.loader = loader
+        self.errors: list[GraphQLError] = []
+        self._keys: list[Key] = []
+        """The keys the round's reads need, in the order the fields asked for them."""
+        self._reads: list[_Read] = []
+        self._waiting: list[_Waiting] = []
+        self._tasks: list[asyncio.Future[Any]] = []
+        self._root_null = False
+        self._infos: list[GraphQLResolveInfo | None] = []
+        self._args: list[dict[str, Any] | Exception | None] = []
+        for f in plan.fields:
+            if f.definition is None:  # __typename
+                self._infos.append(None)
+                self._args.append(None)
+                continue
+            assert f.path is not None
+            self._infos.append(GraphQLResolveInfo(
+                f.name, f.nodes, f.definition.type, f.parent, f.path, plan.schema,
+                plan.fragments, None, plan.operation, variables, loader, is_awaitable,
+            ))  # fmt: skip
+            args: dict[str, Any] | Exception | None = None
+            if f.has_args:
+                try:
+                    args = get_argument_values(f.definition, f.nodes[0], variables)
+                except Exception as exc:  # failed as graphql-core fails it: per field
+                    args = exc
+            self._args.append(args)
+
+    async def run(self) -> ExecutionResult:
+        """Execute the plan: the result graphql-core's ``execute`` would return."""
+        try:
+            data: dict[str, Any] | None = self._object(self.plan.root, None, None)
+        except _NullFieldError:
+            data = None
+        try:
+            while self._reads or self._waiting:
+                await self._round()
+        finally:
+            for task in self._tasks:  # cancelled (timeout): so are the resolvers' tasks
+                if not task.done():
+                    task.cancel()
+        if self._root_null:
+            data = None
+        if not self.errors:
+            return ExecutionResult(data, None)
+        self.errors.sort(key=_sort_key)
+        return ExecutionResult(data, self.errors)
+
+    async def _round(self) -> None:
+        """Read what the last round's fields asked for, then complete them (which asks
+        for the next round's reads)."""
+        reads, keys, waiting = self._reads, self._keys, self._waiting
+        self._reads, self._keys, self._waiting = [], [], []
+        values: Any = None
+        if reads:
+            # One fetch of every key of the round: the same keys in the same tick as the
+            # fields' resolvers would fetch them, so the loader makes the same batches.
+            values = self.loader.fetch(keys, _values)
+        for future in (values, *(entry[0] for entry in waiting)):
+            if isinstance(future, asyncio.Future) and not future.done():
+                await asyncio.wait((future,))
+        if isinstance(values, asyncio.Future):
+            # Failed when any key did: each read then asks for its own keys again (read
+            # now), and only those whose keys failed fail.
+            values = None if values.exception() is not None else values.result()
+        for entry in waiting:
+            self._resume(entry)
+        for read in reads:
+            self._read(read, keys, values)
+
+    # -- resolving ---------------------------------------------------------------------
+
+    def _object(self, selection: Selection, source: Any, slot: Slot | None) -> dict[str, Any]:
+        """The completed fields of one object; :class:`_NullFieldError` when a non-null one
+        is null."""
+        out: dict[str, Any] = {}
+        infos, args = self._infos, self._args
+        for f in selection.fields:
+            key = f.key
+            try:
+                if f.relation is not None:
+                    self._relation(f, source, out, slot)
+                    continue
+                if f.definition is None:
+                    out[key] = selection.type_name  # __typename
+                    continue
+                if f.has_args:
+                    given = args[f.index]
+                    if isinstance(given, Exception):
+                        raise given
+                    value = f.resolve(source, infos[f.index], **(given or {}))
+                else:
+                    value = f.resolve(source, infos[f.index])
+            except Exception as exc:
+                self._failed(f, f.completion, exc, key, slot)
+                out[key] = None
+                continue
+            kind = type(value)
+            if kind is f.same:  # a plain leaf value: its own serialization
+                out[key] = value
+                continue
+            if kind not in _PLAIN and is_awaitable(value):
+                out[key] = None  # set when awaited; placed now to keep the key order
+                self._wait(value, f, f.completion, out, key, slot)
+                continue
+            out[key] = self._complete(f, f.completion, value, out, key, slot)
+        return out
+
+    def _relation(self, f: FieldPlan, source: Any, out: dict[str, Any], slot: Slot | None) -> None:
+        """Ask for a relation field's keys in this round (its resolver's first fetch)."""
+        relation = f.relation
+        assert relation is not None
+        key = relation.key(source)
+        if key is None:  # a forward reference to nothing
+            out[f.key] = self._complete(f, f.completion, None, out, f.key, slot)
+            return
+        out[f.key] = None  # set when read; placed now to keep the key order
+        start = len(self._keys)
+        self._keys.append(key)
+        what = _IDS if f.reverse else _FORWARD
+        self._reads.append((what, f, start, start + 1, out, f.key, slot))
+
+    def _read(self, read: _Read, keys: list[Key], values: list[Any] | None) -> None:
+        """Complete a field whose keys were read in the round (or read its members)."""
+        what, f, start, end, out, key, slot = read
+        then = _THEN[what]
+        try:
+            if values is not None:
+                value = then(values[start:end])
+            else:  # some key of the round failed: were this field's?
+                value = self.loader.fetch(keys[start:end], then)
+                if isinstance(value, asyncio.Future):
+                    # Read already, so settled: its own keys' error, as its resolver gets.
+                    value = value.result()
+            if what == _IDS:
+                assert f.reverse is not None
+                members = [Key("entity", f.reverse.child, i) for i in value]
+                if members:
+                    start = len(self._keys)
+                    self._keys.extend(members)
+                    self._reads.append((_MEMBERS, f, start, start + len(members), out, key, slot))
+                    return
+                value = []
+        except Exception as exc:
+            try:
+                self._failed(f, f.completion, exc, key, slot)
+            except _NullFieldError:
+                self._null(slot)
+            return
+        try:
+            out[key] = self._complete(f, f.completion, value, out, key, slot)
+        except _NullFieldError:
+            self._null(slot)
+
+    def _wait(
+        self, value: Any, f: FieldPlan, c: Completion, container: Any, key: str | int,
+        parent: Slot | None,
+    ) -> None:  # fmt: skip
+        future = value if isinstance(value, asyncio.Future) else asyncio.ensure_future(value)
+        if future is not value:
+            self._tasks.append(future)
+        self._waiting.append((future, f, c, container, key, parent))
+
+    def _resume(self, entry: _Waiting) -> None:
+        """Complete a resolver's awaited value."""
+        future, f, c, container, key, parent = entry
+        try:
+            value = future.result()
+        except Exception as exc:
+            try:
+                self._failed(f, c, exc, key, parent)
+            except _NullFieldError:
+                self._null(parent)
+            return
+        try:
+            container[key] = self._complete(f, c, value, container, key, parent)
+        except _NullFieldError:
+            self._null(parent)
+
+    # -- completing --------------------------------------------------------------------
+
+    def _complete(
+        self, f: FieldPlan, c: Completion, value: Any, container: Any, key: str | int,
+        parent: Slot | None,
+    ) -> Any:  # fmt: skip
+        """``value`` completed for the position ``container[key]`` (graphql-core's
+        ``complete_value``); :class:`_NullFieldError` when it is null but may not be."""
+        try:
+            if value is None or value is Undefined:
+                if c.nonnull:
+                    raise TypeError(
+                        f"Cannot return null for non-nullable field {f.parent.name}.{f.name}."
+                    )
+                return None
+            if type(value) not in _PLAIN and isinstance(value, Exception):
+                raise value
+            kind = c.kind
+            if kind == LEAF:
+                same = c.same
+                if type(value) is same:
+                    plain: Any = value  # its own serialization, within Int and Float's range
+                    if same is int:
+                        if _MIN_INT <= plain <= _MAX_INT:
+                            return plain
+                    elif same is not float or math.isfinite(plain):
+                        return plain
+                assert c.leaf is not None
+                serialized = c.leaf.serialize(value)
+                if serialized is Undefined or serialized is None:
+                    raise TypeError(
+                        f"Expected `{inspect(c.leaf)}.serialize({inspect(value)})`"
+                        f" to return non-nullable value, returned: {inspect(serialized)}"
+                    )
+                return serialized
+            if kind == OBJECT:
+                assert c.selection is not None
+                return self._object(c.selection, value, (container, key, not c.nonnull, parent))
+            return self._list(f, c, value, container, key, parent)
+        except _NullFieldError:
+            if c.nonnull:
+                raise
+            return None
+        except Exception as exc:
+            self._failed(f, c, exc, key, parent)
+            return None
+
+    def _list(
+        self, f: FieldPlan, c: Completion, value: Any, container: Any, key: str | int,
+        parent: Slot | None,
+    ) -> list[Any]:  # fmt: skip
+        if type(value) is not list and not is_iterable(value):
+            raise GraphQLError(
+                f"Expected Iterable, but did not find one for field '{f.parent.name}.{f.name}'."
+            )
+        item = c.item
+        assert item is not None
+        slot = (container, key, not c.nonnull, parent)
+        out: list[Any] = []
+        append = out.append
+        for index, each in enumerate(value):
+            if type(each) not in _PLAIN and is_awaitable(each):
+                append(None)
+                self._wait(each, f, item, out, index, slot)
+                continue
+            append(self._complete(f, item, each, out, index, slot))
+        return out
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _failed(
+        self, f: FieldPlan, c: Completion, exc: Exception, key: str | int, parent: Slot | None
+    ) -> None:
+        """Record ``exc`` at ``parent``'s path plus ``key``; :class:`_NullFieldError` when
+        the position may not be null (else its value is null)."""
+        if isinstance(exc, _NullFieldError):
+            raise exc
+        self.errors.append(located_error(exc, f.nodes, self._path(parent, key)))
+        if c.nonnull:
+            raise _NullFieldError from None
+
+    @staticmethod
+    def _path(slot: Slot | None, key: str | int) -> list[str | int]:
+        keys = [key]
+        while slot is not None:
+            keys.append(slot[1])
+            slot = slot[3]
+        keys.reverse()
+        return keys
+
+    def _null(self, slot: Slot | None) -> None:
+        """The object or list at ``slot`` is null: so is the nearest nullable position at or
+        above it (the whole ``data`` at the root)."""
+        while slot is not None:
+            container, key, nullable, parent = slot
+            if nullable:
+                container[key] = None
+                return
+            slot = parent
+        self._root_null = True
