@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     graphql_timeout_s: float = Field(default=5.0, gt=0, le=600)
     graphql_cache_mb: int = Field(default=64, ge=0, le=65_536)
     """Memory for whole GraphQL responses per worker; 0 turns the response cache off."""
+    cache_lease_s: float = Field(default=2.0, ge=0.2, le=60)
+    """How long a worker's lease on another's invalidations runs (renewed every quarter of
+    it): the longest a change waits for a worker that stopped answering, before it is
+    written without telling it (see :mod:`mesh.cache.leases`)."""
 
     # --- authentication -----------------------------------------------------------
     auth: Literal["jwt", "off"] = "jwt"
@@ -174,8 +178,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     """Postgres for the mirror; unset: no mirror (the dev stack starts a throwaway one)."""
     redis_url: SecretStr | None = None
-    """Redis for the fleet's shared cache of cross-worker reads; unset: each worker
-    caches only responses built from its own partitions."""
+    """Redis for the fleet's shared cache of cross-worker reads; unset: a worker reads
+    other workers' keys from them (responses are cached either way)."""
     cache_ttl_s: int = Field(default=300, ge=1, le=86_400)
     """How long Redis keeps a cached read nobody changes or reads."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CACHES = ("response", "shared")
@@ -40,6 +40,13 @@ class CacheMetrics(Collector):
             ["operation"],
             registry=registry,
         )
+        self.pushes = Counter(
+            "dictamesh_cache_peer_pushes",
+            "Changed keys pushed to a worker holding a lease on them, by result (ok; "
+            "failed: the lease was revoked and the change waited for it to end).",
+            ["result"],
+            registry=registry,
+        )
         # Resolved once: looking a labelled child up costs more than counting with it.
         self._lookups = {
             (cache, result): self.lookups.labels(cache=cache, result=result)
@@ -50,6 +57,8 @@ class CacheMetrics(Collector):
         self.misses = dict.fromkeys(CACHES, 0)
         self.response_bytes = response_bytes
         self.generation = generation
+        self.lease_starts: Callable[[], int] = lambda: 0
+        """Leases taken without an unbroken one before (set with the leases)."""
         registry.register(self)
 
     def hit(self, cache: str, n: int = 1) -> None:
@@ -64,7 +73,7 @@ class CacheMetrics(Collector):
             self.misses[cache] += n
             self._lookups[(cache, "miss")].inc(n)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         ratio = GaugeMetricFamily(
             "dictamesh_cache_hit_ratio",
             "Hits / lookups since the worker started (0 before any lookup).",
@@ -89,3 +98,10 @@ class CacheMetrics(Collector):
         if current is not None:
             generation.add_metric([current], 1.0)
         yield generation
+        yield CounterMetricFamily(
+            "dictamesh_cache_lease_starts",
+            "Leases on another worker's changes taken afresh (a new peer, or after one "
+            "lapsed or was revoked): each makes every stored response that read other "
+            "workers' keys unservable. Climbing steadily: peers miss their renewals.",
+            value=float(self.lease_starts()),
+        )

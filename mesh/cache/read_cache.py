@@ -5,8 +5,11 @@ The guarantee: once the catalog has written a change, no request that starts lat
 answered from a cache with the value before it. The catalog calls :meth:`invalidate`
 with the keys of each batch after Kafka acknowledged the batch and before it writes the
 batch to RocksDB: first in Redis (the owner waits, retrying, while Redis does not answer:
-skipping it could let a cached value outlive its change), then in this worker's memory
-with no ``await`` between that and the write.
+skipping it could let a cached value outlive its change), then to every worker holding a
+lease (:mod:`mesh.cache.peers`), then in this worker's memory with no ``await`` between
+that and the write. While it does, the keys are *pending*: a peer reading one of them
+from this worker is told so, and neither stores it in Redis nor caches a response built
+from it (the old value is still the one in the table).
 
 Redis keys are filed under the fleet generation (:mod:`mesh.cache.generation`), so that
 what Redis holds from before Kafka's state was recreated is never read again.
@@ -25,6 +28,7 @@ from redis.exceptions import RedisError
 
 from mesh.cache.generation import FleetGeneration
 from mesh.cache.metrics import CacheMetrics
+from mesh.cache.peers import PeerInvalidations
 from mesh.cache.responses import Recorder, ResponseCache
 from mesh.cache.shared import SharedCache
 from mesh.runtime.generation import GenerationTopic, generation_topic, read_generation
@@ -53,7 +57,10 @@ class ReadCache:
         self.shared = shared
         self.metrics = metrics
         self.generation = generation
+        self.peers: PeerInvalidations | None = None
+        """Leases and pushes between workers; set once the fleet router exists."""
         self._under: tuple[str, SharedCache] | None = None
+        self._pending: dict[bytes, int] = {}
 
     def _redis(self) -> SharedCache | None:
         """The shared cache under the generation this worker knows for certain; ``None``
@@ -74,23 +81,23 @@ class ReadCache:
             self.responses.clear()
 
     def start(self) -> None:
-        """Read the fleet generation (in the background) when Redis is used."""
+        """Read the fleet generation (in the background) when Redis is used; renew the
+        leases on peers' changes (in the background) when responses are cached."""
         if self.generation is not None:
             self.generation.check()
+        if self.peers is not None:
+            self.peers.start()
 
     # -- whole responses ---------------------------------------------------------------
 
-    async def response(self, request: Hashable) -> bytes | None:
+    def response(self, request: Hashable) -> bytes | None:
         """The stored response body of ``request`` if it is still current, else ``None``."""
         if self.responses is None:
             return None
         entry = self.responses.get(request)
-        if entry is not None and entry.remote:
-            valid = await self._still_valid(entry.remote)
-            # Checked again after the wait: a local change may have dropped it meanwhile.
-            if not valid or self.responses.get(request) is not entry:
-                self.responses.discard(request)
-                entry = None
+        if entry is not None and entry.owners and not self._covered(entry.owners, entry.epoch):
+            self.responses.discard(request)
+            entry = None
         if entry is None:
             self.metrics.miss("response")
             return None
@@ -99,27 +106,25 @@ class ReadCache:
 
     def record(self) -> Recorder | None:
         """A recorder for a request about to be executed (``None`` when nothing is stored)."""
-        return None if self.responses is None else self.responses.open()
+        if self.responses is None:
+            return None
+        return self.responses.open(0 if self.peers is None else self.peers.held.epoch)
 
     def store(self, request: Hashable, body: bytes, recorder: Recorder) -> None:
         """Store the response of a finished request, if what it read allows."""
-        if self.responses is not None:
-            self.responses.put(request, body, recorder)
+        if self.responses is None:
+            return
+        if recorder.owners and not self._covered(recorder.owners, recorder.epoch):
+            return
+        self.responses.put(request, body, recorder)
 
     def forget(self, recorder: Recorder) -> None:
         """The request ended (its response stored or not): stop recording it."""
         if self.responses is not None:
             self.responses.close(recorder)
 
-    async def _still_valid(self, tokens: dict[bytes, str]) -> bool:
-        shared = self._redis()
-        if shared is None:
-            return False
-        try:
-            return await shared.still_valid(tokens)
-        except (RedisError, OSError) as exc:
-            self._failed("validate", exc)
-            return False
+    def _covered(self, owners: frozenset[str] | set[str], epoch: int) -> bool:
+        return self.peers is not None and self.peers.covers(owners, epoch)
 
     # -- keys of other workers -----------------------------------------------------------
 
@@ -160,16 +165,37 @@ class ReadCache:
 
     def wants_invalidations(self) -> bool:
         """Whether a batch's keys must be passed to :meth:`invalidate` at all."""
-        return self.shared is not None or (self.responses is not None and self.responses.busy())
+        return (
+            self.shared is not None
+            or (self.responses is not None and self.responses.busy())
+            or (self.peers is not None and self.peers.listening())
+        )
+
+    def pending(self, key: bytes) -> bool:
+        """Whether ``key`` is being invalidated: its stored value is about to change."""
+        return key in self._pending
 
     async def invalidate(self, keys: set[bytes]) -> None:
         """Make every cached read of ``keys`` stale; call right before writing them."""
-        if self.shared is not None and keys:
-            dropped = await self._invalidate_shared(keys)
-            self.metrics.invalidated.labels(cache="shared").inc(dropped)
-        if self.responses is not None:
-            dropped = self.responses.invalidate(keys)
-            self.metrics.invalidated.labels(cache="response").inc(dropped)
+        for key in keys:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        try:
+            if self.shared is not None and keys:
+                dropped = await self._invalidate_shared(keys)
+                self.metrics.invalidated.labels(cache="shared").inc(dropped)
+            if self.peers is not None and keys:
+                await self.peers.push(keys)
+            if self.responses is not None:
+                dropped = self.responses.invalidate(keys)
+                self.metrics.invalidated.labels(cache="response").inc(dropped)
+        finally:
+            # The caller writes with no await after this returns: no read comes between.
+            for key in keys:
+                left = self._pending[key] - 1
+                if left:
+                    self._pending[key] = left
+                else:
+                    del self._pending[key]
 
     async def _invalidate_shared(self, keys: set[bytes]) -> int:
         """Invalidate ``keys`` in Redis under the generation known when this returns:
@@ -211,7 +237,9 @@ class ReadCache:
             self.generation.check()
 
     async def close(self) -> None:
-        """Stop reading the generation; close the Redis connections."""
+        """Stop renewing leases and reading the generation; close the Redis connections."""
+        if self.peers is not None:
+            await self.peers.close()
         if self.generation is not None:
             await self.generation.close()
         if self.shared is not None:

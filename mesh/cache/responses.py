@@ -1,11 +1,12 @@
 """Whole GraphQL responses in the worker's memory, dropped when what they read changes.
 
 A response is stored with the keys it read: the keys of this worker's own partitions
-(``local``) and, for keys read from other workers through the shared cache, the token each
-had in Redis (``remote``). A local key's change drops every response that read it, at once
-and before the change is written (:meth:`ResponseCache.invalidate`). Remote keys cannot be
-watched from here: a hit on a response that read any is checked against Redis first
-(:meth:`mesh.cache.shared.SharedCache.still_valid`).
+(``local``) and those read from other workers (``remote``, with their ``owners``). A key's
+change drops every response that read it, at once and before the change is written
+(:meth:`ResponseCache.invalidate`): a local key's by the catalog here, a remote key's when
+its owner pushes it (:mod:`mesh.cache.peers`). A response that read remote keys is only
+stored and served while this worker holds a lease of each owner, taken before the request
+started (``epoch``, :mod:`mesh.cache.leases`): only then is every change pushed here.
 
 A request still being executed when a key it already read changes may have seen the old
 value: its :class:`Recorder` is marked and the response is not stored.
@@ -26,11 +27,15 @@ class Recorder:
     """What one request read, and whether its response may be stored."""
 
     local: set[bytes] = field(default_factory=set)
-    remote: dict[bytes, str] = field(default_factory=dict)
-    """Keys read from other workers through the shared cache, with their tokens."""
+    remote: set[bytes] = field(default_factory=set)
+    """Keys read from other workers (from them or from Redis)."""
+    owners: set[str] = field(default_factory=set)
+    """The workers owning the ``remote`` keys when they were read."""
+    epoch: int = 0
+    """The lease epoch when the request started (:class:`mesh.cache.leases.HeldLeases`)."""
     cacheable: bool = True
     """False once the response depends on something no invalidation would reach (a list
-    scan, a remote read without the shared cache) or on a value that changed meanwhile."""
+    scan, a value an owner was about to change) or on a value that changed meanwhile."""
 
 
 @dataclass
@@ -38,8 +43,9 @@ class Entry:
     """One stored response."""
 
     body: bytes
-    local: frozenset[bytes]
-    remote: dict[bytes, str]
+    keys: frozenset[bytes]
+    owners: frozenset[str]
+    epoch: int
     size: int
 
 
@@ -67,9 +73,10 @@ class ResponseCache:
             self._entries.move_to_end(request)
         return entry
 
-    def open(self) -> Recorder:
-        """Start recording a request's reads (close it with :meth:`close`)."""
-        recorder = Recorder()
+    def open(self, epoch: int = 0) -> Recorder:
+        """Start recording a request's reads under lease ``epoch`` (close it with
+        :meth:`close`)."""
+        recorder = Recorder(epoch=epoch)
         self._open.add(recorder)
         return recorder
 
@@ -81,14 +88,14 @@ class ResponseCache:
         """Store ``body`` as the response of ``request`` if its recorder allows it."""
         if not recorder.cacheable:
             return False
-        local = frozenset(recorder.local)
-        size = len(body) + _KEY_OVERHEAD * (len(local) + len(recorder.remote))
+        keys = frozenset(recorder.local | recorder.remote)
+        size = len(body) + _KEY_OVERHEAD * len(keys)
         if size > self.max_bytes:
             return False
         self.discard(request)
-        self._entries[request] = Entry(body, local, dict(recorder.remote), size)
+        self._entries[request] = Entry(body, keys, frozenset(recorder.owners), recorder.epoch, size)
         self.bytes += size
-        for key in local:
+        for key in keys:
             self._by_key.setdefault(key, set()).add(request)
         while self.bytes > self.max_bytes:
             self.discard(next(iter(self._entries)))
@@ -100,7 +107,7 @@ class ResponseCache:
         if entry is None:
             return
         self.bytes -= entry.size
-        for key in entry.local:
+        for key in entry.keys:
             requests = self._by_key.get(key)
             if requests is not None:
                 requests.discard(request)
@@ -115,7 +122,9 @@ class ResponseCache:
         """
         changed = keys if isinstance(keys, set | frozenset) else set(keys)
         for recorder in self._open:
-            if recorder.cacheable and not recorder.local.isdisjoint(changed):
+            if recorder.cacheable and not (
+                recorder.local.isdisjoint(changed) and recorder.remote.isdisjoint(changed)
+            ):
                 recorder.cacheable = False
         dropped = 0
         for key in changed & self._by_key.keys():

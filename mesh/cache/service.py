@@ -1,11 +1,14 @@
 """The read caches' part of the worker's life: the fleet generation read at start and on
-every rebalance, responses forgotten on rebalance, Redis closed on stop."""
+every rebalance, leases on peers' changes renewed, responses forgotten on rebalance, Redis
+closed on stop."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from mesh.cache.peers import PeerInvalidations
 from mesh.cache.read_cache import ReadCache, build_read_cache
+from mesh.catalog.router import FleetRouter
 from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
 
@@ -32,6 +35,9 @@ class CacheService(Service):
 def register_read_cache(context: MeshContext) -> None:
     """Build the caches the settings ask for into ``context.cache`` and run their service."""
     cache = build_read_cache(context.settings, context.metrics)
+    cache.peers = PeerInvalidations(
+        FleetRouter(context), cache.responses, cache.metrics, context.settings.cache_lease_s
+    )
     context.cache = cache
 
     class _Cache(CacheService):

@@ -11,8 +11,10 @@ one rule between them, each step one atomic Lua script:
 
 A reader whose fetch raced a change therefore cannot store the old value: the change
 replaced the token it holds. A key evicted or expired meanwhile has no token, which
-matches none either. Responses that read a key remember its token, and a stored response
-is only served while every token it read is still in place (:meth:`still_valid`).
+matches none either. Nor can a fetch the owner answered between its invalidation and
+its write: the answer says the key is pending, and the reader does not store it.
+(Responses that read other workers' keys are kept valid by the owners' pushes,
+:mod:`mesh.cache.peers`, with or without Redis.)
 
 All keys of one call go to one Redis server (no cluster slot routing). The worker files
 its keys under the fleet generation (:meth:`SharedCache.under`,
@@ -63,14 +65,6 @@ for i, key in ipairs(KEYS) do
 end
 return n
 """
-_VALID = """
-for i, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 't') ~= ARGV[i] then
-    return 0
-  end
-end
-return 1
-"""
 _CHUNK = 1000
 """Keys per script call: bounds how long one call holds the (single-threaded) server."""
 
@@ -89,7 +83,6 @@ class SharedCache:
         self._lookup = client.register_script(_LOOKUP)
         self._fill = client.register_script(_FILL)
         self._invalidate = client.register_script(_INVALIDATE)
-        self._valid = client.register_script(_VALID)
 
     def under(self, generation: str) -> SharedCache:
         """The same cache with its keys filed under ``generation`` (sharing the connection
@@ -126,16 +119,6 @@ class SharedCache:
             chunk = names[start : start + _CHUNK]
             dropped += int(await self._invalidate(keys=chunk, args=[secrets.token_hex(8)]))
         return dropped
-
-    async def still_valid(self, tokens: dict[bytes, str]) -> bool:
-        """Whether every key still has the token it had when a response read it."""
-        items = list(tokens.items())
-        for start in range(0, len(items), _CHUNK):
-            chunk = items[start : start + _CHUNK]
-            names = self._names(k for k, _ in chunk)
-            if not int(await self._valid(keys=names, args=[t for _, t in chunk])):
-                return False
-        return True
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -176,11 +176,13 @@ class FleetRouter:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         tenant: str | None = None,
+        timeout_s: float | None = None,
     ) -> PeerAnswer:
         """``method path`` of the worker at ``url`` (``path`` as received: still
         percent-encoded); :class:`UnavailableError` when it does not answer in time.
         ``tenant``: the fleet's call is made for that tenant (a public path answers as
-        that tenant; peer endpoints take the tenant from the body).
+        that tenant; peer endpoints take the tenant from the body). ``timeout_s``: instead
+        of ``MESH_PEER_TIMEOUT_S``.
 
         Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
         """
@@ -199,9 +201,10 @@ class FleetRouter:
             sent.update(self.signer.headers(method, path, data, fleet))
         elif fleet is not None and "Authorization" not in sent:
             sent[TENANT_HEADER] = fleet.tenant  # MESH_AUTH=off: read as that tenant
+        timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self.context.app.http_client.request(
-                method, target, data=data or None, headers=sent, timeout=self.timeout
+                method, target, data=data or None, headers=sent, timeout=timeout
             ) as resp:
                 return PeerAnswer(
                     url, resp.status, await resp.read(), resp.content_type, dict(resp.headers)

@@ -256,16 +256,15 @@ class Loader:
         request per owner, whose answers are then offered to the cache."""
         keys = [key for _, owned in remote for key, _ in owned]
         names = [loc.cache_key for _, owned in remote for _, loc in owned]
+        if self.recorder is not None:
+            # Noted before any await: an owner's push arriving meanwhile must find them.
+            self.recorder.remote.update(names)
+            self.recorder.owners.update(owner for owner, _ in remote)
         found = None if self.cache is None else await self.cache.lookup(names)
         results: dict[Key, Any] = {}
         tokens: dict[Key, tuple[bytes, str]] = {}
-        if found is None:
-            if self.recorder is not None:
-                self.recorder.cacheable = False  # no invalidation would reach this read
-        else:
+        if found is not None:
             for key, name, (token, value) in zip(keys, names, found, strict=True):
-                if self.recorder is not None:
-                    self.recorder.remote[name] = token
                 if value is not None:
                     results[key] = value
                 else:
@@ -273,14 +272,18 @@ class Loader:
         unanswered = [
             (o, [(k, loc) for k, loc in owned if k not in results]) for o, owned in remote
         ]
+        pending: set[Key] = set()
         answers = await asyncio.gather(
-            *(self._remote(owner, owned) for owner, owned in unanswered if owned)
+            *(self._remote(owner, owned, pending) for owner, owned in unanswered if owned)
         )
         for answer in answers:
             results.update(answer)
         if self.cache is not None and tokens:
-            fetched = [(*tokens[k], v) for k, v in results.items()
-                       if k in tokens and not isinstance(v, Exception)]  # fmt: skip
+            fetched = [
+                (*tokens[k], v)
+                for k, v in results.items()
+                if k in tokens and k not in pending and not isinstance(v, Exception)
+            ]
             await self.cache.fill(fetched)
         return results
 
@@ -316,7 +319,11 @@ class Loader:
                 results[key] = UnavailableError(f"reading {key.name} {key.id} failed: {exc!r}")
         return results
 
-    async def _remote(self, owner: str, owned: list[tuple[Key, Location]]) -> dict[Key, Any]:
+    async def _remote(
+        self, owner: str, owned: list[tuple[Key, Location]], pending: set[Key]
+    ) -> dict[Key, Any]:
+        """``owned`` read from ``owner``; the keys it answered as about to change are
+        added to ``pending`` (and the response is not cached)."""
         keys = [key for key, _ in owned]
         self._record("remote", owner, keys)
         body = {"tenant": self.tenant, "keys": [k.as_json() for k in keys]}
@@ -334,6 +341,10 @@ class Loader:
         for key, answer in zip(keys, answers, strict=False):
             if "error" in answer:
                 results[key] = UnavailableError(str(answer["error"]))
-            else:
-                results[key] = answer["value"]
+                continue
+            results[key] = answer["value"]
+            if answer.get("pending"):
+                pending.add(key)
+                if self.recorder is not None:
+                    self.recorder.cacheable = False
         return results

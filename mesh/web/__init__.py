@@ -4,6 +4,7 @@ from mesh.context import MeshContext
 from mesh.observability.requests import observe_requests
 from mesh.runtime.web import web_application
 from mesh.web.auth import register_auth
+from mesh.web.cache_peers import register_cache_peer_views
 from mesh.web.catalog import register_catalog_views
 from mesh.web.graphql import register_graphql_views
 from mesh.web.health import register_health_views
@@ -23,6 +24,7 @@ def register_views(context: MeshContext) -> None:
     register_catalog_views(context)
     register_internal_entities_view(context)
     register_internal_scan_view(context)
+    register_cache_peer_views(context)
     register_relations_check_views(context)
     register_saga_views(context)
     register_graphql_views(context)

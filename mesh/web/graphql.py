@@ -156,7 +156,7 @@ def register_graphql_views(context: MeshContext) -> None:
                     _audience(principal), query, json.dumps(variables, sort_keys=True),
                     operation_name,
                 )  # fmt: skip
-                cached = await use.response(request_key)
+                cached = use.response(request_key)
                 if cached is not None:
                     note_graphql(request, "query")  # only successful queries are cached
                     metrics.ok.inc()

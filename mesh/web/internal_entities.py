@@ -4,7 +4,9 @@
 
 Body ``{"tenant", "keys": [{"kind": "entity"|"relation", "name", "id"}, …]}``; answer ``{"worker",
 "results": [{"value": …} | {"error": "…"}, …]}`` in the keys' order: an entity key's value
-is its stored record (``null`` when never seen), a relation key's the present member ids.
+is its stored record (``null`` when never seen), a relation key's the present member ids;
+``"pending": true`` beside a value that is about to change (its invalidation is under way,
+:mod:`mesh.cache.read_cache`): the caller must not cache it.
 A key this worker does not actively own (the fleet rebalanced since the caller looked)
 answers an error for that key; it is never forwarded again. Internal: workers call it,
 clients use ``/graphql``. ``POST /api/v1/internal/scan``: this worker's part of a list page.
@@ -19,6 +21,7 @@ import json
 from typing import Any
 
 from mesh.auth.middleware import principal_of
+from mesh.cache import ReadCache
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
@@ -42,7 +45,9 @@ def tenant_problem(context: MeshContext, request: Request, tenant: Any) -> str |
     return None
 
 
-def read_batch(reads: LocalReads, tenant: str, raw_keys: list[Any]) -> list[dict[str, Any]]:
+def read_batch(
+    reads: LocalReads, tenant: str, raw_keys: list[Any], cache: ReadCache | None = None
+) -> list[dict[str, Any]]:
     """The answer for each key of ``tenant``, in order (see the module docstring)."""
     results: list[dict[str, Any]] = []
     for raw in raw_keys:
@@ -51,7 +56,11 @@ def read_batch(reads: LocalReads, tenant: str, raw_keys: list[Any]) -> list[dict
             location = reads.locate(key, tenant, forwarded=True)
             if location.owner is not None:
                 raise UnavailableError(f"{key.name} {key.id} is not owned by this worker")
-            results.append({"value": reads.read(key, location)})
+            value = reads.read(key, location)
+            if cache is not None and cache.pending(location.cache_key):
+                results.append({"value": value, "pending": True})
+            else:
+                results.append({"value": value})
         except (UnavailableError, ValueError) as exc:
             results.append({"error": str(exc)})
     return results
@@ -84,7 +93,8 @@ def register_internal_entities_view(context: MeshContext) -> None:
                 return refuse(self, problem)
             if len(keys) > MAX_KEYS:
                 return refuse(self, f"at most {MAX_KEYS} keys per request")
-            answer = {"worker": reader.worker, "results": read_batch(reads, tenant, keys)}
+            results = read_batch(reads, tenant, keys, context.cache)
+            answer = {"worker": reader.worker, "results": results}
             return json_response(self, answer, headers=headers)
 
 

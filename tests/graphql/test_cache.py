@@ -1,9 +1,9 @@
 """The GraphQL caches end to end: repeated queries are answered from them, and no query
 that starts after a change is written answers the value before it.
 
-Two fleets of real workers: two workers sharing a real Redis (``MESH_REDIS_URL``: whole
-responses in each worker, cross-worker reads in Redis), and one worker without Redis (the
-in-process response cache alone). Each change is made by producing its event; once the
+Three fleets of real workers: two workers sharing a real Redis (``MESH_REDIS_URL``: whole
+responses in each worker, cross-worker reads in Redis), two workers without Redis (whole
+responses kept valid by the owners' pushes alone) and one worker without Redis. Each change is made by producing its event; once the
 owner's REST API shows it, every worker must answer it at once, with no retry.
 """
 
@@ -97,19 +97,21 @@ async def hits(fleet: Fleet, cache: str) -> float:
     return total
 
 
-@pytest_asyncio.fixture(scope="module", params=["redis", "memory"])
+@pytest_asyncio.fixture(scope="module", params=["redis", "peers", "memory"])
 async def model(
     request: pytest.FixtureRequest,
     sample_domain: DomainConfig,
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
 ) -> AsyncIterator[Model]:
-    """A fleet (two workers with Redis, or one without) holding customer 1's invoices."""
+    """A fleet (two workers with Redis or without, or one) holding customer 1's invoices."""
     root = tmp_path_factory.mktemp(f"cache-{request.param}")
     if request.param == "redis":
         # Its own key prefix in the shared server: runs never see each other's keys.
         app_id, names = f"cache-{secrets.token_hex(4)}", ["cache-a", "cache-b"]
         env = {"MESH_REDIS_URL": redis_url}
+    elif request.param == "peers":
+        app_id, names, env = "cache-peers", ["cache-c", "cache-d"], {}
     else:
         app_id, names, env = "cache-memory", ["cache-solo"], {}
     async with open_fleet(sample_domain, root, app_id, 4, names, env) as fleet:
@@ -155,7 +157,7 @@ async def test_repeated_queries_are_answered_from_the_caches(model: Model) -> No
     assert await hits(fleet, "response") >= before + len(fleet.workers)
     ratio = await fleet.workers[0].metric("dictamesh_cache_hit_ratio", cache="response")
     assert 0 < ratio <= 1
-    if len(fleet.workers) > 1:
+    if "MESH_REDIS_URL" in fleet.workers[0].env:
         # Every key is another worker's somewhere: a new query text misses the response
         # cache but finds those reads in Redis.
         shared = await hits(fleet, "shared")
