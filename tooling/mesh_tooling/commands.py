@@ -50,7 +50,9 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         return run_graphql(
             settings, args.duration, args.concurrency, args.customers, args.warmup,
-            tracing=args.tracing, rounds=args.rounds,
+            tracing=args.tracing, rounds=args.rounds, redis=args.redis,
+            dev_config=args.dev_config, load_process=args.load_process, only=args.only,
+            workers=args.workers, auth_rounds=args.auth_rounds,
         )  # fmt: skip
     if args.bench == "recovery":
         from mesh_tooling.bench.recovery import run_recovery
@@ -168,6 +170,22 @@ def _add_tracing(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """``1,2`` → ``(1, 2)``: positive integers."""
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of worker counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be positive: {text!r}")
+    return counts
+
+
+def _names(text: str) -> list[str]:
+    """``by-id-cached,nested-uncached`` → the names (checked by the bench)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mesh bench …``: the benchmarks against the local stack."""
     bench = sub.add_parser("bench", help="benchmarks against the local stack")
@@ -188,12 +206,79 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_tracing(ingest, "instead: the catalog's events/s with tracing off, default, 100 %%")
     ingest.set_defaults(run=_cmd_bench)
     graphql = benches.add_parser(
-        "graphql", help="POST /graphql requests/s, p50/p99, 1 and 2 workers"
+        "graphql",
+        help="POST /graphql requests/s, p50/p99, 1 and 2 workers, without and with Redis",
+        description=(
+            "Starts a broker, registry, an OTLP sink and fleets of workers in the production "
+            "configuration (authentication on with the dev issuer's token, audit lines, the "
+            "rate limiter, peer endpoints on their own port, tracing at the default sampler); "
+            "for each worker count and each Redis choice, a fleet of its own measures a "
+            "baseline (POST /api/v1/internal/entities without keys, signed with the fleet "
+            "secret as a peer call) and GraphQL by id and nested, cached and uncached, each "
+            "as a ratio to its fleet's baseline against the issue's targets, with the CPU "
+            "share of the workers, the load generator and the rest in each measured window; "
+            "then the cached read by id with authentication off and on, alternated. Exit "
+            "code 1 if any request failed."
+        ),
     )
-    graphql.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
-    graphql.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    graphql.add_argument("--concurrency", type=int, default=32, help="requests in flight")
-    graphql.add_argument("--customers", type=int, default=1000, help="customers to query by id")
+    graphql.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per scenario (default: 10)"
+    )
+    graphql.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds before measuring (default: 2)"
+    )
+    graphql.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="requests in flight (default: 32; the nested uncached p99 target is at 8)",
+    )
+    graphql.add_argument(
+        "--customers", type=int, default=1000, help="customers to query by id (default: 1000)"
+    )
+    graphql.add_argument(
+        "--redis",
+        metavar="off|on|both|URL",
+        default=None,
+        help="fleets without Redis (off), with it (on: MESH_REDIS_URL), or both, each against "
+        "its own baseline; a redis:// URL: both, with that Redis (default: both when "
+        "MESH_REDIS_URL is set, else off)",
+    )
+    graphql.add_argument(
+        "--workers",
+        type=_counts,
+        default=(1, 2),
+        metavar="N[,N]",
+        help="fleet sizes to measure (default: 1,2)",
+    )
+    graphql.add_argument(
+        "--only",
+        type=_names,
+        default=None,
+        metavar="NAME[,NAME]",
+        help="measure only these of by-id-cached, by-id-uncached, nested-cached, "
+        "nested-uncached and auth-ab (the baseline always; default: all), e.g. "
+        "--only nested-uncached --concurrency 8 --workers 2",
+    )
+    graphql.add_argument(
+        "--load-process",
+        choices=("bench", "separate"),
+        default="bench",
+        help="where the closed-loop load runs: in the bench's process (default) or in a "
+        "separate OS process running the same loop",
+    )
+    graphql.add_argument(
+        "--dev-config",
+        action="store_true",
+        help="workers as the benches used to run them: authentication off, logs at warning, "
+        "tracing as the environment says (the baseline unsigned)",
+    )
+    graphql.add_argument(
+        "--auth-rounds",
+        type=int,
+        default=2,
+        help="rounds of the authentication off/on A/B (default: 2; 0: none)",
+    )
     _add_tracing(graphql, "instead: one worker's requests/s with tracing off, default, 100 %%")
     graphql.set_defaults(run=_cmd_bench)
     recovery = benches.add_parser(
