@@ -133,17 +133,7 @@ class Sagas:
     async def stock_local(
         self, tenant: str, product: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        if request.get("op") == "reserve":
-            return await self.stock.reserve(
-                tenant,
-                str(request["saga_line"]),
-                str(request["saga"]),
-                product,
-                int(request["quantity"]),
-            )
-        if request.get("op") == "release":
-            return await self.stock.release(tenant, str(request["saga_line"]), product)
-        raise SagaInputError(f"unknown stock operation {request.get('op')!r}")
+        return await self.stock.handle(tenant, product, request)
 
     async def _dead_letter(self, state: SagaState) -> None:
         headers = dead_letter_headers(

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mesh.errors import SourceError
+from mesh.errors import SagaInputError, SourceError
 from mesh.sagas.faults import FaultPoints
 from mesh.sagas.metrics import SagaMetrics
 from mesh.sources.directus.client import DirectusClient
@@ -58,6 +58,21 @@ class StockKeeper:
 
     def _lock(self, tenant: str, product: str) -> asyncio.Lock:
         return self._locks.setdefault((tenant, product), asyncio.Lock())
+
+    async def handle(self, tenant: str, product: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A stock request of a saga step (``{"op": "reserve", "saga", "saga_line",
+        "quantity"}`` or ``{"op": "release", "saga_line"}``) for ``product``."""
+        if request.get("op") == "reserve":
+            return await self.reserve(
+                tenant,
+                str(request["saga_line"]),
+                str(request["saga"]),
+                product,
+                int(request["quantity"]),
+            )
+        if request.get("op") == "release":
+            return await self.release(tenant, str(request["saga_line"]), product)
+        raise SagaInputError(f"unknown stock operation {request.get('op')!r}")
 
     async def reserve(
         self, tenant: str, saga_line: str, saga: str, product: str, quantity: int

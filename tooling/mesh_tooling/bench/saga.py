@@ -359,23 +359,13 @@ class DirectSagas:
         services = OrderServices(
             reader=cast(CatalogReader, None),  # only the catalog step reads it: left out
             writer=lambda _tenant: client,
-            stock=self._stock,
+            stock=self.stock.handle,  # what the product's owner does (Sagas.stock_local)
         )
         self.services = services
         definition = place_order(lambda: services, deadline_s=60.0)
         self.steps = [s for s in definition.steps if s.name != CATALOG_STEP]
         if len(self.steps) != len(definition.steps) - 1:
             raise StackError(f"the place-order saga has no step {CATALOG_STEP!r} any more")
-
-    async def _stock(self, tenant: str, product: str, request: dict[str, Any]) -> dict[str, Any]:
-        # What the product's owner does with a reserve request (Sagas.stock_local).
-        return await self.stock.reserve(
-            tenant,
-            str(request["saga_line"]),
-            str(request["saga"]),
-            product,
-            int(request["quantity"]),
-        )
 
     async def place(self, order: Order) -> dict[str, float]:
         """Run the order's Directus steps one after the other, as the engine would; the
