@@ -24,6 +24,7 @@ coroutine) is awaited as a task with the round it was made in.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Callable
 from types import NoneType
@@ -31,7 +32,8 @@ from typing import Any
 
 from graphql import ExecutionResult, GraphQLError, GraphQLResolveInfo, located_error
 from graphql.execution.values import get_argument_values
-from graphql.pyutils import Undefined, inspect, is_awaitable, is_iterable
+from graphql.pyutils import Undefined, is_awaitable, is_iterable
+from graphql.pyutils import inspect as shown
 
 from mesh.graphql.loader import Loader
 from mesh.graphql.plan.compile import LEAF, OBJECT, Completion, FieldPlan, Plan, Selection
@@ -62,9 +64,9 @@ holding it (``None``: the root). Tuples: one is made per object."""
 # A read of the round: what it is for, the field, its keys' span in the round's keys,
 # where the value goes (``out[key]`` in the object at ``slot``).
 _Read = tuple[int, FieldPlan, int, int, dict[str, Any], str, "Slot | None"]
-# An awaitable of a resolver: the future (or task), the field, how it completes (the
-# field's completion, or its list's items') and where it goes.
-_Waiting = tuple["asyncio.Future[Any]", FieldPlan, Completion, Any, "str | int", "Slot | None"]
+# An awaitable of a resolver (a future, or a coroutine started with its round), the field,
+# how it completes (the field's completion, or its list's items') and where it goes.
+_Waiting = tuple[Any, FieldPlan, Completion, Any, "str | int", "Slot | None"]
 
 
 class _NullFieldError(Exception):
@@ -127,6 +129,9 @@ class Execution:
             for task in self._tasks:  # cancelled (timeout): so are the resolvers' tasks
                 if not task.done():
                     task.cancel()
+            for entry in self._waiting:  # never started
+                if inspect.iscoroutine(entry[0]):
+                    entry[0].close()
         if self._root_null:
             data = None
         if not self.errors:
@@ -144,17 +149,46 @@ class Execution:
             # One fetch of every key of the round: the same keys in the same tick as the
             # fields' resolvers would fetch them, so the loader makes the same batches.
             values = self.loader.fetch(keys, _values)
-        for future in (values, *(entry[0] for entry in waiting)):
+        futures: list[asyncio.Future[Any]] = []
+        for entry in waiting:
+            awaitable = entry[0]
+            if not self._alive(entry[3], entry[5]):
+                # Under a position nulled since: graphql-core never awaits it.
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+                continue
+            if not isinstance(awaitable, asyncio.Future):
+                # Started now, as graphql-core's gather starts it after the same tick.
+                awaitable = asyncio.ensure_future(awaitable)
+                self._tasks.append(awaitable)
+            futures.append(awaitable)
+        for future in (values, *futures):
             if isinstance(future, asyncio.Future) and not future.done():
                 await asyncio.wait((future,))
         if isinstance(values, asyncio.Future):
             # Failed when any key did: each read then asks for its own keys again (read
             # now), and only those whose keys failed fail.
             values = None if values.exception() is not None else values.result()
+        started = iter(futures)
         for entry in waiting:
-            self._resume(entry)
+            if self._alive(entry[3], entry[5]):
+                self._resume(next(started), entry)
         for read in reads:
-            self._read(read, keys, values)
+            if self._alive(read[4], read[6]):
+                self._read(read, keys, values)
+
+    def _alive(self, container: Any, slot: Slot | None) -> bool:
+        """Whether ``container`` (an object or list at ``slot``) is still part of the
+        answer: a non-null error since may have nulled it or a position above it."""
+        while slot is not None:
+            holder, key, _, parent = slot
+            try:
+                if holder[key] is not container:
+                    return False
+            except LookupError:  # never placed: its completion failed on a non-null error
+                return False
+            container, slot = holder, parent
+        return not self._root_null
 
     # -- resolving ---------------------------------------------------------------------
 
@@ -244,14 +278,12 @@ class Execution:
         self, value: Any, f: FieldPlan, c: Completion, container: Any, key: str | int,
         parent: Slot | None,
     ) -> None:  # fmt: skip
-        future = value if isinstance(value, asyncio.Future) else asyncio.ensure_future(value)
-        if future is not value:
-            self._tasks.append(future)
-        self._waiting.append((future, f, c, container, key, parent))
+        """Complete ``value``, a resolver's awaitable, when it is done (next round)."""
+        self._waiting.append((value, f, c, container, key, parent))
 
-    def _resume(self, entry: _Waiting) -> None:
+    def _resume(self, future: asyncio.Future[Any], entry: _Waiting) -> None:
         """Complete a resolver's awaited value."""
-        future, f, c, container, key, parent = entry
+        _, f, c, container, key, parent = entry
         try:
             value = future.result()
         except Exception as exc:
@@ -296,8 +328,8 @@ class Execution:
                 serialized = c.leaf.serialize(value)
                 if serialized is Undefined or serialized is None:
                     raise TypeError(
-                        f"Expected `{inspect(c.leaf)}.serialize({inspect(value)})`"
-                        f" to return non-nullable value, returned: {inspect(serialized)}"
+                        f"Expected `{shown(c.leaf)}.serialize({shown(value)})`"
+                        f" to return non-nullable value, returned: {shown(serialized)}"
                     )
                 return serialized
             if kind == OBJECT:
