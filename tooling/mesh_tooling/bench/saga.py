@@ -74,7 +74,7 @@ from mesh.sagas.stock import StockKeeper
 from mesh.sources.directus.client import DirectusAuth
 from mesh.sources.directus.client import DirectusClient as SagaDirectus
 from mesh_tooling.bench.ingest import IngestBench
-from mesh_tooling.bench.load import percentile
+from mesh_tooling.bench.load import LoadResult
 from mesh_tooling.dev.directus import (
     SAGA_EMAIL,
     DirectusClient,
@@ -298,21 +298,27 @@ class Phase:
     """Sagas: each transition persisted and published between two steps."""
 
     @property
+    def window(self) -> LoadResult:
+        """The phase as a measured window of :mod:`~mesh_tooling.bench.load` (an order
+        carried to its end is a correct answer): its count, rate and percentiles."""
+        return LoadResult(self.seconds, self.latencies_ms)
+
+    @property
     def finished(self) -> int:
-        return len(self.latencies_ms)
+        return self.window.requests
 
     @property
     def per_s(self) -> float:
         """Orders carried to their end per second."""
-        return self.finished / self.seconds if self.seconds else 0.0
+        return self.window.per_s
 
     @property
     def p50_ms(self) -> float:
-        return percentile(self.latencies_ms, 0.50)
+        return self.window.p50_ms
 
     @property
     def p99_ms(self) -> float:
-        return percentile(self.latencies_ms, 0.99)
+        return self.window.p99_ms
 
     def fail(self, error: str) -> None:
         self.errors += 1
@@ -973,13 +979,12 @@ def _line(phase: Phase) -> str:
 
 def _pooled(path: str, phases: list[Phase], rounds: int) -> str:
     """One path over all rounds: its orders per second of measuring, percentiles of all."""
-    latencies = [ms for p in phases for ms in p.latencies_ms]
-    seconds = sum(p.seconds for p in phases)
-    rate = len(latencies) / seconds if seconds else 0.0
+    pooled = LoadResult(
+        sum(p.seconds for p in phases), [ms for p in phases for ms in p.latencies_ms]
+    )
     return (
-        f"{path:<7} over {rounds} rounds: {rate:6.1f} sagas/s, p50 "
-        f"{percentile(latencies, 0.5):6.0f} ms, p99 {percentile(latencies, 0.99):6.0f} ms "
-        f"of {len(latencies)} orders"
+        f"{path:<7} over {rounds} rounds: {pooled.per_s:6.1f} sagas/s, p50 "
+        f"{pooled.p50_ms:6.0f} ms, p99 {pooled.p99_ms:6.0f} ms of {pooled.requests} orders"
     )
 
 
