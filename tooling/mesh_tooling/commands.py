@@ -225,7 +225,11 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--duration", type=float, default=10.0, help="seconds per scenario (default: 10)"
     )
     graphql.add_argument(
-        "--warmup", type=float, default=2.0, help="seconds before measuring (default: 2)"
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of load before measuring (default: 2); a cached scenario first asks "
+        "each of its requests once on each worker",
     )
     graphql.add_argument(
         "--concurrency",

@@ -12,6 +12,11 @@ web stack: ``POST /api/v1/internal/entities`` with no keys), then
 
 each twice: as is (answered from the read caches once warm) and with ``Cache-Control:
 no-cache`` (executed against the tables every time); ``only`` picks some of the four.
+A cached scenario is warmed deterministically first: every request its load can send (by
+id: each customer id once; nested: the one query) is sent once to each worker of the fleet
+(each has its own response cache, and the load sends to every worker in turn), from this
+process, ``concurrency`` in flight (:meth:`GraphQLBench._warm`); then the load's own
+time-based warm-up (``--warmup``) before its measured window, as for the uncached ones.
 Each is reported as a ratio to the baseline of its own fleet, against the issue's targets
 (:data:`TARGETS`).
 
@@ -161,7 +166,7 @@ class Scenario:
     """The workers' CPU time per request (µs) in the measured window."""
     tracing: str | None = None
     """With ``--tracing``: the mode (one of ``TRACING_MODES``), its round, and the spans
-    the sink received while the scenario ran (warm-up included)."""
+    the sink received while the scenario ran (its warm-ups included)."""
     round: int = 0
     spans: int = 0
     """In the production configuration, on a fleet's baseline: the spans the fleet
@@ -468,14 +473,50 @@ class GraphQLBench(IngestBench):
                     return False
         return True
 
+    async def _warm(self, spec: LoadSpec) -> tuple[int, str | None]:
+        """Send each of ``spec``'s bodies once to each of its URLs, with ``spec``'s headers
+        and concurrency: the load sends every body to every worker (each client takes the
+        URLs in turn) and each worker has its own response cache, so afterwards a cached
+        scenario's requests all find a stored response, whatever the time-based warm-up.
+        Returns how many failed (as the load counts them) and the first failure."""
+        pairs = iter([(url, body) for body in spec.bodies for url in spec.urls])
+        headers = {"Content-Type": "application/json", **spec.headers}
+        failed: list[str] = []
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            for url, body in pairs:  # shared: each pair is sent by one client only
+                try:
+                    async with http.post(url, data=body, headers=headers) as resp:
+                        answer = await resp.read()
+                        if resp.status != 200:
+                            failed.append(f"HTTP {resp.status}: {answer[:200]!r}")
+                        elif spec.graphql and (b'"errors"' in answer or b'"data"' not in answer):
+                            failed.append(f"GraphQL error: {answer[:200]!r}")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failed.append(f"{type(exc).__name__}: {exc}")
+
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await asyncio.gather(*(client(http) for _ in range(max(1, spec.concurrency))))
+        return len(failed), (f"warming the cache: {failed[0]}" if failed else None)
+
     async def _run(
-        self, procs: list[ManagedProcess], spec: LoadSpec
+        self, procs: list[ManagedProcess], spec: LoadSpec, *, warm: bool = False
     ) -> tuple[LoadResult, CpuFigures]:
         """``spec``'s load (in this process or a separate one, per ``load_process``), and
-        the workers' and the rest's CPU over its measured window."""
+        the workers' and the rest's CPU over its measured window. ``warm`` (the cached
+        scenarios): :meth:`_warm` first, its failures counted as the load's errors."""
+        failed, first = await self._warm(spec) if warm else (0, None)
         window = _Window(procs)
         load = await run_load(spec, process=self.load_process, on_window=window)
+        load.errors += failed
+        load.first_error = first or load.first_error
         return load, window.figures(load)
+
+    def _warmed(self, query: str, workers: int) -> str:
+        """How :meth:`_warm` warms ``query``'s cached scenario on ``workers`` worker(s)."""
+        what = f"each of the {self.customers} ids" if query == "by-id" else "the query"
+        return f"{what} asked once on {'each worker' if workers > 1 else 'the worker'} first"
 
     def _spec(
         self, urls: list[str], bodies: list[bytes], headers: dict[str, str] | None = None
@@ -522,10 +563,12 @@ class GraphQLBench(IngestBench):
                 if selection(name, cached) not in only:
                     continue
                 how = "cached" if cached else "uncached (Cache-Control: no-cache)"
-                print(f"  {name}, {how}, {fleet}: {self.warmup:g} s warm-up, "
+                warmed = f"{self._warmed(name, len(urls))}, then " if cached else ""
+                print(f"  {name}, {how}, {fleet}: {warmed}{self.warmup:g} s warm-up, "
                       f"{self.duration:g} s measured", flush=True)  # fmt: skip
                 headers = {**self.auth_headers, **({} if cached else NO_CACHE)}
-                load, figures = await self._run(procs, self._spec(targets, bodies, headers))
+                spec = self._spec(targets, bodies, headers)
+                load, figures = await self._run(procs, spec, warm=cached)
                 out.append(Scenario(name, load=load, cached=cached, auth=self.production,
                                     **figures, **common))  # fmt: skip
         return out
@@ -543,14 +586,14 @@ class GraphQLBench(IngestBench):
                 for auth in (False, True):
                     self.auth_headers = self._bearer() if auth else {}
                     print(f"  by-id, cached, a new worker, authentication "
-                          f"{'on' if auth else 'off'} (round {n + 1} of {rounds})",
-                          flush=True)  # fmt: skip
+                          f"{'on' if auth else 'off'} (round {n + 1} of {rounds}): "
+                          f"{self._warmed('by-id', 1)}", flush=True)  # fmt: skip
                     env = self._auth_env() if auth else {"MESH_AUTH": "off"}
                     procs, urls = await self._start_workers(
                         1, env=env, tag=f"-ab{n}{int(auth)}", redis_url=redis_url
                     )
                     spec = self._spec([f"{urls[0]}/graphql"], by_id, self.auth_headers)
-                    load, figures = await self._run(procs, spec)
+                    load, figures = await self._run(procs, spec, warm=True)
                     for proc in procs:
                         await proc.stop()
                     out.append(Scenario(AUTH_AB, 1, load, cached=True, auth=auth,
@@ -578,14 +621,15 @@ class GraphQLBench(IngestBench):
         for n in range(rounds):
             for mode in TRACING_MODES[n % 3 :] + TRACING_MODES[: n % 3]:
                 print(f"  a new worker, tracing {mode} (round {n + 1} of {rounds}): by-id "
-                      "cached, nested cached and uncached", flush=True)  # fmt: skip
+                      f"cached ({self._warmed('by-id', 1)}), nested cached "
+                      f"({self._warmed('nested', 1)}) and uncached", flush=True)  # fmt: skip
                 tag = f"-tr{n}{TRACING_MODES.index(mode)}"
                 env = trace_env(mode, self.sink_url)
                 procs, urls = await self._start_workers(1, env=env, tag=tag, redis_url=redis_url)
                 for name, cached, bodies in queries:
                     before = await self.sink_stats()
                     spec = self._spec([f"{urls[0]}/graphql"], bodies, None if cached else NO_CACHE)
-                    load, figures = await self._run(procs, spec)
+                    load, figures = await self._run(procs, spec, warm=cached)
                     spans = (await self.sink_stats())["spans"] - before["spans"]
                     out.append(Scenario(name, 1, load, cached=cached, tracing=mode,
                                         round=n + 1, spans=spans, concurrency=self.concurrency,
