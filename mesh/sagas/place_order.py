@@ -145,19 +145,17 @@ async def release_stock(ctx: StepContext) -> None:
         await services.stock(ctx.tenant, line["product"], request)
 
 
-async def _find_or_create(
+async def _create_or_find(
     directus: DirectusClient, collection: str, values: dict[str, Any]
 ) -> dict[str, Any]:
-    where = {"saga_key": {"_eq": values["saga_key"]}}
-    found = await directus.items_where(collection, where)
-    if found:
-        return found[0]
+    """The new item; or, when Directus refuses it as a second item of its ``saga_key``
+    (an earlier attempt made it), that item."""
     try:
         return await directus.create_item(collection, values)
     except SourceError as exc:
         if exc.code != "RECORD_NOT_UNIQUE":
             raise
-    found = await directus.items_where(collection, where)
+    found = await directus.items_where(collection, {"saga_key": {"_eq": values["saga_key"]}})
     if not found:
         raise UnavailableError(f"{collection} {values['saga_key']} is both taken and missing")
     return found[0]
@@ -169,7 +167,7 @@ async def create_invoice(ctx: StepContext) -> dict[str, Any]:
     prices: dict[str, str] = ctx.data["check_order"]["prices"]
     lines = ctx.input["lines"]
     total = sum((Decimal(prices[line["product"]]) * line["quantity"] for line in lines), Decimal(0))
-    invoice = await _find_or_create(
+    invoice = await _create_or_find(
         directus,
         INVOICES,
         {
@@ -181,7 +179,7 @@ async def create_invoice(ctx: StepContext) -> dict[str, Any]:
         },
     )
     for n, line in enumerate(lines):
-        await _find_or_create(
+        await _create_or_find(
             directus,
             INVOICE_ITEMS,
             {

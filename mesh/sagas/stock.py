@@ -3,9 +3,10 @@
 Directus 10.10 has no atomic compare-and-set (an update by query re-checks nothing), so
 every reservation of a product is made by the worker that owns the product's partition,
 one after another (a lock per product): a single writer. Each reservation is a row of the
-``reservations`` collection whose ``saga_line`` (saga id + line) is unique, so a retried
-reservation finds its row instead of making a second one, and whose ``status`` and
-``stock_expected`` (the stock once the pending change is applied) say how far it got:
+``reservations`` collection whose ``saga_line`` (saga id + line) is unique, so Directus
+refuses a retried reservation's second row (``RECORD_NOT_UNIQUE``: the retry takes the
+first instead), and whose ``status`` and ``stock_expected`` (the stock once the pending
+change is applied) say how far it got:
 
 - reserve: create the row ``reserving`` with ``stock_expected = stock - quantity``, lower the
   product's stock, mark the row ``held``;
@@ -82,13 +83,9 @@ class StockKeeper:
         async with self._lock(tenant, product):
             directus = self.writer(tenant)
             await self._settle(directus, tenant, product)
-            row = await self._row(directus, saga_line)
-            if row is None:
-                stock = await self._stock(directus, product)
-                if stock is None:
-                    return {"outcome": "unknown_product"}
-                if stock < quantity:
-                    return {"outcome": "insufficient", "stock": stock}
+            stock = await self._stock(directus, product)
+            row: dict[str, Any] | None
+            if stock is not None and stock >= quantity:
                 row = await self._create(
                     directus,
                     {
@@ -100,9 +97,14 @@ class StockKeeper:
                         "stock_expected": stock - quantity,
                     },
                 )
-                self.faults.reached("reserve:row_created")
+            else:  # refused, unless an earlier attempt made the line's row
+                row = await self._row(directus, saga_line)
+                if row is None and stock is None:
+                    return {"outcome": "unknown_product"}
+                if row is None:
+                    return {"outcome": "insufficient", "stock": stock}
             if row["status"] == "reserving":
-                await self._apply(directus, row, -int(row["quantity"]), "held")
+                await self._apply(directus, row, stock, -int(row["quantity"]), "held")
                 return {"outcome": "held", "reservation": row["id"]}
             if row["status"] == "held":
                 return {"outcome": "held", "reservation": row["id"]}
@@ -116,14 +118,14 @@ class StockKeeper:
             row = await self._row(directus, saga_line)
             if row is None or row["status"] == "released":
                 return {"outcome": "none" if row is None else "released"}
+            stock = await self._stock(directus, product)
             if row["status"] == "held":
-                stock = await self._stock(directus, product) or 0
-                expected = stock + int(row["quantity"])
+                expected = (stock or 0) + int(row["quantity"])
                 row = await directus.update_item(
                     RESERVATIONS, row["id"], {"status": "releasing", "stock_expected": expected}
                 )
                 self.faults.reached("release:row_marked")
-            await self._apply(directus, row, int(row["quantity"]), "released")
+            await self._apply(directus, row, stock, int(row["quantity"]), "released")
             return {"outcome": "released"}
 
     async def _settle(self, directus: DirectusClient, tenant: str, product: str) -> None:
@@ -134,17 +136,25 @@ class StockKeeper:
             {"product": {"_eq": int(product)}, "status": {"_in": ["reserving", "releasing"]}},
         )
         for row in pending:
+            stock = await self._stock(directus, product)
             if row["status"] == "reserving":
-                await self._apply(directus, row, -int(row["quantity"]), "held")
+                await self._apply(directus, row, stock, -int(row["quantity"]), "held")
             else:
-                await self._apply(directus, row, int(row["quantity"]), "released")
+                await self._apply(directus, row, stock, int(row["quantity"]), "released")
         self._settled.add((tenant, product))
 
     async def _apply(
-        self, directus: DirectusClient, row: dict[str, Any], delta: int, done: str
+        self,
+        directus: DirectusClient,
+        row: dict[str, Any],
+        stock: int | None,
+        delta: int,
+        done: str,
     ) -> None:
+        """Apply ``row``'s change (``delta``) to its product unless its ``stock``, read
+        under the product's lock (``None``: the product is gone), shows it applied; then
+        mark the row ``done``."""
         product = str(row["product"])
-        stock = await self._stock(directus, product)
         if stock is None:
             raise SourceError(f"product {product} of reservation {row['saga_line']} is gone")
         if stock != row["stock_expected"]:  # not applied yet
@@ -175,11 +185,16 @@ class StockKeeper:
         return int(rows[0]["stock"]) if rows else None
 
     async def _create(self, directus: DirectusClient, values: dict[str, Any]) -> dict[str, Any]:
+        """The new reservation row; or, when Directus refuses it as a second row of its
+        ``saga_line`` (an earlier attempt made it), that row."""
         try:
-            return await directus.create_item(RESERVATIONS, values)
+            created = await directus.create_item(RESERVATIONS, values)
         except SourceError as exc:
             if exc.code != "RECORD_NOT_UNIQUE":
                 raise
+        else:
+            self.faults.reached("reserve:row_created")
+            return created
         row = await self._row(directus, str(values["saga_line"]))
         if row is None:
             raise SourceError(
