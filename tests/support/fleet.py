@@ -112,10 +112,12 @@ async def open_fleet(
     env: Mapping[str, str] | None = None,
     *,
     static_membership: bool = False,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> AsyncIterator[Fleet]:
     """A broker and registry of its own, the entity topics, and ready workers ``names``
-    (``env`` adds to or overrides their environment; ``static_membership``: each worker's
-    name is its group instance id, as a StatefulSet's pod name is)."""
+    (``env`` adds to or overrides their environment, ``worker_env[name]`` one worker's;
+    ``static_membership``: each worker's name is its group instance id, as a StatefulSet's
+    pod name is)."""
     logs = root / "logs"
     async with contextlib.AsyncExitStack() as cleanup:
         bootstrap = await own_broker(cleanup, logs)
@@ -134,7 +136,7 @@ async def open_fleet(
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         cleanup.push_async_callback(producer.stop)
-        worker_env = {
+        fleet_env = {
             "MESH_BROKER_URL": f"kafka://{bootstrap}",
             "MESH_SCHEMA_REGISTRY_URL": registry_url,
             "MESH_TOPIC_PARTITIONS": str(partitions),
@@ -153,9 +155,11 @@ async def open_fleet(
                     app_id=app_id,
                     state_dir=root / "state" / name,
                     log_dir=logs,
-                    env={**worker_env, "MESH_GROUP_INSTANCE_ID": name}
-                    if static_membership
-                    else worker_env,
+                    env={
+                        **fleet_env,
+                        **(worker_env or {}).get(name, {}),
+                        **({"MESH_GROUP_INSTANCE_ID": name} if static_membership else {}),
+                    },
                 )
                 for name in names
             ],

@@ -123,7 +123,7 @@ class Execution:
         except _NullFieldError:
             data = None
         try:
-            while self._reads or self._waiting:
+            while (self._reads or self._waiting) and not self._root_null:
                 await self._round()
         finally:
             for task in self._tasks:  # cancelled (timeout): so are the resolvers' tasks
@@ -149,7 +149,7 @@ class Execution:
             # One fetch of every key of the round: the same keys in the same tick as the
             # fields' resolvers would fetch them, so the loader makes the same batches.
             values = self.loader.fetch(keys, _values)
-        futures: list[asyncio.Future[Any]] = []
+        started: list[tuple[asyncio.Future[Any], _Waiting]] = []
         for entry in waiting:
             awaitable = entry[0]
             if not self._alive(entry[3], entry[5]):
@@ -161,18 +161,34 @@ class Execution:
                 # Started now, as graphql-core's gather starts it after the same tick.
                 awaitable = asyncio.ensure_future(awaitable)
                 self._tasks.append(awaitable)
-            futures.append(awaitable)
-        for future in (values, *futures):
-            if isinstance(future, asyncio.Future) and not future.done():
-                await asyncio.wait((future,))
+            started.append((awaitable, entry))
+        resumed: set[int] = set()
+        pending: set[asyncio.Future[Any]] = {future for future, _ in started}
+        if isinstance(values, asyncio.Future):
+            pending.add(values)
+        while True:
+            # A resolver that failed may null the whole answer: graphql-core answers at
+            # once then, without waiting for the others (cancelled; their reads go on).
+            for n, (future, entry) in enumerate(started):
+                if n in resumed or not future.done() or future.cancelled():
+                    continue
+                if future.exception() is not None:
+                    resumed.add(n)
+                    if self._alive(entry[3], entry[5]):
+                        self._resume(future, entry)
+            if self._root_null:
+                return
+            pending = {future for future in pending if not future.done()}
+            if not pending:
+                break
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if isinstance(values, asyncio.Future):
             # Failed when any key did: each read then asks for its own keys again (read
             # now), and only those whose keys failed fail.
             values = None if values.exception() is not None else values.result()
-        started = iter(futures)
-        for entry in waiting:
-            if self._alive(entry[3], entry[5]):
-                self._resume(next(started), entry)
+        for n, (future, entry) in enumerate(started):
+            if n not in resumed and self._alive(entry[3], entry[5]):
+                self._resume(future, entry)
         for read in reads:
             if self._alive(read[4], read[6]):
                 self._read(read, keys, values)
