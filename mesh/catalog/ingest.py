@@ -32,11 +32,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mesh.cache import changed_keys
 from mesh.catalog import record
-from mesh.catalog.fold import RelationOp, ReverseRelation, apply_op, fold, relation_ops
+from mesh.catalog.fold import RelationOp, ReverseRelation, fold, member_entry, relation_ops
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import AvroEventCodec, RegistryClient
 from mesh.context import MeshContext
@@ -79,6 +80,14 @@ def _partition_of(key: bytes, partitions: int) -> int:
     return key_partition(key, partitions)
 
 
+def _epoch_seconds(moment: str | datetime) -> float:
+    """A source timestamp as decoded (ISO 8601 text, or a ``datetime`` when the event was
+    written with another schema version) in Unix seconds."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.timestamp()
+
+
 def relations_topic_name(app_id: str) -> str:
     """The topic carrying relation index changes, keyed by the parent's URN."""
     return f"{app_id}-catalog-relations"
@@ -103,7 +112,11 @@ class CatalogIngestor:
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
         self.relations = relations
+        self._child_relations = {
+            t: [r for r in relations if r.child_type == t] for t in self.domain.entities
+        }
         self.by_topic = self.domain.topic_types()
+        self._subjects = {topic: f"{topic}-value" for topic in self.by_topic}
         self.relations_topic = relations_topic_name(context.settings.app_id)
         self.relation_tables = {r.name: context.catalog.relations[r.name] for r in relations}
         self._indexes = {table.name for table in self.relation_tables.values()}
@@ -213,13 +226,17 @@ class CatalogIngestor:
             self.metrics.events.labels(entity_type, tenant, result).inc(n)
         relation_records: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         partitions = self.context.settings.topic_partitions
+        # Nothing below awaits before the ops are applied: ownership holds for the loop.
+        owned = {name: frozenset(table.owned()) for name, table in self.relation_tables.items()}
         for op in ops:
             key = op.parent.encode()
             partition = _partition_of(key, partitions)
-            table = self.relation_tables[op.relation]
-            if table.owns(partition):
+            if partition in owned[op.relation]:
                 # The parent's index is here: skip the round trip through the topic.
-                self._apply_relation_op(table, partition, key, op.as_json(), writes)
+                table = self.relation_tables[op.relation]
+                self._apply_relation_op(
+                    table, partition, key, op.member, op.version, op.present, op.repair, writes
+                )
             else:
                 relation_records[partition].append((key, record.dumps(op.as_json())))
         pending = [await self._dead(message, stage, error) for message, stage, error in dead]
@@ -306,8 +323,9 @@ class CatalogIngestor:
         entity_type = self.by_topic[message.topic]
         table = self.entity_tables[entity_type]
         try:
-            event = self.codecs[entity_type].loads(message.value)
-            schema = self._schema_info(message.value, f"{message.topic}-value")
+            # Logical values (timestamps, decimals) come as the text the record stores.
+            event = self.codecs[entity_type].loads_plain(message.value)
+            schema = self._schema_info(message.value, self._subjects[message.topic])
         except (CodecError, RegistryError) as exc:
             dead.append((message, "catalog-decode", exc))
             return
@@ -325,11 +343,13 @@ class CatalogIngestor:
             counts[(entity_type, tenant, "stale")] += 1
             return
         table_writes[message.key] = record.dumps(after)
-        ops.extend(relation_ops(self.domain, self.relations, before, after))
+        relations = self._child_relations[entity_type]
+        if relations:
+            ops.extend(relation_ops(self.domain, relations, before, after))
         counts[(entity_type, tenant, "applied")] += 1
         changed_at = event["source"].get("timestamp")
         if changed_at is not None:
-            times.append(changed_at.timestamp())
+            times.append(_epoch_seconds(changed_at))
 
     def _refusal(
         self, message: Any, entity_type: str, event: dict[str, Any], urn: str
@@ -377,7 +397,10 @@ class CatalogIngestor:
             dead.append((message, "catalog-relation", error))
             return
         table = self.relation_tables[op["relation"]]
-        self._apply_relation_op(table, message.partition, message.key, op, writes)
+        self._apply_relation_op(
+            table, message.partition, message.key, str(op["member"]), int(op["version"]),
+            op["present"], bool(op.get("repair")), writes,
+        )  # fmt: skip
 
     def _relation_change(self, value: bytes | None) -> dict[str, Any]:
         try:
@@ -398,14 +421,17 @@ class CatalogIngestor:
         table: PartitionStore,
         partition: int,
         key: bytes,
-        op: dict[str, Any],
+        member: str,
+        version: int,
+        present: bool,
+        repair: bool,
         writes: dict[tuple[str, int], dict[bytes, bytes]],
     ) -> None:
         table_writes = writes[(table.name, partition)]
-        mkey = member_key(key, str(op["member"]))
-        entry = apply_op(self._current(table, partition, mkey, table_writes), op)
-        if entry is not None:
-            table_writes[mkey] = record.dumps(entry)
+        mkey = member_key(key, member)
+        current = self._current(table, partition, mkey, table_writes)
+        if member_entry(current, version, present, repair) is not None:
+            table_writes[mkey] = record.dumps_member(version, present)
 
     def _schema_info(self, value: bytes, subject: str) -> dict[str, Any]:
         schema_id = int.from_bytes(value[1:5], "big")

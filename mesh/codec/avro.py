@@ -7,6 +7,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from mesh.codec.plain import plain_converter, strip_logical
 from mesh.codec.registry import RegistryClient
 from mesh.codec.wire import pack, unpack
 from mesh.domain import DomainConfig
@@ -29,6 +30,10 @@ class AvroEventCodec:
         self._schema_id: int | None = None
         # Writer schema per id, and whether it is this codec's own schema.
         self._writers: dict[int, tuple[Any, bool]] = {}
+        # The schema without logical types and what makes its raw values plain (None when
+        # some logical type is not handled by mesh.codec.plain): see loads_plain.
+        self._to_plain = plain_converter(schema)
+        self._raw_schema: Any = parse_schema(strip_logical(schema)) if self._to_plain else None
 
     @property
     def schema_id(self) -> int:
@@ -51,6 +56,21 @@ class AvroEventCodec:
 
     def loads(self, s: bytes) -> Any:
         """The event in ``s``, resolved to this codec's schema."""
+        return self._loads(s, plain=False)
+
+    def loads_plain(self, s: bytes) -> Any:
+        """The event in ``s`` as :meth:`loads` gives it, except that logical values may
+        come as the plain values JSON carries: timestamps as ISO 8601 text, exactly as
+        orjson writes the ``datetime`` (``2026-11-01T12:00:00.250000+00:00``), decimals as
+        the ``Decimal``'s string. Either way ``orjson.dumps(..., default=str)`` of the
+        result gives the same bytes; decoding costs about a third less.
+
+        The plain form is made when the message was written with this codec's own schema
+        and :mod:`mesh.codec.plain` handles its logical types; otherwise this is
+        :meth:`loads`."""
+        return self._loads(s, plain=True)
+
+    def _loads(self, s: bytes, *, plain: bool) -> Any:
         schema_id, body = unpack(s)
         known = self._writers.get(schema_id)
         if known is None:
@@ -58,6 +78,10 @@ class AvroEventCodec:
             known = self._writers[schema_id] = (writer, writer == self._parsed)
         writer, same = known
         try:
+            if same and plain and self._to_plain is not None:
+                event: Any = schemaless_reader(io.BytesIO(body), self._raw_schema, None)
+                self._to_plain(event)
+                return event
             # Resolving a writer schema against the reader costs a third of a decode;
             # skip it when the message was written with this very schema.
             return schemaless_reader(io.BytesIO(body), writer, None if same else self._parsed)
