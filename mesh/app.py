@@ -23,12 +23,14 @@ def create_app(settings: Settings, domain: DomainConfig | None = None) -> MeshCo
     # Imported here so that importing mesh never imports the agent modules' dependencies.
     from mesh.agents import register_agents
     from mesh.cache.service import register_read_cache
+    from mesh.catalog.links import register_peer_links
     from mesh.tables import register_tables
     from mesh.web import register_views
 
     domain = domain or load_domain(settings.domain_config)
     context = MeshContext(settings=settings, domain=domain, app=build_faust_app(settings))
     register_read_cache(context)
+    register_peer_links(context)
     register_tables(context)
     register_agents(context)
     register_views(context)

@@ -18,7 +18,6 @@ fails it instead of bouncing it between workers.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +68,7 @@ class PeerAnswer:
 
     def json(self) -> Any:
         """The body decoded; ``ValueError`` when it is not JSON."""
-        return json.loads(self.body)
+        return orjson.loads(self.body)
 
 
 class FleetRouter:
@@ -84,6 +83,9 @@ class FleetRouter:
         self.peer_offset = context.settings.peer_port_offset
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._partitions_stamp: tuple[int, int] | None = None
+        self._owners: dict[tuple[str, int], str | None] = {}
+        """Owner URL (``None``: this worker or nobody) per (table, partition) under
+        :attr:`_partitions_stamp`: looked up per key read, it changes only on rebalance."""
 
     # -- where -----------------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ class FleetRouter:
         stamp = self.membership.stamp()
         if stamp != self._partitions_stamp:  # a partition count may have changed with it
             self._partitions.clear()
+            self._owners.clear()
             self._partitions_stamp = stamp
         known = self._partitions.get((entity_type, key))
         if known is not None:
@@ -134,8 +137,8 @@ class FleetRouter:
             return Route(partition, None)
         owner = None
         if not forwarded:
-            owner = self.membership.owner_url(store.name, store.changelog_topic, partition)
-        if owner is None or self.is_self(owner):
+            owner = self._owner(store, partition)
+        if owner is None:
             # A rebalance lasts about the rebalance timeout: retrying sooner only fails again.
             raise UnavailableError(
                 f"no worker owns partition {partition} of {entity_type} right now "
@@ -143,6 +146,18 @@ class FleetRouter:
                 retry_after=max(1.0, self.context.settings.rebalance_timeout_s),
             )
         return Route(partition, owner)
+
+    def _owner(self, store: PartitionStore, partition: int) -> str | None:
+        """The URL of the other worker owning ``partition`` of ``store``, if any."""
+        cached = (store.name, partition)
+        if cached in self._owners:
+            return self._owners[cached]
+        owner = self.membership.owner_url(store.name, store.changelog_topic, partition)
+        if owner is not None and self.is_self(owner):
+            owner = None
+        if self._partitions_stamp is not None:  # steady: the assignment holds until it moves
+            self._owners[cached] = owner
+        return owner
 
     def is_self(self, url: str) -> bool:
         """True when ``url`` is this worker's own web server."""
@@ -186,21 +201,11 @@ class FleetRouter:
 
         Any HTTP status is an answer: the caller decides what a 404 or a 503 means.
         """
-        base = URL(url.rstrip("/"))
-        if self.peer_offset and path.startswith(PEER_PREFIX) and base.port is not None:
-            base = base.with_port(base.port + self.peer_offset)
-        target = URL(str(base) + path, encoded=True)
         data = b"" if body is None else orjson.dumps(body)
         sent = dict(headers or {})
         if body is not None:
             sent["Content-Type"] = "application/json"
-        fleet = None if tenant is None else fleet_principal(tenant)
-        if self.signer is not None and "Authorization" not in sent:
-            # Every call between workers is the fleet's (peer endpoints accept nothing else;
-            # a public one, e.g. a child lookup, accepts it in place of a user's token).
-            sent.update(self.signer.headers(method, path, data, fleet))
-        elif fleet is not None and "Authorization" not in sent:
-            sent[TENANT_HEADER] = fleet.tenant  # MESH_AUTH=off: read as that tenant
+        target, sent = self.peer_target(url, path, method, data, sent, tenant)
         timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self.context.app.http_client.request(
@@ -213,6 +218,31 @@ class FleetRouter:
             raise UnavailableError(
                 f"the worker at {url} did not answer: {type(exc).__name__}"
             ) from None
+
+    def peer_target(
+        self,
+        url: str,
+        path: str,
+        method: str,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        tenant: str | None = None,
+    ) -> tuple[URL, dict[str, str]]:
+        """Where a call of ``method path`` with body ``data`` to the worker at ``url`` goes
+        (peer paths on the peer port) and its headers, signed as the fleet's call."""
+        base = URL(url.rstrip("/"))
+        if self.peer_offset and path.startswith(PEER_PREFIX) and base.port is not None:
+            base = base.with_port(base.port + self.peer_offset)
+        target = URL(str(base) + path, encoded=True)
+        sent = dict(headers or {})
+        fleet = None if tenant is None else fleet_principal(tenant)
+        if self.signer is not None and "Authorization" not in sent:
+            # Every call between workers is the fleet's (peer endpoints accept nothing else;
+            # a public one, e.g. a child lookup, accepts it in place of a user's token).
+            sent.update(self.signer.headers(method, path, data, fleet))
+        elif fleet is not None and "Authorization" not in sent:
+            sent[TENANT_HEADER] = fleet.tenant  # MESH_AUTH=off: read as that tenant
+        return target, sent
 
     async def ask_all(
         self, path: str, *, method: str = "GET", body: Any = None

@@ -24,8 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
 from mesh.auth.principal import Principal
 from mesh.cache import ReadCache, Recorder
+from mesh.catalog.links import NoLinkError
 from mesh.catalog.router import FleetRouter
 from mesh.errors import UnavailableError
 from mesh.graphql.metrics import GraphQLMetrics
@@ -59,6 +62,10 @@ class BatchRecord:
 
 
 _Waiter = tuple[asyncio.Future[Any], list[asyncio.Future[Any]], Callable[[list[Any]], Any]]
+
+
+def _traced() -> bool:
+    return tracing_enabled() and trace.get_current_span().is_recording()
 
 
 def _nothing(values: list[Any]) -> None:
@@ -287,6 +294,26 @@ class Loader:
             await self.cache.fill(fetched)
         return results
 
+    async def _ask(self, owner: str, body: dict[str, Any]) -> Any:
+        """The results the worker at ``owner`` gives for ``body``: on the link to it, or
+        over HTTP for a request being traced (the owner's span then joins the trace) and
+        for a peer without links."""
+        links = self.router.context.links
+        link = None if _traced() else links.link(self.router, owner)
+        if link is not None:
+            try:
+                answer = await link.read(body, self.router.context.settings.peer_timeout_s)
+            except NoLinkError:
+                links.http_only(owner)
+            else:
+                if "error" in answer:
+                    raise UnavailableError(f"the worker at {owner} refused: {answer['error']}")
+                return answer["results"]
+        reply = await self.router.ask(owner, INTERNAL_ENTITIES_PATH, method="POST", body=body)
+        if reply.status != 200:
+            raise UnavailableError(f"the worker at {owner} answered {reply.status}")
+        return reply.json()["results"]
+
     def _standby(self, owned: list[tuple[Key, Location]], why: UnavailableError) -> dict[Key, Any]:
         """Keys whose owner did not answer: from this worker's standby replicas where it
         holds them (see :meth:`FleetRouter.standby_readable`), else failed with ``why``."""
@@ -328,10 +355,7 @@ class Loader:
         self._record("remote", owner, keys)
         body = {"tenant": self.tenant, "keys": [k.as_json() for k in keys]}
         try:
-            answer = await self.router.ask(owner, INTERNAL_ENTITIES_PATH, method="POST", body=body)
-            if answer.status != 200:
-                raise UnavailableError(f"the worker at {owner} answered {answer.status}")
-            answers = answer.json()["results"]
+            answers = await self._ask(owner, body)
         except (ValueError, KeyError, TypeError) as exc:
             why = f"the worker owning these keys ({owner}) answered nonsense: {exc!r}"
             return dict.fromkeys(keys, UnavailableError(why))

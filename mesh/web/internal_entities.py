@@ -1,6 +1,8 @@
 """Internal reads GraphQL requests make of other workers.
 
-``POST /api/v1/internal/entities``: the batched read of keys an owner holds.
+``POST /api/v1/internal/entities``: the batched read of keys an owner holds; the same
+reads as messages on a WebSocket, ``GET /api/v1/internal/entities/link``
+(:mod:`mesh.catalog.links`), answered ``{"id", "results"}`` or ``{"id", "error"}``.
 
 Body ``{"tenant", "keys": [{"kind": "entity"|"relation", "name", "id"}, …]}``; answer ``{"worker",
 "results": [{"value": …} | {"error": "…"}, …]}`` in the keys' order: an entity key's value
@@ -17,11 +19,16 @@ The tenant comes in the body, which the fleet's signature covers; a call made fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import orjson
+from aiohttp import WSMsgType, web
+
 from mesh.auth.middleware import principal_of
 from mesh.cache import ReadCache
+from mesh.catalog.links import LINK_PATH, MAX_MESSAGE_BYTES
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
@@ -29,8 +36,8 @@ from mesh.errors import UnavailableError
 from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.graphql.reads import Key, LocalReads
 from mesh.graphql.scan import INTERNAL_SCAN_PATH, scan_local
-from mesh.runtime.web import Request, Response, View
-from mesh.web.entities import json_response
+from mesh.runtime.web import Request, Response, View, web_application
+from mesh.web.entities import json_bytes_response, json_response
 
 MAX_KEYS = 10_000
 
@@ -47,55 +54,107 @@ def tenant_problem(context: MeshContext, request: Request, tenant: Any) -> str |
 
 def read_batch(
     reads: LocalReads, tenant: str, raw_keys: list[Any], cache: ReadCache | None = None
-) -> list[dict[str, Any]]:
-    """The answer for each key of ``tenant``, in order (see the module docstring)."""
-    results: list[dict[str, Any]] = []
+) -> bytes:
+    """The JSON list of answers for each key of ``tenant``, in order (see the module
+    docstring). An entity's record goes out as stored: it is JSON already."""
+    results: list[bytes] = []
     for raw in raw_keys:
         try:
             key = Key.from_json(raw)
             location = reads.locate(key, tenant, forwarded=True)
             if location.owner is not None:
                 raise UnavailableError(f"{key.name} {key.id} is not owned by this worker")
-            value = reads.read(key, location)
-            if cache is not None and cache.pending(location.cache_key):
-                results.append({"value": value, "pending": True})
+            if key.kind == "entity":
+                value = location.store.get(location.partition, location.urn) or b"null"
             else:
-                results.append({"value": value})
+                value = orjson.dumps(reads.read(key, location))
         except (UnavailableError, ValueError) as exc:
-            results.append({"error": str(exc)})
-    return results
+            results.append(orjson.dumps({"error": str(exc)}))
+            continue
+        if cache is not None and cache.pending(location.cache_key):
+            results.append(b'{"pending":true,"value":' + value + b"}")
+        else:
+            results.append(b'{"value":' + value + b"}")
+    return b"[" + b",".join(results) + b"]"
 
 
 def register_internal_entities_view(context: MeshContext) -> None:
-    """Register ``POST /api/v1/internal/entities``."""
+    """Register ``POST /api/v1/internal/entities`` and its WebSocket twin
+    ``GET /api/v1/internal/entities/link`` (:mod:`mesh.catalog.links`)."""
     reader = CatalogReader(context)
     reads = LocalReads(reader)
     headers = {WORKER_HEADER: reader.worker}
+    worker = orjson.dumps(reader.worker)
 
     def refuse(view: View, message: str) -> Response:
         body = {"error": {"code": "bad_request", "message": message}}
         return json_response(view, body, status=400, headers=headers)
 
+    def answer(request: Any, raw: bytes) -> tuple[bytes, str | None]:
+        """The results of a read body, or why it is refused."""
+        try:
+            body = orjson.loads(raw)
+        except ValueError:
+            return b"", "the body is not JSON"
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list):
+            return b"", 'the body must be {"tenant": ..., "keys": [...]}'
+        tenant = body.get("tenant")
+        problem = tenant_problem(context, request, tenant)
+        if problem is not None:
+            return b"", problem
+        if len(keys) > MAX_KEYS:
+            return b"", f"at most {MAX_KEYS} keys per request"
+        return read_batch(reads, tenant, keys, context.cache), None
+
     @context.app.page(INTERNAL_ENTITIES_PATH)
     class InternalEntities(View):
         async def post(self, request: Request) -> Response:
-            try:
-                # Faust's Request type is abstract; at run time it is aiohttp's.
-                body = json.loads(await request.read())
-            except ValueError:
-                return refuse(self, "the body is not JSON")
-            keys = body.get("keys") if isinstance(body, dict) else None
-            if not isinstance(keys, list):
-                return refuse(self, 'the body must be {"tenant": ..., "keys": [...]}')
-            tenant = body.get("tenant")
-            problem = tenant_problem(context, request, tenant)
+            # Faust's Request type is abstract; at run time it is aiohttp's.
+            results, problem = answer(request, await request.read())
             if problem is not None:
                 return refuse(self, problem)
-            if len(keys) > MAX_KEYS:
-                return refuse(self, f"at most {MAX_KEYS} keys per request")
-            results = read_batch(reads, tenant, keys, context.cache)
-            answer = {"worker": reader.worker, "results": results}
-            return json_response(self, answer, headers=headers)
+            body = b'{"worker":' + worker + b',"results":' + results + b"}"
+            return json_bytes_response(self, body, headers=headers)
+
+    links: set[web.WebSocketResponse] = set()
+
+    async def link(request: web.Request) -> web.StreamResponse:
+        # The gate checked the fleet's signature on the upgrade: every message on this
+        # socket is the fleet's. Reads are answered in the order they come, each at once.
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        links.add(ws)
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.BINARY:
+                    continue
+                number = _number(message.data)
+                results, problem = answer(request, message.data)
+                if problem is not None:
+                    await ws.send_bytes(orjson.dumps({"id": number, "error": problem}))
+                else:
+                    head = b'{"id":' + orjson.dumps(number) + b',"results":'
+                    await ws.send_bytes(head + results + b"}")
+        finally:
+            links.discard(ws)
+        return ws
+
+    async def close_links(_: web.Application) -> None:
+        await asyncio.gather(*(ws.close() for ws in list(links)), return_exceptions=True)
+
+    web_app = web_application(context.app)
+    web_app.router.add_get(LINK_PATH, link)
+    web_app.on_shutdown.append(close_links)
+
+
+def _number(raw: bytes) -> int | None:
+    """The ``id`` of a link message (``None`` when it has none)."""
+    try:
+        number = orjson.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return number if isinstance(number, int) else None
 
 
 def register_internal_scan_view(context: MeshContext) -> None:
