@@ -14,7 +14,9 @@ in the OpenMetrics exposition (``/metrics`` with ``Accept: application/openmetri
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -65,7 +67,40 @@ class SloMetrics:
     def fresh(self, stage: str, source_times: Iterable[float]) -> None:
         """Observe changes whose source timestamps (Unix seconds) were just applied."""
         now = time.time()
-        observe = self.freshness.labels(stage).observe
-        exemplar = current_exemplar()
-        for at in source_times:
-            observe(max(now - at, 0.0), exemplar)
+        ages = [max(now - at, 0.0) for at in source_times]
+        if ages:
+            _observe_all(self.freshness.labels(stage), ages, current_exemplar())
+
+
+def _observe_all(histogram: Histogram, amounts: list[float], exemplar: Any) -> None:
+    """``histogram.observe(amount, exemplar)`` for each of ``amounts``, counted per bucket
+    first: the catalog observes every change it applies, thousands a batch, and one
+    ``observe`` each cost it ~3 µs an event. Each bucket's last observation still goes
+    through ``observe``, so it carries the exemplar as before. Falls back to ``observe``
+    for all when the client's histogram does not look as expected."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount, exemplar)
+        return
+    counts = [0] * len(bounds)
+    last: dict[int, float] = {}
+    counted = 0.0
+    for amount in amounts:
+        index = bisect_left(bounds, amount)  # the first bucket with amount <= bound
+        if index < len(bounds) and amount <= bounds[index]:
+            if index in last:
+                counts[index] += 1
+                counted += last[index]
+            last[index] = amount
+        else:  # NaN: as observe does, in the sum and in no bucket
+            histogram.observe(amount, exemplar)
+    if counted:
+        total.inc(counted)
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    for amount in last.values():
+        histogram.observe(amount, exemplar)
