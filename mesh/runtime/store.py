@@ -9,13 +9,59 @@ recovers from in step with what it wrote.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import faust
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP
 from rocksdict import WriteBatch
 
 from mesh.runtime.membership import Membership
+
+BLOOM_BITS_PER_KEY = 10
+"""A full Bloom filter at 10 bits per key: ~1 % false positives."""
+
+
+class TableOptions(RocksDBOptions):
+    """Faust's RocksDB options (sizes from the table's ``options``), with a Bloom filter
+    of :data:`BLOOM_BITS_PER_KEY` bits per key instead of Faust's 3.
+
+    Nearly every event the catalog folds looks up a key its table does not hold yet (a
+    new entity, a new relation member). At 3 bits per key the filter fails to rule out
+    about one such lookup in four (RocksDB 9 ignores Faust's ``block_based`` flag: it is
+    a full filter either way), and each of those reads a data block, filling the block
+    cache, so lookups cost more and memory grew with a table's size. Files written before
+    keep their filter until compaction rewrites them.
+    """
+
+    def as_options(self) -> rocksdict.Options:
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        if self.max_open_files is not None:
+            options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+        table.set_block_cache(rocksdict.Cache(self.block_cache_size))
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+    def open(self, path: Path, *, read_only: bool = False) -> rocksdict.Rdict:
+        options = self.as_options()
+        options.set_db_paths([rocksdict.DBPath(str(path), self.target_file_size_base)])
+        access = (
+            rocksdict.AccessType.read_write()
+            if self.ttl is None
+            else rocksdict.AccessType.with_ttl(self.ttl)
+        )
+        db = rocksdict.Rdict(str(path), options=options, access_type=access)
+        db.set_read_options(rocksdict.ReadOptions())
+        return db
 
 
 class PartitionDB(Protocol):
@@ -117,4 +163,8 @@ def declare_store(
         options=dict(options),  # Faust's RocksDB store pops what it uses
         help=help,
     )
-    return PartitionStore(table, membership)
+    store = PartitionStore(table, membership)
+    # Before any partition opens (they open on first use): see TableOptions.
+    sizes = {k: v for k, v in options.items() if k not in ("driver", "read_only")}
+    store._data.rocksdb_options = TableOptions(**sizes, use_rocksdict=True)
+    return store
