@@ -44,7 +44,10 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.bench == "ingest":
         from mesh_tooling.bench.ingest import run_ingest
 
-        return run_ingest(settings, args.events, tracing=args.tracing, rounds=args.rounds)
+        return run_ingest(
+            settings, args.events, tracing=args.tracing, rounds=args.rounds,
+            recovery=not args.no_recovery,
+        )  # fmt: skip
     if args.bench == "graphql":
         from mesh_tooling.bench.graphql import run_graphql
 
@@ -203,6 +206,11 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     freshness.set_defaults(run=_cmd_bench)
     ingest = benches.add_parser("ingest", help="catalog events/s vs the raw Kafka ceiling")
     ingest.add_argument("--events", type=int, default=200_000, help="change events to load")
+    ingest.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="skip the last phase: a new worker recovering the tables from the changelogs",
+    )
     _add_tracing(ingest, "instead: the catalog's events/s with tracing off, default, 100 %%")
     ingest.set_defaults(run=_cmd_bench)
     graphql = benches.add_parser(

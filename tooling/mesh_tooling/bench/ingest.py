@@ -7,8 +7,10 @@ directory. It pre-loads N change events, measures in the same run
 * the catalog: events/s one worker folds into its tables (entity records + relation
   indexes), from its first applied event to its last;
 
-and reports their ratio, the worker's resident memory and disk use, and how long a new
-worker takes to recover the tables from their changelogs.
+and reports their ratio, the worker's CPU per event, its resident memory (the worker
+process's own, at the end and at its peak; the broker is another process, whose memory is
+reported apart) and disk use, and how long a new worker takes to recover the tables from
+their changelogs (unless ``--no-recovery``).
 
 With ``--tracing`` it measures instead what tracing costs the catalog: the same events
 folded by a fresh worker on a fresh broker with tracing off, at the default sampler and at
@@ -185,6 +187,12 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024 / 1024
 
@@ -192,14 +200,16 @@ def _du_mb(path: Path) -> float:
 class IngestBench:
     """One run: services, preload, ceiling, catalog, recovery."""
 
-    def __init__(self, settings: Settings, events: int) -> None:
+    def __init__(self, settings: Settings, events: int, recovery: bool = True) -> None:
         self.settings = settings
         self.count = events
+        self.recovery = recovery
         self.domain = load_domain(settings.domain_config)
         self.topic = self.domain.topic("invoice")
         self.root = Path(tempfile.mkdtemp(prefix="dictamesh-bench-"))
         os.chmod(self.root, 0o755)
         self.procs: list[ManagedProcess] = []
+        self.broker: ManagedProcess | None = None
         self._values: list[tuple[bytes, bytes]] | None = None
         self.sink_url = ""
 
@@ -211,6 +221,7 @@ class IngestBench:
         port = free_port()
         broker = await start_broker("127.0.0.1", port, self.root / "logs")
         self.procs.append(broker)
+        self.broker = broker
         self.bootstrap = f"127.0.0.1:{port}"
         return broker
 
@@ -346,6 +357,8 @@ class IngestBench:
         # Any label order: the exposition's is not part of the metric's contract.
         applied = r'^dictamesh_catalog_events_total\{[^}]*entity_type="invoice"[^}]*\} (\S+)$'
         first: float | None = None
+        assert worker.pid is not None
+        cpu_before = _cpu_s(worker.pid)
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 1800
             while time.monotonic() < deadline:
@@ -362,10 +375,16 @@ class IngestBench:
                 raise StackError(
                     f"the worker did not apply {self.count} events; see {worker.log_path}"
                 )
+            cpu = _cpu_s(worker.pid) - cpu_before
             events = await _metric(http, metrics, r"^dictamesh_catalog_batch_events_sum (\S+)$")
             batches = await _metric(http, metrics, r"^dictamesh_catalog_batch_events_count (\S+)$")
         elapsed = time.monotonic() - (first or time.monotonic())
-        return {"catalog_per_s": self.count / elapsed, "batch_mean": events / max(batches, 1)}
+        return {
+            "catalog_per_s": self.count / elapsed,
+            "batch_mean": events / max(batches, 1),
+            # From the worker's readiness to its last event (its start-up is not counted).
+            "cpu_us_per_event": cpu / self.count * 1e6,
+        }
 
     async def _catalog(self) -> dict[str, float]:
         state = self.root / "worker"
@@ -373,12 +392,16 @@ class IngestBench:
         figures = await self._fold(worker, port)
         assert worker.pid is not None
         figures["rss_mb"] = _rss_mb(worker.pid)
+        figures["rss_peak_mb"] = _rss_mb(worker.pid, "VmHWM")
+        if self.broker is not None and self.broker.running and self.broker.pid is not None:
+            figures["broker_rss_mb"] = _rss_mb(self.broker.pid)
         await worker.stop()
         figures["disk_mb"] = _du_mb(state)
-        # Recovery: a new worker with no local state rebuilds the tables from the changelogs.
-        shutil.rmtree(state)
-        fresh, _, figures["recovery_s"] = await self._start_ready(state)
-        await fresh.stop()
+        if self.recovery:
+            # A new worker with no local state rebuilds the tables from the changelogs.
+            shutil.rmtree(state)
+            fresh, _, figures["recovery_s"] = await self._start_ready(state)
+            await fresh.stop()
         return figures
 
     async def _start_sink(self) -> None:
@@ -469,7 +492,9 @@ class IngestBench:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_ingest(settings: Settings, events: int, tracing: bool = False, rounds: int = 3) -> int:
+def run_ingest(
+    settings: Settings, events: int, tracing: bool = False, rounds: int = 3, recovery: bool = True
+) -> int:
     """``mesh bench ingest``: print the figures; return the exit code."""
     if tracing:
         print(f"ingest with tracing: {events} invoice CREATE events, {PARTITIONS} partitions, "
@@ -480,12 +505,20 @@ def run_ingest(settings: Settings, events: int, tracing: bool = False, rounds: i
         print("\n".join(tracing_report(runs)))
         return 0
     print(f"ingest: {events} invoice CREATE events, {PARTITIONS} partitions, one worker")
-    f = asyncio.run(IngestBench(settings, events).run())
+    f = asyncio.run(IngestBench(settings, events, recovery=recovery).run())
     print(f"raw aiokafka consume → produce (ceiling): {f['ceiling_per_s']:,.0f} events/s")
     print(f"catalog, one worker (tables + relation index): {f['catalog_per_s']:,.0f} events/s")
     print(f"ratio catalog / ceiling: {f['ratio']:.2f} (mean batch {f['batch_mean']:.0f} events)")
-    print(f"worker resident memory: {f['rss_mb']:,.0f} MB; state on disk: {f['disk_mb']:,.0f} MB")
-    print(f"recovery of a new worker from the changelogs: {f['recovery_s']:.1f} s")
+    print(f"worker CPU: {f['cpu_us_per_event']:.1f} µs per event (every thread of the process)")
+    print(
+        f"worker resident memory: {f['rss_mb']:,.0f} MB (peak {f['rss_peak_mb']:,.0f} MB); "
+        f"state on disk: {f['disk_mb']:,.0f} MB"
+    )
+    if "broker_rss_mb" in f:
+        print(f"broker resident memory (another process, not counted above): "
+              f"{f['broker_rss_mb']:,.0f} MB")  # fmt: skip
+    if "recovery_s" in f:
+        print(f"recovery of a new worker from the changelogs: {f['recovery_s']:.1f} s")
     return 0
 
 
