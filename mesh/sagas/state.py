@@ -99,10 +99,8 @@ class SagaState:
         return transition
 
     def dumps(self) -> bytes:
-        body = asdict(self)
-        body["status"] = self.status.value
-        body["history"] = [t.as_json() for t in self.history]
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        # The enums are strings: their JSON is their value.
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes) -> SagaState:

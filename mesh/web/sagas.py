@@ -38,6 +38,11 @@ def _error(view: View, headers: dict[str, str], exc: MeshError) -> Response:
     return json_response(view, body, status=status, headers=headers)
 
 
+def _not_found(view: View, headers: dict[str, str], saga_id: str) -> Response:
+    body = {"error": {"code": "not_found", "message": f"no saga with id {saga_id}"}}
+    return json_response(view, body, status=404, headers=headers)
+
+
 def register_saga_views(context: MeshContext) -> None:
     """Register the saga endpoints (when sagas are on)."""
     if context.sagas is None:
@@ -55,8 +60,7 @@ def register_saga_views(context: MeshContext) -> None:
             except MeshError as exc:
                 return _error(self, headers, exc)
             if state is None:
-                body = {"error": {"code": "not_found", "message": f"no saga with id {saga_id}"}}
-                return json_response(self, body, status=404, headers=headers)
+                return _not_found(self, headers, saga_id)
             return json_response(self, state.as_json(), headers=headers)
 
     @context.app.page(PEER_SAGAS_PATH)
@@ -100,8 +104,7 @@ def register_saga_views(context: MeshContext) -> None:
                 return _error(self, headers, UnavailableError("not this worker's saga; retry"))
             state = sagas.store.get(saga_id)
             if state is None:
-                body = {"error": {"code": "not_found", "message": f"no saga with id {saga_id}"}}
-                return json_response(self, body, status=404, headers=headers)
+                return _not_found(self, headers, saga_id)
             return json_bytes_response(self, state.dumps(), headers=headers)
 
     @context.app.page(PEER_STOCK_PATH)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from mesh.domain import DomainConfig
+from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
 from tests.support.auth import bearer
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.waiting import wait_until
-from tests.support.workers import MeshWorker
+from tests.support.workers import MeshWorker, start_following_fleet
 
 WRITER = ("pii:read", "orders:write")
 """The scopes of a client that may place orders."""
@@ -132,6 +136,32 @@ async def remove_made(admin: DirectusAdmin) -> None:
         for item in MADE[collection]:
             await admin.delete(collection, item)
         MADE[collection].clear()
+
+
+async def start_shop(
+    cleanup: contextlib.AsyncExitStack,
+    seeded: DirectusHandle,
+    domain: DomainConfig,
+    registry_url: str,
+    *,
+    app_id: str,
+    root: Path,
+    names: Sequence[str],
+    partitions: int,
+    env: Mapping[str, str],
+) -> tuple[DirectusAdmin, list[MeshWorker]]:
+    """The session's Directus as its admin, and workers ``names`` following it (see
+    :func:`start_following_fleet`); at ``cleanup``, what the tests made is removed
+    (:func:`remove_made`) before the workers stop."""
+    http = await cleanup.enter_async_context(aiohttp.ClientSession())
+    collections = [e.collection for e in domain.entities.values()]
+    admin = await DirectusAdmin.login(http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections)
+    workers = await start_following_fleet(
+        cleanup, app_id=app_id, root=root, names=names, directus=seeded,
+        registry_url=registry_url, partitions=partitions, env=env,
+    )  # fmt: skip
+    cleanup.push_async_callback(remove_made, admin)
+    return admin, workers
 
 
 async def stock_of(admin: DirectusAdmin, product: int) -> int:

@@ -25,20 +25,20 @@ import pytest
 import pytest_asyncio
 
 from mesh.domain import DomainConfig
-from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
+from tests.fixtures.directus import DirectusHandle
 from tests.sagas.support import (
     finished,
     in_catalog,
     new_customer,
     new_product,
     place,
-    remove_made,
     rows_of,
+    start_shop,
     stock_of,
 )
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.waiting import wait_until
-from tests.support.workers import MeshWorker, start_following_fleet
+from tests.support.workers import MeshWorker
 
 pytestmark = pytest.mark.directus
 
@@ -88,17 +88,11 @@ async def crashing(
 ) -> AsyncIterator[Crashing]:
     root = tmp_path_factory.mktemp("saga-crashes")
     async with contextlib.AsyncExitStack() as cleanup:
-        http = await cleanup.enter_async_context(aiohttp.ClientSession())
-        collections = [e.collection for e in sample_domain.entities.values()]
-        admin = await DirectusAdmin.login(
-            http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
-        )
-        [worker] = await start_following_fleet(
-            cleanup, app_id=f"saga-crash-{uuid.uuid4().hex[:6]}", root=root, names=("sc-a",),
-            directus=seeded, registry_url=registry_url, partitions=2,
-            env={"MESH_SAGA_DEADLINE_S": "120"},
+        admin, [worker] = await start_shop(
+            cleanup, seeded, sample_domain, registry_url,
+            app_id=f"saga-crash-{uuid.uuid4().hex[:6]}", root=root, names=("sc-a",),
+            partitions=2, env={"MESH_SAGA_DEADLINE_S": "120"},
         )  # fmt: skip
-        cleanup.push_async_callback(remove_made, admin)
         yield Crashing(worker, admin, root / "markers")
 
 

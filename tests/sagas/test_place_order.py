@@ -22,7 +22,7 @@ from mesh.codec import RegistryClient
 from mesh.codec.avro import AvroEventCodec
 from mesh.domain import DomainConfig
 from mesh.sagas.events import SAGA_CHANGED_SCHEMA, SAGA_CHANGED_TOPIC
-from tests.fixtures.directus import ADMIN_EMAIL, ADMIN_PASSWORD, DirectusHandle
+from tests.fixtures.directus import DirectusHandle
 from tests.sagas.support import (
     finished,
     graphql,
@@ -30,14 +30,14 @@ from tests.sagas.support import (
     new_customer,
     new_product,
     place,
-    remove_made,
     rows_of,
+    start_shop,
     stock_of,
 )
 from tests.support.auth import bearer
 from tests.support.directus_admin import DirectusAdmin
 from tests.support.waiting import wait_until
-from tests.support.workers import MeshWorker, start_following_fleet
+from tests.support.workers import MeshWorker
 
 pytestmark = pytest.mark.directus
 
@@ -59,16 +59,10 @@ async def shop(
 ) -> AsyncIterator[Shop]:
     root = tmp_path_factory.mktemp("sagas")
     async with contextlib.AsyncExitStack() as cleanup:
-        http = await cleanup.enter_async_context(aiohttp.ClientSession())
-        collections = [e.collection for e in sample_domain.entities.values()]
-        admin = await DirectusAdmin.login(
-            http, seeded.url, ADMIN_EMAIL, ADMIN_PASSWORD, collections
-        )
-        workers = await start_following_fleet(
-            cleanup, app_id=APP_ID, root=root, names=("sg-a", "sg-b"), directus=seeded,
-            registry_url=registry_url, partitions=4, env={"MESH_SAGA_DEADLINE_S": "30"},
+        admin, workers = await start_shop(
+            cleanup, seeded, sample_domain, registry_url, app_id=APP_ID, root=root,
+            names=("sg-a", "sg-b"), partitions=4, env={"MESH_SAGA_DEADLINE_S": "30"},
         )  # fmt: skip
-        cleanup.push_async_callback(remove_made, admin)
         yield Shop(workers, admin)
 
 
