@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
@@ -46,6 +47,9 @@ LogFormat = Literal["json", "console"]
 
 FIELDS = ("timestamp", "level", "logger", "worker", "message")
 """The fields every line has, first and in this order (the rest follow)."""
+
+_PLAIN_RECORD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+"""A stdlib record's own attributes: any other is an ``extra=`` field."""
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -155,6 +159,7 @@ class MeshFormatter(structlog.stdlib.ProcessorFormatter):
     def __init__(self, log_format: LogFormat, worker: str, masker: SecretMasker) -> None:
         self.masker = masker
         self.worker = worker
+        self.json = log_format == "json"
         if log_format == "json":
             final: list[Processor] = [
                 structlog.processors.ExceptionRenderer(
@@ -185,12 +190,31 @@ class MeshFormatter(structlog.stdlib.ProcessorFormatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record's line, secrets masked."""
         try:
-            line = super().format(record)
+            line = (self._plain_json(record) if self.json else None) or super().format(record)
         except Exception as exc:  # a bad format string: say so in a line of the format
             record.msg = f"unrenderable log record {record.msg!r} {record.args!r:.500}: {exc!r}"
             record.args = ()
             line = super().format(record)
         return self.masker.mask(line)
+
+    def _plain_json(self, record: logging.LogRecord) -> str | None:
+        """The JSON line of a record holding nothing but its message (no exception, stack
+        or ``extra=`` fields), built directly: the same line the processors render, at a
+        fraction of their cost (every request writes an audit line). ``None``: another
+        record, for the processors."""
+        if record.exc_info or record.exc_text or record.stack_info:
+            return None
+        if not _PLAIN_RECORD.issuperset(record.__dict__):
+            return None
+        line = {
+            "timestamp": datetime.now(tz=UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "worker": self.worker,
+            "message": record.getMessage(),
+        }
+        add_trace_context(None, "", line)
+        return json.dumps(line)
 
     def _add_worker(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         event_dict["worker"] = self.worker

@@ -10,6 +10,7 @@ read every line it wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -22,6 +23,9 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mesh_tooling.dev.process import free_port
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,7 +33,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import SecretStr
 
 from mesh.domain import DomainConfig
-from mesh.logs import FIELDS, SecretMasker, configure_logging, event_fields, secret_values
+from mesh.logs import (
+    FIELDS,
+    MeshFormatter,
+    SecretMasker,
+    configure_logging,
+    event_fields,
+    secret_values,
+)
 from mesh.runtime.app import build_faust_app
 from mesh.runtime.worker import _Worker
 from mesh.settings import Settings
@@ -116,6 +127,38 @@ def test_a_line_inside_a_span_carries_its_trace_and_span_ids() -> None:
     assert "trace_id" not in outside
     assert "span_id" not in outside
     assert [s.name for s in exporter.get_finished_spans()] == ["catalog apply"]
+
+
+_TRACER = TracerProvider().get_tracer("tests")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(max_size=40).map(lambda t: t.replace("%", "%%")),
+    args=st.lists(st.one_of(st.integers(), st.text(max_size=12), st.none()), max_size=3),
+    level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR]),
+    name=st.sampled_from(["dictamesh.audit", "mesh.catalog", "aiokafka"]),
+    traced=st.booleans(),
+)
+def test_a_plain_record_is_rendered_as_the_processors_render_it(
+    text: str, args: list[Any], level: int, name: str, traced: bool
+) -> None:
+    """Records with nothing but a message take a direct way to their JSON line (every
+    request writes one): the same line, field for field and in the same order."""
+    formatter = MeshFormatter("json", "worker-7", SecretMasker([]))
+    message = text + " %s" * len(args)
+    record = logging.LogRecord(name, level, __file__, 1, message, tuple(args), None)
+    with _TRACER.start_as_current_span("s") if traced else contextlib.nullcontext():
+        direct = formatter._plain_json(record)
+        rendered = structlog.stdlib.ProcessorFormatter.format(formatter, record)
+    assert direct is not None
+    fast, slow = json.loads(direct), json.loads(rendered)
+    assert fast.pop("timestamp")[:16] == slow.pop("timestamp")[:16]  # to the minute
+    assert list(fast.items()) == list(slow.items())
+    assert ("trace_id" in fast) is traced
+    with_extra = logging.LogRecord(name, level, __file__, 1, message, tuple(args), None)
+    with_extra.urn = URN  # an extra= field: the processors render it
+    assert formatter._plain_json(with_extra) is None
 
 
 @pytest.mark.usefixtures("root_logging")
