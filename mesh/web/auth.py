@@ -7,13 +7,16 @@ from typing import ClassVar
 
 from prometheus_client import Counter
 
-from mesh.auth.middleware import Gate, GateCounters
+from mesh.auth.middleware import Gate, GateCounters, principal_of
 from mesh.auth.principal import unauthenticated
 from mesh.auth.ratelimit import RateLimiter
 from mesh.auth.verifier import TokenVerifier, auth_config_problem, key_source, peer_signer
 from mesh.context import MeshContext
 from mesh.runtime.services import Service, add_service
-from mesh.runtime.web import add_listener, add_middleware
+from mesh.runtime.web import Request, Response, View, add_listener, add_middleware
+from mesh.web.entities import json_response
+
+WHOAMI_PATH = "/api/v1/whoami"
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +87,26 @@ def register_auth(context: MeshContext) -> None:
     Auth.verifier = verifier
     Auth.tenant = tenant
     add_service(context.app, Auth)
+    _register_whoami(context)
+
+
+def _register_whoami(context: MeshContext) -> None:
+    """``GET /api/v1/whoami``: who the request's token says it is (subject, tenant,
+    scopes, expiry), to check a token against this fleet. ``POST`` answers the same
+    (the body is ignored): the cheapest request through the whole gate, which is what
+    ``mesh bench graphql`` measures GraphQL against."""
+
+    @context.app.page(WHOAMI_PATH)
+    class WhoAmI(View):
+        async def get(self, request: Request) -> Response:
+            principal = principal_of(request)
+            if principal is None:  # the gate lets nobody through without one
+                return json_response(self, {"error": {"code": "unauthenticated"}}, status=401)
+            scopes = ["*"] if principal.every_scope else sorted(principal.scopes)
+            return json_response(self, {
+                "subject": principal.subject, "tenant": principal.tenant,
+                "scopes": scopes, "expires_at": principal.expires_at,
+            })  # fmt: skip
+
+        async def post(self, request: Request) -> Response:
+            return await self.get(request)

@@ -66,6 +66,23 @@ async def test_rest_and_graphql_need_a_token(fleet: Fleet) -> None:
     assert (status, body) == (200, {"data": {"customer": {"name": "Ada"}}})
 
 
+async def test_whoami_answers_the_token_s_principal_and_only_with_one(fleet: Fleet) -> None:
+    worker = fleet.workers[0]
+    status, _, body = await _ask(worker, "GET", "/api/v1/whoami")
+    assert status == 401
+    token = bearer(scopes=("pii:read", "orders:write"))
+    for method in ("GET", "POST"):  # POST: the benchmark's baseline, the same answer
+        status, _, body = await _ask(worker, method, "/api/v1/whoami", headers=token)
+        assert status == 200
+        assert isinstance(body, dict)
+        assert body["subject"] == "tests"
+        assert body["tenant"] == "default"
+        assert body["scopes"] == ["orders:write", "pii:read"]
+        assert body["expires_at"] > 0
+    audit = [line for line in worker.run_log().splitlines() if "/api/v1/whoami" in line]
+    assert len(audit) >= 3  # audited like any request, the refused one too
+
+
 async def test_a_bad_token_is_told_only_that_it_is_invalid(fleet: Fleet) -> None:
     worker = fleet.workers[0]
     expired = issuer().mint("default", ttl_s=-3600)

@@ -2,7 +2,7 @@
 
 Two-worker fleets (the ones whose reads cross workers) in the production configuration,
 without and with a real Redis in one run, each against its own baseline, whose requests
-go through the same gate (a GraphQL request without a token and an unsigned baseline are
+go through the same gate (a GraphQL request and a baseline request without a token are
 refused); then a fleet in the dev configuration with the load from a separate process and
 only the nested uncached query at 8 in flight; the load generator on its own against a
 server checking its fleet signatures, in this process and from a separate one; the
@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 from mesh_tooling.bench.graphql import (
     BASELINE,
-    NO_KEYS,
     GraphQLBench,
     Scenario,
     redis_choice,
@@ -33,9 +32,8 @@ from mesh_tooling.bench.load import LoadResult, LoadSpec, run_load
 from mesh_tooling.dev.process import ManagedProcess, free_port
 from pydantic import SecretStr
 
-from mesh.auth.peer import PeerAuthError, PeerSigner
-from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.settings import Settings
+from mesh.web.auth import WHOAMI_PATH
 
 QUERIES = [("by-id", True), ("by-id", False), ("nested", True), ("nested", False)]
 ROWS = [(BASELINE, False), *QUERIES]
@@ -49,11 +47,10 @@ class Probing(GraphQLBench):
     async def _measure(
         self, urls: list[str], procs: list[ManagedProcess], **options: Any
     ) -> list[Scenario]:
-        peer = self._peer_urls(urls)[0] + INTERNAL_ENTITIES_PATH
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{urls[0]}/graphql", json={"query": "{ __typename }"}) as r:
                 self.refusals.append(r.status)
-            async with http.post(peer, data=NO_KEYS) as r:
+            async with http.post(urls[0] + WHOAMI_PATH, data=b"{}") as r:
                 self.refusals.append(r.status)
         return await super()._measure(urls, procs, **options)
 
@@ -88,8 +85,8 @@ async def test_production_configuration_with_and_without_redis(redis_url: str) -
         (q, c, 2, redis) for redis in (False, True) for q, c in ROWS
     ]
     assert [(s.query, s.auth) for s in ab] == [("auth-a/b", False), ("auth-a/b", True)]
-    # Each fleet refused a GraphQL request without a token and an unsigned peer call.
-    assert bench.refusals == [401, 403, 401, 403]
+    # Each fleet refused a GraphQL request and a baseline request without a token.
+    assert bench.refusals == [401, 401, 401, 401]
     for s in scenarios:
         _sane(s)
         assert s.load_process == "bench"
@@ -153,35 +150,30 @@ async def test_dev_configuration_separate_load_process_nested_uncached_only() ->
     assert not bench.root.exists()
 
 
-async def test_the_load_signs_and_answers_from_either_process() -> None:
-    """The load generator on its own against a real server checking fleet signatures (as
-    a worker's gate does on peer endpoints): every request signed afresh, the same result
-    from this process and from a separate one."""
-    secret = "s" * 32
-    signer = PeerSigner(secret.encode())
+async def test_the_load_answers_from_either_process() -> None:
+    """The load generator on its own against a real server checking a bearer token (as a
+    worker's gate does): the headers reach every request, and the same result comes from
+    this process and from a separate one."""
     seen: list[str] = []
 
-    async def entities(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            signer.check(request.method, request.raw_path, body, request.headers)
-        except PeerAuthError as exc:
-            return web.json_response({"error": str(exc)}, status=403)
-        seen.append(request.headers["X-Mesh-Signature"])
-        return web.json_response({"worker": "w0", "results": []})
+    async def whoami(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer t":
+            return web.json_response({"error": "no token"}, status=401)
+        seen.append(request.headers["Authorization"])
+        return web.json_response({"subject": "bench"})
 
     app = web.Application()
-    app.router.add_post(INTERNAL_ENTITIES_PATH, entities)
+    app.router.add_post(WHOAMI_PATH, whoami)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}{INTERNAL_ENTITIES_PATH}"
+    url = f"http://127.0.0.1:{port}{WHOAMI_PATH}"
     try:
         for process in ("bench", "separate"):
             edges: list[str] = []
-            spec = LoadSpec([url], [NO_KEYS], concurrency=2, warmup=0.2, duration=0.5,
-                            graphql=False, fleet_secret=secret)  # fmt: skip
+            spec = LoadSpec([url], [b"{}"], concurrency=2, warmup=0.2, duration=0.5,
+                            graphql=False, headers={"Authorization": "Bearer t"})  # fmt: skip
             load = await run_load(spec, process=process, on_window=edges.append)
             assert edges == ["start", "end"]
             assert load.errors == 0, load.first_error
@@ -189,12 +181,12 @@ async def test_the_load_signs_and_answers_from_either_process() -> None:
             assert load.per_target == {url: load.requests}
             assert 0.0 < load.cpu_share <= 1.0
             assert 0.4 < load.cpu_wall_s < 1.0
-            spec.fleet_secret = None  # unsigned: refused
+            spec.headers = {}  # no token: refused
             refused = await run_load(spec, process=process)
             assert refused.requests == 0
             assert refused.first_error is not None
-            assert refused.first_error.startswith("HTTP 403")
-        assert len(set(seen)) == len(seen)  # a fresh nonce each time (replays are refused)
+            assert refused.first_error.startswith("HTTP 401")
+        assert seen
     finally:
         await runner.cleanup()
 

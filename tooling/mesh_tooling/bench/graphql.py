@@ -5,7 +5,8 @@ reuses): it loads N customers, 10 products and, for customer 1, 20 invoices of 5
 then measures fleets of one worker and of two (the entities spread over both, so nested
 reads cross workers), each without and with Redis sharing the cross-worker reads
 (``--redis``). On each fleet, first the baseline (the cheapest request through the same
-web stack: ``POST /api/v1/internal/entities`` with no keys), then
+web stack and the same gate: ``POST /api/v1/whoami``, which answers the token's principal),
+then
 
 * by id: ``{ customer(id: $random) { id name email } }``;
 * nested: the README's query for customer 1 (20 invoices x 5 items with their products);
@@ -22,10 +23,9 @@ Each is reported as a ratio to the baseline of its own fleet, against the issue'
 
 The workers run in the production configuration (:meth:`GraphQLBench.production_env`,
 what ``deploy/base`` sets that a bench can): authentication on, every GraphQL request
-carrying the dev issuer's RS256 token (verified once, then a cache hit, as for a client
-that sends its token again and again) and every baseline request a fresh fleet signature
-(the baseline is a peer endpoint: the gate accepts nothing else there; the bench signs as
-a worker signs its calls to another), the audit line of every request written
+and baseline request carrying the dev issuer's RS256 token (verified once, then a cache
+hit, as for a client that sends its token again and again), the audit line of every
+request written
 (``MESH_LOG_LEVEL=info``), the rate limiter on (at a rate the bench never reaches: its one
 subject stands for many clients), the peer endpoints on their own port
 (``MESH_PEER_PORT_OFFSET=1``) and tracing at the default sampler exporting to a counting
@@ -68,10 +68,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from mesh.codec import RegistryClient, build_codecs
 from mesh.errors import StackError
-from mesh.graphql.loader import INTERNAL_ENTITIES_PATH
 from mesh.schemas import load_event_schemas
 from mesh.settings import Settings
 from mesh.sources.events import ChangeEvent, Op
+from mesh.web.auth import WHOAMI_PATH
 from mesh_tooling.bench.ingest import (
     PARTITIONS,
     TRACING_MODES,
@@ -94,9 +94,9 @@ AUTH_AB = "auth-a/b"
 TRACE_AB = "trace-a/b"
 """By id or nested, cached, one worker, tracing off / default / 100 % (see _measure_tracing)."""
 BASELINE = "baseline"
-NO_KEYS = b'{"tenant": "default", "keys": []}'
-"""The baseline: the cheapest request through the same web stack (an internal read of
-no keys), measured in the same run; GraphQL figures are also given as ratios to it."""
+"""The baseline: the cheapest request through the same web stack and gate (``POST
+/api/v1/whoami``: token checked, rate limited, audited, answered), measured in the same
+run; GraphQL figures are given as ratios to it."""
 _APPLIED = r"^dictamesh_catalog_events_total\{[^}]*\} (\S+)$"
 
 SCENARIOS = ("by-id-cached", "by-id-uncached", "nested-cached", "nested-uncached")
@@ -425,14 +425,6 @@ class GraphQLBench(IngestBench):
         await self._wait_materialised(urls, timeout=300, headers=self.auth_headers or None)
         return procs, urls
 
-    def _peer_urls(self, urls: list[str]) -> list[str]:
-        """Where the running fleet serves its peer endpoints."""
-        if not self.peer_offset:
-            return urls
-        return [
-            re.sub(r":(\d+)$", lambda m: f":{int(m[1]) + self.peer_offset}", url) for url in urls
-        ]
-
     async def _wait_materialised(
         self, urls: list[str], timeout: float, headers: dict[str, str] | None = None
     ) -> None:
@@ -546,13 +538,10 @@ class GraphQLBench(IngestBench):
             "workers": len(urls), "redis": redis, "production": self.production,
             "concurrency": self.concurrency, "load_process": self.load_process,
         }  # fmt: skip
-        signed = ", each signed with the fleet secret" if self.production else ""
-        print(f"  baseline, {fleet}: POST {INTERNAL_ENTITIES_PATH} without keys{signed}",
-              flush=True)  # fmt: skip
-        spec = self._spec([url + INTERNAL_ENTITIES_PATH for url in self._peer_urls(urls)],
-                          [NO_KEYS])  # fmt: skip
+        token = " with the bearer token" if self.production else ""
+        print(f"  baseline, {fleet}: POST {WHOAMI_PATH}{token}", flush=True)
+        spec = self._spec([url + WHOAMI_PATH for url in urls], [b"{}"], self.auth_headers)
         spec.graphql = False
-        spec.fleet_secret = self.fleet_secret if self.production else None
         load, figures = await self._run(procs, spec)
         out = [Scenario(BASELINE, load=load, cached=False, auth=self.production, **figures,
                         **common)]  # fmt: skip
@@ -827,10 +816,9 @@ def tracing_report(scenarios: list[Scenario]) -> list[str]:
 
 PRODUCTION = (
     "production configuration: authentication on (the dev issuer's RS256 token on every "
-    "GraphQL request; the baseline, a peer endpoint, signed with the fleet secret per "
-    "request), audit lines written (MESH_LOG_LEVEL=info), the rate limiter on (at a rate "
-    "never reached), peer endpoints on their own port, tracing at the default sampler "
-    "exporting to a counting OTLP sink"
+    "request, the baseline's too), audit lines written (MESH_LOG_LEVEL=info), the rate "
+    "limiter on (at a rate never reached), peer endpoints on their own port, tracing at "
+    "the default sampler exporting to a counting OTLP sink"
 )
 DEV_CONFIG = (
     "dev configuration (--dev-config): authentication off, logs at warning, tracing as the "

@@ -33,11 +33,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
-Sign = Callable[[str, bytes], Mapping[str, str]]
 """Per-request headers for ``(url, body)``: e.g. a fleet signature, new for each request."""
 OnWindow = Callable[[str], None]
 """Called with ``"start"`` and ``"end"`` as the measured window begins and ends."""
@@ -141,11 +139,10 @@ async def generate_load(
     seed: int = 0,
     headers: dict[str, str] | None = None,
     graphql: bool = True,
-    sign: Sign | None = None,
     on_window: OnWindow | None = None,
 ) -> LoadResult:
     """Post ``body(rng)`` to ``urls`` with ``concurrency`` requests in flight (and
-    ``headers`` besides the JSON content type, and ``sign(url, body)``'s per request). A
+    ``headers`` besides the JSON content type). A
     non-200 answer is an error, and so is a GraphQL answer with errors or without data
     unless ``graphql`` is false. ``on_window`` is called as the measured window starts
     and ends; the result holds this process's CPU time between the two."""
@@ -173,13 +170,12 @@ async def generate_load(
         for turn in itertools.count(n):
             url = urls[turn % len(urls)]
             data = body(rng)
-            sent = headers if sign is None else {**headers, **sign(url, data)}
             t0 = time.perf_counter()
             if t0 >= window_end:
                 return
             error: str | None = None
             try:
-                async with http.post(url, data=data, headers=sent) as resp:
+                async with http.post(url, data=data, headers=headers) as resp:
                     answer = await resp.read()
                     if resp.status != 200:
                         error = f"HTTP {resp.status}: {answer[:200]!r}"
@@ -200,29 +196,10 @@ async def generate_load(
     return result
 
 
-def fleet_signer(secret: str) -> Sign:
-    """Signs each request as a worker signs its calls to another's peer endpoints
-    (:class:`mesh.auth.peer.PeerSigner`, the fleet's own call): a fresh nonce each time."""
-    from mesh.auth.peer import PeerSigner
-
-    signer = PeerSigner(secret.encode())
-    paths: dict[str, str] = {}
-
-    def sign(url: str, data: bytes) -> Mapping[str, str]:
-        path = paths.get(url)
-        if path is None:
-            parts = urlsplit(url)
-            path = paths[url] = parts.path + (f"?{parts.query}" if parts.query else "")
-        return signer.headers("POST", path, data)
-
-    return sign
-
-
 @dataclass
 class LoadSpec:
     """One window's load, as data a separate process can be given: :func:`generate_load`
-    with ``body`` drawing uniformly from ``bodies`` (one body: always it), and with
-    ``fleet_secret`` each request signed by :func:`fleet_signer`."""
+    with ``body`` drawing uniformly from ``bodies`` (one body: always it)."""
 
     urls: list[str]
     bodies: list[bytes]
@@ -232,7 +209,6 @@ class LoadSpec:
     seed: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     graphql: bool = True
-    fleet_secret: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -244,7 +220,6 @@ class LoadSpec:
             "seed": self.seed,
             "headers": self.headers,
             "graphql": self.graphql,
-            "fleet_secret": self.fleet_secret,
         }
 
     @classmethod
@@ -258,7 +233,6 @@ class LoadSpec:
             seed=int(data["seed"]),
             headers=dict(data["headers"]),
             graphql=bool(data["graphql"]),
-            fleet_secret=data["fleet_secret"],
         )
 
 
@@ -274,7 +248,6 @@ async def _run_here(spec: LoadSpec, on_window: OnWindow | None) -> LoadResult:
         spec.urls, body, concurrency=spec.concurrency, warmup=spec.warmup,
         duration=spec.duration, seed=spec.seed, headers=spec.headers or None,
         graphql=spec.graphql, on_window=on_window,
-        sign=None if spec.fleet_secret is None else fleet_signer(spec.fleet_secret),
     )  # fmt: skip
 
 
