@@ -8,7 +8,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mesh.cache import ReadCache
-from mesh.catalog.links import PeerLinks
 from mesh.domain import DomainConfig
 from mesh.observability.slo import SloMetrics
 from mesh.runtime.app import App
@@ -53,8 +52,9 @@ class MeshContext:
     """The worker's :class:`~mesh.sagas.service.Sagas` (``None`` with sagas off)."""
     cache: ReadCache | None = None
     """The GraphQL read caches; the catalog invalidates them as it writes."""
-    links: PeerLinks = field(default_factory=PeerLinks)
-    """WebSockets to the other workers, for GraphQL's batched reads."""
+    links: Any = None
+    """The worker's :class:`~mesh.catalog.links.PeerLinks` (WebSockets to the other
+    workers, for GraphQL's batched reads), set by ``register_peer_links``."""
     slo: SloMetrics = field(init=False)
     """Request latency and freshness (see :mod:`mesh.observability.slo`)."""
 

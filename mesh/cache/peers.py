@@ -15,16 +15,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from mesh.cache.leases import GrantedLeases, HeldLeases
 from mesh.cache.metrics import CacheMetrics
 from mesh.cache.responses import ResponseCache
 from mesh.errors import UnavailableError
 
-if TYPE_CHECKING:  # the catalog imports the caches
-    from mesh.catalog.router import FleetRouter
+
+class _Answer(Protocol):
+    @property
+    def status(self) -> int: ...
+
+
+class Fleet(Protocol):
+    """What the leases need of the fleet router (:class:`mesh.catalog.router.FleetRouter`,
+    which the catalog owns: the caches sit below it)."""
+
+    def peers(self) -> list[str]: ...
+
+    async def ask(
+        self,
+        url: str,
+        path: str,
+        *,
+        method: str = ...,
+        body: Any = ...,
+        timeout_s: float | None = ...,
+    ) -> _Answer: ...
+
 
 log = logging.getLogger(__name__)
 LEASE_PATH = "/api/v1/internal/cache/lease"
@@ -49,14 +69,16 @@ class PeerInvalidations:
 
     def __init__(
         self,
-        router: FleetRouter,
+        router: Fleet,
         responses: ResponseCache | None,
         metrics: CacheMetrics,
         lease_s: float,
+        me: Callable[[], str],
     ) -> None:
         """``responses``: ``None`` when this worker caches no responses (then it holds no
-        leases, only grants them)."""
+        leases, only grants them); ``me``: this worker's URL, where peers push to it."""
         self.router = router
+        self._me = me
         self.responses = responses
         self.metrics = metrics
         self.lease_s = lease_s
@@ -68,7 +90,7 @@ class PeerInvalidations:
     @property
     def me(self) -> str:
         """This worker's URL: where peers push to it."""
-        return str(self.router.context.app.conf.canonical_url)
+        return self._me()
 
     # -- as the reader ---------------------------------------------------------------------
 

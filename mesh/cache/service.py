@@ -36,8 +36,9 @@ def register_read_cache(context: MeshContext) -> None:
     """Build the caches the settings ask for into ``context.cache`` and run their service."""
     cache = build_read_cache(context.settings, context.metrics)
     cache.peers = PeerInvalidations(
-        FleetRouter(context), cache.responses, cache.metrics, context.settings.cache_lease_s
-    )
+        FleetRouter(context), cache.responses, cache.metrics, context.settings.cache_lease_s,
+        me=lambda: str(context.app.conf.canonical_url),
+    )  # fmt: skip
     context.cache = cache
 
     class _Cache(CacheService):

@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from mesh.errors import UnavailableError
 from mesh.runtime.services import Service, add_service
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 LINK_PATH = "/api/v1/internal/entities/link"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest answer a link accepts: 10,000 records (the batch limit) of a few KB each."""
+
+
+Answer = Callable[[Any, bytes], tuple[bytes, "str | None"]]
+"""What a served link does with a message: the request it came on and the message give
+the results (JSON bytes) or why it is refused."""
 
 
 class NoLinkError(Exception):
@@ -144,6 +151,56 @@ class PeerLink:
                 await self._reader
 
 
+def serve_links(web_app: Any, path: str, answer: Answer) -> None:
+    """Serve links at ``path`` of ``web_app`` (the worker's aiohttp application, before it
+    starts): each message is answered ``{"id", "results": answer's bytes}`` or
+    ``{"id", "error"}``, in the order they come. Links still open when the server shuts
+    down are closed rather than waited for."""
+    open_links: set[web.WebSocketResponse] = set()
+
+    async def link(request: web.Request) -> web.StreamResponse:
+        # The gate checked the fleet's signature on the upgrade: every message on this
+        # socket is the fleet's.
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        open_links.add(ws)
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                number = _number(message.data)
+                results, problem = answer(request, message.data)
+                if problem is not None:
+                    await ws.send_bytes(orjson.dumps({"id": number, "error": problem}))
+                else:
+                    head = b'{"id":' + orjson.dumps(number) + b',"results":'
+                    await ws.send_bytes(head + results + b"}")
+        finally:
+            open_links.discard(ws)
+        return ws
+
+    async def close_links(_: web.Application) -> None:
+        await asyncio.gather(*(ws.close() for ws in list(open_links)), return_exceptions=True)
+
+    web_app.router.add_get(path, link)
+    web_app.on_shutdown.append(close_links)
+
+
+def _number(raw: bytes) -> int | None:
+    """The ``id`` of a link message (``None`` when it has none)."""
+    try:
+        number = orjson.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return number if isinstance(number, int) else None
+
+
+def links_of(context: MeshContext) -> PeerLinks:
+    """The worker's links (see :func:`register_peer_links`)."""
+    links: PeerLinks = context.links
+    return links
+
+
 class PeerLinks:
     """This worker's links, one per peer, opened on first use."""
 
@@ -176,9 +233,9 @@ class PeerLinks:
 
 
 def register_peer_links(context: MeshContext) -> None:
-    """Close the worker's links when it stops; after a rebalance, try links again with
-    peers that had none."""
-    links = context.links
+    """Give the worker its links (``context.links``); close them when it stops; after a
+    rebalance, try links again with peers that had none."""
+    links = context.links = PeerLinks()
 
     class _Links(Service):
         async def on_start(self) -> None:

@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from mesh.auth.principal import Principal
 from mesh.cache import ReadCache, Recorder
-from mesh.catalog.links import NoLinkError
+from mesh.catalog.links import NoLinkError, links_of
 from mesh.catalog.router import FleetRouter
 from mesh.errors import UnavailableError
 from mesh.graphql.metrics import GraphQLMetrics
@@ -54,11 +54,16 @@ class BatchRecord:
     keys: int
     names: list[str]
     """Entity types and relations read in the batch."""
+    via: str = ""
+    """How a remote batch travelled: ``link`` (:mod:`mesh.catalog.links`) or ``http``."""
 
     def as_json(self) -> dict[str, Any]:
         """The record as shown in the response's ``extensions.batches``."""
-        return {"round": self.round, "kind": self.kind, "owner": self.owner,
-                "keys": self.keys, "names": self.names}  # fmt: skip
+        shown = {"round": self.round, "kind": self.kind, "owner": self.owner,
+                 "keys": self.keys, "names": self.names}  # fmt: skip
+        if self.via:
+            shown["via"] = self.via
+        return shown
 
 
 _Waiter = tuple[asyncio.Future[Any], list[asyncio.Future[Any]], Callable[[list[Any]], Any]]
@@ -294,13 +299,14 @@ class Loader:
             await self.cache.fill(fetched)
         return results
 
-    async def _ask(self, owner: str, body: dict[str, Any]) -> Any:
+    async def _ask(self, owner: str, body: dict[str, Any], record: BatchRecord) -> Any:
         """The results the worker at ``owner`` gives for ``body``: on the link to it, or
         over HTTP for a request being traced (the owner's span then joins the trace) and
         for a peer without links."""
-        links = self.router.context.links
+        links = links_of(self.router.context)
         link = None if _traced() else links.link(self.router, owner)
         if link is not None:
+            record.via = "link"
             try:
                 answer = await link.read(body, self.router.context.settings.peer_timeout_s)
             except NoLinkError:
@@ -309,6 +315,7 @@ class Loader:
                 if "error" in answer:
                     raise UnavailableError(f"the worker at {owner} refused: {answer['error']}")
                 return answer["results"]
+        record.via = "http"
         reply = await self.router.ask(owner, INTERNAL_ENTITIES_PATH, method="POST", body=body)
         if reply.status != 200:
             raise UnavailableError(f"the worker at {owner} answered {reply.status}")
@@ -328,10 +335,12 @@ class Loader:
             results.update(self._local_reads(readable))
         return results
 
-    def _record(self, kind: str, owner: str, keys: list[Key]) -> None:
+    def _record(self, kind: str, owner: str, keys: list[Key]) -> BatchRecord:
         names = sorted({k.name for k in keys})
-        self.batches.append(BatchRecord(self._rounds, kind, owner, len(keys), names))
+        record = BatchRecord(self._rounds, kind, owner, len(keys), names)
+        self.batches.append(record)
         self.metrics.batch(kind, len(keys))
+        return record
 
     def _local(self, items: list[tuple[Key, Location]]) -> dict[Key, Any]:
         self._record("local", self.worker, [k for k, _ in items])
@@ -352,10 +361,10 @@ class Loader:
         """``owned`` read from ``owner``; the keys it answered as about to change are
         added to ``pending`` (and the response is not cached)."""
         keys = [key for key, _ in owned]
-        self._record("remote", owner, keys)
+        record = self._record("remote", owner, keys)
         body = {"tenant": self.tenant, "keys": [k.as_json() for k in keys]}
         try:
-            answers = await self._ask(owner, body)
+            answers = await self._ask(owner, body, record)
         except (ValueError, KeyError, TypeError) as exc:
             why = f"the worker owning these keys ({owner}) answered nonsense: {exc!r}"
             return dict.fromkeys(keys, UnavailableError(why))

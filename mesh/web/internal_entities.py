@@ -19,16 +19,14 @@ The tenant comes in the body, which the fleet's signature covers; a call made fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
 
 from mesh.auth.middleware import principal_of
 from mesh.cache import ReadCache
-from mesh.catalog.links import LINK_PATH, MAX_MESSAGE_BYTES
+from mesh.catalog.links import LINK_PATH, serve_links
 from mesh.catalog.reader import CatalogReader
 from mesh.catalog.router import WORKER_HEADER
 from mesh.context import MeshContext
@@ -117,44 +115,7 @@ def register_internal_entities_view(context: MeshContext) -> None:
             body = b'{"worker":' + worker + b',"results":' + results + b"}"
             return json_bytes_response(self, body, headers=headers)
 
-    links: set[web.WebSocketResponse] = set()
-
-    async def link(request: web.Request) -> web.StreamResponse:
-        # The gate checked the fleet's signature on the upgrade: every message on this
-        # socket is the fleet's. Reads are answered in the order they come, each at once.
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
-        await ws.prepare(request)
-        links.add(ws)
-        try:
-            async for message in ws:
-                if message.type != WSMsgType.BINARY:
-                    continue
-                number = _number(message.data)
-                results, problem = answer(request, message.data)
-                if problem is not None:
-                    await ws.send_bytes(orjson.dumps({"id": number, "error": problem}))
-                else:
-                    head = b'{"id":' + orjson.dumps(number) + b',"results":'
-                    await ws.send_bytes(head + results + b"}")
-        finally:
-            links.discard(ws)
-        return ws
-
-    async def close_links(_: web.Application) -> None:
-        await asyncio.gather(*(ws.close() for ws in list(links)), return_exceptions=True)
-
-    web_app = web_application(context.app)
-    web_app.router.add_get(LINK_PATH, link)
-    web_app.on_shutdown.append(close_links)
-
-
-def _number(raw: bytes) -> int | None:
-    """The ``id`` of a link message (``None`` when it has none)."""
-    try:
-        number = orjson.loads(raw).get("id")
-    except (ValueError, AttributeError):
-        return None
-    return number if isinstance(number, int) else None
+    serve_links(web_application(context.app), LINK_PATH, answer)
 
 
 def register_internal_scan_view(context: MeshContext) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -83,3 +84,40 @@ async def test_a_link_answers_reads_and_names_bad_messages(fleet: Fleet) -> None
         assert time.monotonic() - started < 20
         closing = await ws.receive()
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def test_graphql_reads_other_workers_on_links_and_survives_one_dying(
+    sample_domain: DomainConfig, tmp_path: Path
+) -> None:
+    names = ["link-a", "link-b"]
+    env = {"MESH_PEER_TIMEOUT_S": "3"}
+    async with open_fleet(sample_domain, tmp_path, "links-two", 4, names, env) as two:
+        a, b = two.workers
+        for cid in range(1, 9):
+            await two.send("customer", cid, 1, customer(f"C{cid}"), Op.CREATE)
+        for cid in range(1, 9):
+            await eventually(a, entity("customer", cid), at_version(1))
+        query = "{ " + " ".join(f'c{c}: customer(id: "{c}") {{ name }}' for c in range(1, 9)) + " }"
+        headers = {**bearer(), "Cache-Control": "no-cache", "X-Mesh-Debug": "batches"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def ask() -> dict[str, Any]:
+                async with http.post(f"{a.base}/graphql", json={"query": query}) as resp:
+                    assert resp.status == 200
+                    answer: dict[str, Any] = await resp.json()
+                    return answer
+
+            answer = await ask()
+            assert answer["data"] == {f"c{c}": {"name": f"C{c}"} for c in range(1, 9)}
+            remote = [x for x in answer["extensions"]["batches"] if x["kind"] == "remote"]
+            assert remote, "every customer is worker A's: nothing crossed"
+            assert {x["via"] for x in remote} == {"link"}
+
+            await b.kill()  # its end of the link goes with it
+            started = time.monotonic()
+            answer = await ask()
+            # Answered, not hung: B's keys fail as unavailable (or, rebalanced already,
+            # are read from A), never anything else.
+            assert time.monotonic() - started < 10
+            for error in answer.get("errors", []):
+                assert error["extensions"]["code"] == "UNAVAILABLE", error
