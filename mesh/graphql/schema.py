@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import graphene
@@ -278,20 +278,34 @@ def _object_type(
     return type(spec.graphql_name, (graphene.ObjectType,), attrs)
 
 
-def _root_resolver(entity_type: str, spec: EntitySpec) -> Callable[..., Awaitable[Record | None]]:
-    async def resolve(root: Any, info: Any, id: str) -> Record | None:
+class _Root:
+    """Resolves a root field by id (``customer(id:)``): the live record, or ``null`` and the
+    error ``no customer with id 9``. Its steps are methods too, so that the planned
+    executor (:mod:`mesh.graphql.plan`) reads the key with its round's other keys."""
+
+    def __init__(self, entity_type: str, spec: EntitySpec) -> None:
+        self.entity_type, self.spec = entity_type, spec
+
+    def key(self, id: str) -> Key:
+        """The key of ``id``; :class:`PublicGraphQLError` when it cannot be one."""
         try:
-            entity_id = parse_id(spec, entity_type, id)
+            entity_id = parse_id(self.spec, self.entity_type, id)
         except ApiError as exc:
             raise PublicGraphQLError(exc.message) from None
-        loader: Loader = info.context
-        found = loader.fetch([Key("entity", entity_type, entity_id)], _live_first)
-        rec = (await found) if isinstance(found, asyncio.Future) else found
-        if rec is None:
-            raise PublicGraphQLError(f"no {entity_type} with id {entity_id}")
-        return rec
+        return Key("entity", self.entity_type, entity_id)
 
-    return resolve
+    def found(self, key: Key, record: Record | None) -> Record:
+        """The record read for ``key`` (live or ``None``), or the error naming the id."""
+        if record is None:
+            raise PublicGraphQLError(f"no {self.entity_type} with id {key.id}")
+        return record
+
+    async def __call__(self, root: Any, info: Any, id: str) -> Record | None:
+        key = self.key(id)
+        loader: Loader = info.context
+        found = loader.fetch([key], _live_first)
+        rec = (await found) if isinstance(found, asyncio.Future) else found
+        return self.found(key, rec)
 
 
 def build_schema(domain: DomainConfig, sagas: Any = None) -> graphene.Schema:
@@ -305,7 +319,7 @@ def build_schema(domain: DomainConfig, sagas: Any = None) -> graphene.Schema:
         query_attrs[entity_type] = graphene.Field(
             types[entity_type],
             id=graphene.ID(required=True),
-            resolver=_root_resolver(entity_type, spec),
+            resolver=_Root(entity_type, spec),
             description=f"One {entity_type} by id; null (with an error) when there is none.",
         )
         list_name = plural(entity_type)

@@ -54,12 +54,31 @@ from graphql.execution.collect_fields import collect_fields, collect_sub_fields
 from graphql.execution.execute import default_field_resolver
 from graphql.pyutils import Path
 
-from mesh.graphql.schema import _Forward, _Reverse
+from mesh.graphql.schema import _Forward, _Reverse, _Root
 
-__all__ = ["LEAF", "LIST", "OBJECT", "Completion", "FieldPlan", "Plan", "Planner", "Selection"]
+__all__ = [
+    "ARGS",
+    "BY_ID",
+    "FORWARD",
+    "LEAF",
+    "LIST",
+    "OBJECT",
+    "RESOLVE",
+    "REVERSE",
+    "TYPENAME",
+    "Completion",
+    "FieldPlan",
+    "Plan",
+    "Planner",
+    "Selection",
+]
 
 LEAF, OBJECT, LIST = 0, 1, 2
 """The kinds of :class:`Completion`."""
+RESOLVE, ARGS, TYPENAME, FORWARD, REVERSE, BY_ID = range(6)
+"""How a :class:`FieldPlan` is resolved: by calling its resolver (without arguments, or
+with them), as ``__typename``, or by the executor reading its keys with the round's other
+reads (forward references, reverse relations, root fields by id)."""
 
 _MAX_DOCUMENTS = 1024
 """Documents with plans kept at most (the query cache in front keeps 512)."""
@@ -116,14 +135,18 @@ class FieldPlan:
     parent: GraphQLObjectType
     index: int
     """The field's position in :attr:`Plan.fields` (its per-request info and arguments)."""
+    kind: int = RESOLVE
+    """:data:`RESOLVE`, :data:`ARGS`, :data:`TYPENAME`, :data:`FORWARD`, :data:`REVERSE` or
+    :data:`BY_ID`."""
     definition: GraphQLField | None = None
     """``None`` for ``__typename``."""
     resolve: Callable[..., Any] = default_field_resolver
-    relation: _Forward | _Reverse | None = None
-    """A relation field's resolver: the executor reads its keys with every other relation
-    field of the round (see :mod:`.run`) instead of calling it."""
+    forward: _Forward | None = None
+    """The resolver of a forward reference: the executor reads its key (its record)."""
     reverse: _Reverse | None = None
-    """The resolver of a reverse relation (its ids, then its members)."""
+    """The resolver of a reverse relation: the executor reads its ids, then its members."""
+    by_id: _Root | None = None
+    """The resolver of a root field by id: the executor reads its key."""
     has_args: bool = False
     same: type = NotPlain
     """A leaf whose values of exactly this type are their own serialization (``str`` for
@@ -308,18 +331,25 @@ class _Compiler:
             self.fields.append(plan)
             plans.append(plan)
             if name == "__typename":
+                plan.kind = TYPENAME
                 plan.completion = Completion(LEAF, True, GraphQLString, str)
                 continue
             definition = parent.fields.get(name)
             if definition is None:  # e.g. __schema, __type: introspection is not planned
                 raise UnsupportedError(f"field {parent.name}.{name}")
             plan.definition = definition
-            plan.resolve = definition.resolve or default_field_resolver
+            resolve = plan.resolve = definition.resolve or default_field_resolver
             plan.has_args = bool(definition.args)
-            if isinstance(definition.resolve, _Forward | _Reverse):
-                plan.relation = definition.resolve
-            if isinstance(definition.resolve, _Reverse):
-                plan.reverse = definition.resolve
+            # The resolvers whose reads the executor makes itself (what they would fetch,
+            # with the round's other keys), by their classes in mesh.graphql.schema.
+            if isinstance(resolve, _Forward):
+                plan.kind, plan.forward = FORWARD, resolve
+            elif isinstance(resolve, _Reverse):
+                plan.kind, plan.reverse = REVERSE, resolve
+            elif isinstance(resolve, _Root) and set(definition.args) == {"id"}:
+                plan.kind, plan.by_id = BY_ID, resolve
+            elif plan.has_args:
+                plan.kind = ARGS
             plan.completion = completion = self._completion(definition.type, nodes, plan.path)
             if completion.same in (str, bool):  # Int and Float have ranges to check
                 plan.same = completion.same

@@ -24,6 +24,7 @@ coroutine) is awaited as a task with the round it was made in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -36,8 +37,20 @@ from graphql.pyutils import Undefined, is_awaitable, is_iterable
 from graphql.pyutils import inspect as shown
 
 from mesh.graphql.loader import Loader
-from mesh.graphql.plan.compile import LEAF, OBJECT, Completion, FieldPlan, Plan, Selection
-from mesh.graphql.reads import Key
+from mesh.graphql.plan.compile import (
+    ARGS,
+    BY_ID,
+    FORWARD,
+    LEAF,
+    OBJECT,
+    RESOLVE,
+    REVERSE,
+    Completion,
+    FieldPlan,
+    Plan,
+    Selection,
+)
+from mesh.graphql.reads import Key, live
 from mesh.graphql.schema import _first, _live_first, _present
 
 __all__ = ["Execution"]
@@ -48,12 +61,13 @@ or an exception."""
 _MIN_INT, _MAX_INT = -(2**31), 2**31 - 1
 
 # What a read of the round is for: a forward reference's record, a reverse relation's
-# member ids, then its members.
-_FORWARD, _IDS, _MEMBERS = 0, 1, 2
+# member ids, then its members, a root field's record.
+_FORWARD, _IDS, _MEMBERS, _ROOT = 0, 1, 2, 3
 _THEN: dict[int, Callable[[list[Any]], Any]] = {
     _FORWARD: _live_first,
     _IDS: _first,
     _MEMBERS: _present,
+    _ROOT: _live_first,
 }
 
 Slot = tuple[Any, "str | int", bool, Any]
@@ -145,14 +159,17 @@ class Execution:
         reads, keys, waiting = self._reads, self._keys, self._waiting
         self._reads, self._keys, self._waiting = [], [], []
         values: Any = None
+        unique: list[Key] = []
         if reads:
             # One fetch of every key of the round: the same keys in the same tick as the
-            # fields' resolvers would fetch them, so the loader makes the same batches.
-            values = self.loader.fetch(keys, _values)
+            # fields' resolvers would fetch them, so the loader makes the same batches
+            # (each key once: many items name the same product).
+            unique = list(dict.fromkeys(keys))
+            values = self.loader.fetch(unique, _values)
         started: list[tuple[asyncio.Future[Any], _Waiting]] = []
         for entry in waiting:
             awaitable = entry[0]
-            if not self._alive(entry[3], entry[5]):
+            if self.errors and not self._alive(entry[3], entry[5]):
                 # Under a position nulled since: graphql-core never awaits it.
                 if inspect.iscoroutine(awaitable):
                     awaitable.close()
@@ -162,6 +179,13 @@ class Execution:
                 awaitable = asyncio.ensure_future(awaitable)
                 self._tasks.append(awaitable)
             started.append((awaitable, entry))
+        if not started:
+            if isinstance(values, asyncio.Future) and not values.done():
+                # The common round: one fetch to wait for, awaited as is (one wake-up).
+                with contextlib.suppress(Exception):
+                    await values
+            self._read_all(reads, keys, unique, values)
+            return
         resumed: set[int] = set()
         pending: set[asyncio.Future[Any]] = {future for future, _ in started}
         if isinstance(values, asyncio.Future):
@@ -182,16 +206,27 @@ class Execution:
             if not pending:
                 break
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for n, (future, entry) in enumerate(started):
+            if n not in resumed and (not self.errors or self._alive(entry[3], entry[5])):
+                self._resume(future, entry)
+        self._read_all(reads, keys, unique, values)
+
+    def _read_all(
+        self, reads: list[_Read], keys: list[Key], unique: list[Key], values: Any
+    ) -> None:
+        """Complete the round's reads with the values of their keys (``values``: those of
+        ``unique``, or the fetch's future)."""
+        found: dict[Key, Any] | None = None
         if isinstance(values, asyncio.Future):
             # Failed when any key did: each read then asks for its own keys again (read
             # now), and only those whose keys failed fail.
             values = None if values.exception() is not None else values.result()
-        for n, (future, entry) in enumerate(started):
-            if n not in resumed and self._alive(entry[3], entry[5]):
-                self._resume(future, entry)
+        if values is not None:
+            found = dict(zip(unique, values, strict=True))
         for read in reads:
-            if self._alive(read[4], read[6]):
-                self._read(read, keys, values)
+            # Only an error nulls a position: without one, every read is still wanted.
+            if not self.errors or self._alive(read[4], read[6]):
+                self._read(read, keys, found)
 
     def _alive(self, container: Any, slot: Slot | None) -> bool:
         """Whether ``container`` (an object or list at ``slot``) is still part of the
@@ -212,65 +247,83 @@ class Execution:
         """The completed fields of one object; :class:`_NullFieldError` when a non-null one
         is null."""
         out: dict[str, Any] = {}
-        infos, args = self._infos, self._args
+        infos = self._infos
         for f in selection.fields:
-            key = f.key
+            key, kind = f.key, f.kind
             try:
-                if f.relation is not None:
-                    self._relation(f, source, out, slot)
+                if kind == RESOLVE:
+                    value = f.resolve(source, infos[f.index])
+                elif kind == FORWARD:
+                    assert f.forward is not None
+                    ref = f.forward.key(source)
+                    if ref is not None:
+                        out[key] = None  # set when read; placed now to keep the key order
+                        self._ask(_FORWARD, f, ref, out, slot)
+                        continue
+                    value = None  # a reference to nothing
+                elif kind == REVERSE:
+                    assert f.reverse is not None
+                    out[key] = None
+                    self._ask(_IDS, f, f.reverse.key(source), out, slot)
                     continue
-                if f.definition is None:
-                    out[key] = selection.type_name  # __typename
-                    continue
-                if f.has_args:
-                    given = args[f.index]
+                elif kind in (ARGS, BY_ID):
+                    given = self._args[f.index]
                     if isinstance(given, Exception):
                         raise given
-                    value = f.resolve(source, infos[f.index], **(given or {}))
+                    assert given is not None
+                    if kind == BY_ID:
+                        assert f.by_id is not None
+                        ref = f.by_id.key(given["id"])
+                        out[key] = None
+                        self._ask(_ROOT, f, ref, out, slot)
+                        continue
+                    value = f.resolve(source, infos[f.index], **given)
                 else:
-                    value = f.resolve(source, infos[f.index])
+                    out[key] = selection.type_name  # __typename
+                    continue
             except Exception as exc:
                 self._failed(f, f.completion, exc, key, slot)
                 out[key] = None
                 continue
-            kind = type(value)
-            if kind is f.same:  # a plain leaf value: its own serialization
+            of = type(value)
+            if of is f.same:  # a plain leaf value: its own serialization
                 out[key] = value
                 continue
-            if kind not in _PLAIN and is_awaitable(value):
+            if of not in _PLAIN and is_awaitable(value):
                 out[key] = None  # set when awaited; placed now to keep the key order
                 self._wait(value, f, f.completion, out, key, slot)
                 continue
             out[key] = self._complete(f, f.completion, value, out, key, slot)
         return out
 
-    def _relation(self, f: FieldPlan, source: Any, out: dict[str, Any], slot: Slot | None) -> None:
-        """Ask for a relation field's keys in this round (its resolver's first fetch)."""
-        relation = f.relation
-        assert relation is not None
-        key = relation.key(source)
-        if key is None:  # a forward reference to nothing
-            out[f.key] = self._complete(f, f.completion, None, out, f.key, slot)
-            return
-        out[f.key] = None  # set when read; placed now to keep the key order
+    def _ask(
+        self, what: int, f: FieldPlan, key: Key, out: dict[str, Any], slot: Slot | None
+    ) -> None:
+        """Read ``key`` in this round for field ``f`` (what its resolver would fetch)."""
         start = len(self._keys)
         self._keys.append(key)
-        what = _IDS if f.reverse else _FORWARD
         self._reads.append((what, f, start, start + 1, out, f.key, slot))
 
-    def _read(self, read: _Read, keys: list[Key], values: list[Any] | None) -> None:
+    def _read(self, read: _Read, keys: list[Key], found: dict[Key, Any] | None) -> None:
         """Complete a field whose keys were read in the round (or read its members)."""
         what, f, start, end, out, key, slot = read
-        then = _THEN[what]
+        value: Any
         try:
-            if values is not None:
-                value = then(values[start:end])
-            else:  # some key of the round failed: were this field's?
-                value = self.loader.fetch(keys[start:end], then)
+            if found is None:  # some key of the round failed: were this field's?
+                value = self.loader.fetch(keys[start:end], _THEN[what])
                 if isinstance(value, asyncio.Future):
                     # Read already, so settled: its own keys' error, as its resolver gets.
                     value = value.result()
-            if what == _IDS:
+            elif what in (_FORWARD, _ROOT):  # _THEN's functions, inlined
+                value = live(found[keys[start]])
+            elif what == _IDS:
+                value = found[keys[start]]
+            else:
+                value = _present([found[k] for k in keys[start:end]])
+            if what == _ROOT:
+                assert f.by_id is not None
+                value = f.by_id.found(keys[start], value)
+            elif what == _IDS:
                 assert f.reverse is not None
                 members = [Key("entity", f.reverse.child, i) for i in value]
                 if members:
@@ -373,6 +426,21 @@ class Execution:
         slot = (container, key, not c.nonnull, parent)
         out: list[Any] = []
         append = out.append
+        if item.kind == OBJECT and item.selection is not None:
+            # A list of objects (a relation's members): each completed straight away,
+            # what _complete would do for a record.
+            selection, nullable = item.selection, not item.nonnull
+            for index, each in enumerate(value):
+                if type(each) is not dict:
+                    append(self._complete(f, item, each, out, index, slot))
+                    continue
+                try:
+                    append(self._object(selection, each, (out, index, nullable, slot)))
+                except _NullFieldError:
+                    if not nullable:
+                        raise
+                    append(None)
+            return out
         for index, each in enumerate(value):
             if type(each) not in _PLAIN and is_awaitable(each):
                 append(None)
