@@ -21,8 +21,17 @@ that way. So a catalog partition is delivered only once this module has rewound 
 current generation, to its committed offset or, when there is none, to its first offset;
 any record it cannot deliver makes it rewind the partition again first.
 
+Delivery hands the buffer aiokafka's records as the consumer thread fetched them, a
+partition's run at a time: no Faust ``Message`` per record, no per-record scheduling or
+checks. The checks Faust makes per record (flow active, same generation, partition
+active, may deliver) can only change when the loop yields, so they are made before each
+run and again after every ``await``; the read offset is stored before every ``await``,
+as Faust would have stored it record by record. Other topics keep Faust's path, record by
+record, as before. The records are acknowledged in bulk (:meth:`Subscription.ack`), into
+the same bookkeeping Faust commits from.
+
 This replaces ``_drain_messages`` on one consumer instance (not the class): the loop below
-is Faust 0.15's, with the delivery step changed.
+is Faust 0.15's (with ``getmany`` inlined), the delivery step changed.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ import faust
 from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.types import TP
+from faust.types.tuples import ack_lock
 from mode import Service
+from mode.utils.futures import notify
 
 
 class MessageBuffer:
@@ -58,6 +69,17 @@ class MessageBuffer:
         self.arrived.set()
         if len(self.messages) >= self.maxsize:
             self.room.clear()
+
+    def put_all(self, messages: list[Any]) -> None:
+        """Add messages (the caller took no more than :meth:`room_left`)."""
+        self.messages.extend(messages)
+        self.arrived.set()
+        if len(self.messages) >= self.maxsize:
+            self.room.clear()
+
+    def room_left(self) -> int:
+        """How many messages may be added before delivery must wait."""
+        return self.maxsize - len(self.messages)
 
     def full(self) -> bool:
         """True when delivery must wait."""
@@ -185,10 +207,38 @@ class Subscription:
         consumer._drain_messages = types.MethodType(drain, consumer)  # type: ignore[attr-defined]
 
     def ack(self, messages: list[Any]) -> None:
-        """Mark ``messages`` handled: the consumer commits their offsets."""
-        ack = self.app.consumer.ack
+        """Mark ``messages`` handled: the consumer commits their offsets.
+
+        What ``Consumer.ack`` does for each, in one pass under its lock: each offset not
+        acked yet and not below the committed one joins its partition's acked offsets.
+        (The records are aiokafka's, never tracked as Faust's unacked messages.)"""
+        consumer: Any = self.app.consumer
+        by_tp: dict[tuple[str, int], list[int]] = {}
         for message in messages:
-            ack(message)
+            key = (message.topic, message.partition)
+            offsets = by_tp.get(key)
+            if offsets is None:
+                offsets = by_tp[key] = []
+            offsets.append(message.offset)
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        with ack_lock:
+            try:
+                for (topic, partition), offsets in by_tp.items():
+                    if not acks_enabled_for(topic):
+                        continue
+                    tp = TP(topic, partition)
+                    committed = consumer._committed_offset[tp]
+                    acked_index = consumer._acked_index[tp]
+                    acked = consumer._acked[tp]
+                    for offset in offsets:
+                        if (committed is None or offset >= committed) and (
+                            offset not in acked_index
+                        ):
+                            acked_index.add(offset)
+                            acked.append(offset)
+                            consumer._n_acked += 1
+            finally:
+                notify(consumer._waiting_for_ack)
 
 
 def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., Any]:
@@ -196,7 +246,7 @@ def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., An
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
         callback = self.callback
-        getmany = self.getmany
+        to_message = self._to_message
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -205,16 +255,101 @@ def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., An
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        track_end_offset = self.app.monitor.track_tp_end_offset
         yield_every = 100
         num_since_yield = 0
+        app = self.app
+
+        def stopped(generation: int) -> bool:
+            """Faust stops taking records of a fetch once flow stops or the group moves."""
+            return not self.flow_active or app.consumer_generation_id != generation
+
+        def taken_from(tp: TP, active: Any) -> bool:
+            """Faust takes a fetched record only of a partition active or buffered."""
+            return active is None or tp in active or tp in self._buffered_partitions
+
+        async def deliver(tp: TP, records: list[Any], generation: int, active: Any) -> bool:
+            """Put a catalog partition's fetched records into the buffer, a run at a time
+            (as many as fit); False when the rest of the fetch must not be delivered."""
+            track_end_offset(tp, self.highwater(tp))
+            acks = acks_enabled_for(tp.topic)
+            r_offset = get_read_offset(tp)
+            taken, count = 0, len(records)
+            gap_at: int | None = None
+            while taken < count:
+                # Checked anew after every await; nothing else changes them.
+                if stopped(generation):
+                    positions.drop(tp)  # the rest is read again once settled
+                    return False
+                if not taken_from(tp, active) or not positions.may_deliver(tp):
+                    positions.drop(tp)  # read again from its committed offset
+                    return True
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                    continue
+                if buffer.room_left() <= 0:
+                    await self.wait_first(buffer.room.wait(), self.suspend_flow.wait())
+                    continue
+                run: list[Any] = []
+                room = buffer.room_left()
+                while taken < count and len(run) < room:
+                    record = records[taken]
+                    offset = record.offset
+                    if r_offset is not None and offset < r_offset:
+                        taken += 1
+                        continue
+                    if acks and r_offset and offset - r_offset > 1 and gap_at != offset:
+                        gap_at = offset  # recorded below, once the run before it is in
+                        break
+                    run.append(record)
+                    r_offset = offset
+                    taken += 1
+                if run:
+                    buffer.put_all(run)
+                    set_read_offset(tp, r_offset)
+                if gap_at is not None and taken < count and records[taken].offset == gap_at:
+                    assert r_offset is not None
+                    await self._add_gap(tp, r_offset + 1, gap_at)
+                    continue
+                await asyncio.sleep(0)  # the ingestor folds what arrived
+            return True
+
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 await positions.settle(self)
                 set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
-                    async for tp, message in ait:
+                    # Consumer.getmany, inlined: the catalog's records skip its iterator.
+                    records, active = await self._wait_next_records(1.0)
+                    generation = app.consumer_generation_id
+                    if records is None or self.should_stop:
+                        unset_flag(CONSUMER_FETCHING)
+                        continue
+                    if not self.flow_active:
+                        try:
+                            await self.perform_seek()
+                        except Exception as ex:
+                            self.log.warning(f"exception performing seek when flow not active {ex}")
+                        unset_flag(CONSUMER_FETCHING)
+                        continue
+                    others = {}
+                    going = True
+                    for tp, tp_records in records.items():
+                        if tp.topic not in topics:
+                            others[tp] = tp_records
+                        elif going:
+                            going = await deliver(tp, tp_records, generation, active)
+                        elif tp_records:
+                            positions.drop(tp)  # fetched, not delivered: read it again
+                    for tp, record in self.scheduler.iterate(others) if going else ():
+                        if stopped(generation):
+                            break
+                        if not taken_from(tp, active):
+                            continue
+                        track_end_offset(tp, self.highwater(tp))
+                        message = to_message(tp, record)
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             await asyncio.sleep(0)
@@ -222,27 +357,13 @@ def _make_drain(buffer: MessageBuffer, positions: Positions) -> Callable[..., An
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
-                            if message.topic in topics:
-                                if buffer.full():
-                                    await self.wait_first(
-                                        buffer.room.wait(), self.suspend_flow.wait()
-                                    )
-                                if not positions.may_deliver(tp):
-                                    positions.drop(tp)
-                                    continue
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if message.topic not in topics:
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            elif positions.may_deliver(tp):
-                                buffer.put(message)
-                            else:
-                                positions.drop(tp)
-                                continue
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
