@@ -2,11 +2,12 @@
 
 Every field kind a plan completes — non-null and nullable scalars, enums, lists of
 nullable and non-null items, nested objects, resolvers that raise, that return awaitables
-and that return values a scalar cannot serialize — over generated data (values missing,
-null where not allowed, of the wrong type, out of range) and generated queries (aliases,
-fragments, inline fragments, ``@skip``/``@include``, ``__typename``). graphql-core is the
-oracle: the same data and errors (message, locations, path, in its order) for every
-example. The catalog's own schema is compared on real workers in ``test_plan.py``.
+(or lists of them) and that return values a scalar cannot serialize — over generated
+data (values missing, null where not allowed, of the wrong type, out of range) and
+generated queries (aliases, fragments, inline fragments, ``@skip``/``@include``,
+``__typename``). graphql-core is the oracle: the same data and errors (message,
+locations, path, in its order) for every example. The catalog's own schema is compared
+on real workers in ``test_plan.py``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ async def _later(source: Any, info: Any) -> Any:
     return source.get(info.field_name)
 
 
+def _each_later(source: Any, info: Any) -> Any:
+    # A list whose items are awaitables (graphql-core awaits each).
+    async def later(item: Any) -> Any:
+        await asyncio.sleep(0)
+        return item
+
+    found = source.get("children")
+    return found if not isinstance(found, list) else [later(item) for item in found]
+
+
 def _item_fields() -> dict[str, GraphQLField]:
     kind = GraphQLEnumType("Kind", {"A": "a", "B": "b"})
     return {
@@ -82,6 +93,7 @@ def _item_fields() -> dict[str, GraphQLField]:
         "boom": GraphQLField(GraphQLString, resolve=_raise),
         "later": GraphQLField(GraphQLString, resolve=_later),
         "laterChild": GraphQLField(ITEM, resolve=_later),
+        "laterChildren": GraphQLField(GraphQLList(ITEM), resolve=_each_later),
     }
 
 

@@ -2,23 +2,26 @@
 
 Values complete exactly as graphql-core completes them (its ``complete_value``): non-null
 checks, lists, leaf serialization with the type's own ``serialize``, errors located with
-the field nodes and path, the null propagated to the nearest nullable parent, and errors
-sorted as its ``build_response`` sorts them. What is cheaper:
+the field nodes and path, the null propagated to the nearest nullable parent (and what
+was still to come under it left alone, as graphql-core leaves it), errors sorted as its
+``build_response`` sorts them. What is cheaper:
 
 * no per-field ``ResolveInfo``, ``Path``, argument coercion and awaitable checks: one info
   per planned field per request, paths built only for errors, plain leaf values stored as
   they are (a ``str`` is its own ``String``);
-* no future, coroutine, task or ``gather`` per value still being read: the relation fields
-  (forward references, reverse relations) of one round are read together, as one
-  ``loader.fetch`` of all their keys, requested in the same tick as graphql-core's
-  resolvers request them one by one, so the loader makes the same batches (one per level
-  and owner); once they are read each field takes its values, or its own keys' error,
-  from the loader again, the way its resolver would.
+* no future, coroutine, task or ``gather`` per value still being read: the reads of the
+  relation fields (forward references, reverse relations) and root fields by id of one
+  round are one ``loader.fetch`` of all their keys, made in the same tick as
+  graphql-core's resolvers would make theirs one by one, so the loader makes the same
+  batches (one per level and owner). Once they are read each field takes its values the
+  way its resolver would, or, when some key of the round failed, asks the loader for its
+  own keys again (read already), so only the fields whose keys failed fail.
 
 Every other field is resolved by calling its resolver as graphql-core calls it
 (``resolve(source, info, **args)``), so field policies, the loader's tenant, tracing and
-the response cache's recorder behave the same; a resolver's awaitable (a root field's
-coroutine) is awaited as a task with the round it was made in.
+the response cache's recorder behave the same. A resolver's awaitable (a list field's
+coroutine) is started with the round, as graphql-core's ``gather`` starts it; when one
+fails and nulls the whole answer, the execution ends at once, as graphql-core's does.
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ def _sort_key(error: GraphQLError) -> Any:
 
 
 class Execution:
-    """One request's run of a plan (build one per request, then await :meth:`run`)."""
+    """One request's run of a plan (build one per request, then await :meth:`run`):
+    ``loader`` reads its keys and is the resolvers' context (``info.context``), as under
+    graphql-core; ``variables`` are the coerced variable values."""
 
     def __init__(self, plan: Plan, loader: Loader, variables: dict[str, Any]) -> None:
         self.plan = plan
@@ -432,7 +437,11 @@ class Execution:
             selection, nullable = item.selection, not item.nonnull
             for index, each in enumerate(value):
                 if type(each) is not dict:
-                    append(self._complete(f, item, each, out, index, slot))
+                    if type(each) not in _PLAIN and is_awaitable(each):
+                        append(None)
+                        self._wait(each, f, item, out, index, slot)
+                    else:
+                        append(self._complete(f, item, each, out, index, slot))
                     continue
                 try:
                     append(self._object(selection, each, (out, index, nullable, slot)))
