@@ -266,6 +266,8 @@ def configure_logging(
     root.setLevel(settings.log_level.upper())
     # One line per HTTP request drowns what the commands say.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # It says "not found: 404" at info for every schema it is about to register.
+    logging.getLogger("schema_registry").setLevel(logging.WARNING)
     logging.captureWarnings(True)
     return handler
 
