@@ -32,7 +32,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from mesh.cache import changed_keys
@@ -40,6 +39,7 @@ from mesh.catalog import record
 from mesh.catalog.fold import RelationOp, ReverseRelation, fold, member_entry, relation_ops
 from mesh.catalog.metrics import CatalogMetrics
 from mesh.codec import AvroEventCodec, RegistryClient
+from mesh.codec.plain import epoch_seconds
 from mesh.context import MeshContext
 from mesh.deadletter import dead_letter_headers
 from mesh.errors import CodecError, RegistryError
@@ -78,14 +78,6 @@ class _Flight:
 def _partition_of(key: bytes, partitions: int) -> int:
     # murmur2 is pure Python in aiokafka; parents repeat across events, so remember them.
     return key_partition(key, partitions)
-
-
-def _epoch_seconds(moment: str | datetime) -> float:
-    """A source timestamp as decoded (ISO 8601 text, or a ``datetime`` when the event was
-    written with another schema version) in Unix seconds."""
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment.timestamp()
 
 
 def relations_topic_name(app_id: str) -> str:
@@ -349,7 +341,8 @@ class CatalogIngestor:
         counts[(entity_type, tenant, "applied")] += 1
         changed_at = event["source"].get("timestamp")
         if changed_at is not None:
-            times.append(_epoch_seconds(changed_at))
+            # ISO 8601 text from loads_plain (a datetime from another writer schema).
+            times.append(epoch_seconds(changed_at))
 
     def _refusal(
         self, message: Any, entity_type: str, event: dict[str, Any], urn: str

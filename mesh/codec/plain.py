@@ -22,6 +22,8 @@ import orjson
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, str] = {}
 """``YYYY-MM-DDTHH:MM:SS`` per Unix second seen lately: a batch's timestamps cluster."""
+_TEXTS: dict[str, int] = {}
+"""The other way round: the Unix second of each of those texts."""
 _SECONDS_KEPT = 4096
 
 
@@ -32,8 +34,25 @@ def _second(seconds: int) -> str:
     text = orjson.dumps(moment)[1:-7].decode()  # without the quotes and "+00:00"
     if len(_SECONDS) >= _SECONDS_KEPT:
         _SECONDS.clear()
+        _TEXTS.clear()
     _SECONDS[seconds] = text
+    _TEXTS[text] = seconds
     return text
+
+
+def epoch_seconds(moment: str | datetime) -> float:
+    """Unix seconds of a timestamp as :func:`iso_millis` or :func:`iso_micros` wrote it
+    (or of any ISO 8601 text with an offset, or a ``datetime``): what ``timestamp()`` of
+    the ``datetime`` gives, without making one for a second written lately."""
+    if isinstance(moment, str):
+        seconds = _TEXTS.get(moment[:19])
+        if seconds is not None and moment.endswith("+00:00"):
+            fraction = moment[20:-6]  # "" or the 6 digits after "."
+            if len(moment) == 25 or (len(fraction) == 6 and moment[19] == "."):
+                micros = int(fraction) if fraction else 0
+                return (seconds * 1_000_000 + micros) / 1_000_000
+        moment = datetime.fromisoformat(moment)
+    return moment.timestamp()
 
 
 _MILLIS = [f".{n:03d}000+00:00" for n in range(1000)]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mesh.catalog import record
 from mesh.catalog.fold import fold
 from mesh.codec import AvroEventCodec
-from mesh.codec.plain import decimal_text, iso_micros, iso_millis, plain_converter
+from mesh.codec.plain import decimal_text, epoch_seconds, iso_micros, iso_millis, plain_converter
 from mesh.codec.wire import pack
 from mesh.domain import load_domain
 from mesh.errors import CodecError
@@ -111,7 +111,8 @@ def _fastavro_decimal(raw: bytes, precision: int, scale: int) -> Decimal:
     schema = {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
     buffer = io.BytesIO()
     schemaless_writer(buffer, parse_schema("bytes"), raw)
-    value: Decimal = schemaless_reader(io.BytesIO(buffer.getvalue()), parse_schema(schema), None)
+    value = schemaless_reader(io.BytesIO(buffer.getvalue()), parse_schema(schema), None)
+    assert isinstance(value, Decimal)
     return value
 
 
@@ -245,3 +246,23 @@ def test_a_record_type_used_again_by_name_leaves_the_schema_to_the_ordinary_deco
     without = {"type": "record", "name": "P", "fields": [{"name": "n", "type": "long"}]}
     schema["fields"] = [{"name": "a", "type": without}, {"name": "b", "type": "P"}, at]
     assert plain_converter(schema) is not None
+
+
+@given(st.integers(min_value=-62_135_596_800_000_000, max_value=253_402_300_799_999_999))
+def test_epoch_seconds_of_the_text_equal_the_datetimes(micros: int) -> None:
+    moment = EPOCH + timedelta(microseconds=micros)
+    text = iso_micros(micros)
+    assert epoch_seconds(text) == moment.timestamp()  # cached second or not
+    assert epoch_seconds(text) == epoch_seconds(moment)
+    assert (
+        epoch_seconds(iso_millis(micros // 1000))
+        == (EPOCH + timedelta(milliseconds=micros // 1000)).timestamp()
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-12-04T17:19:04.235+01:00", "2026-12-04T17:19:04.2+00:00", "2026-12-04T17:19:04Z"]
+)
+def test_epoch_seconds_of_other_iso_texts(text: str) -> None:
+    iso_millis(1_796_404_744_000)  # its second is remembered: the text still decides
+    assert epoch_seconds(text) == datetime.fromisoformat(text).timestamp()
