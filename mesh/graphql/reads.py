@@ -17,6 +17,9 @@ from mesh.catalog.reader import CatalogReader
 from mesh.runtime.store import PartitionStore
 
 KeyKind = Literal["entity", "relation"]
+_LOCATIONS_KEPT = 20_000
+"""Keys whose location a worker remembers under one assignment (then it starts again):
+about 7 MB at most per reader."""
 
 
 def live(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -79,6 +82,9 @@ class LocalReads:
     def __init__(self, reader: CatalogReader) -> None:
         self.reader = reader
         self.relations: dict[str, ReverseRelation] = {r.name: r for r in reader.relations}
+        self._located: dict[tuple[Key, str, bool], Location] = {}
+        """Keys located under the assignment :attr:`_stamp` (see :meth:`locate`)."""
+        self._stamp: tuple[int, int] | None = None
 
     def entity_type(self, key: Key) -> str:
         """The entity type whose URN partitions ``key`` (a relation's parent type)."""
@@ -102,11 +108,30 @@ class LocalReads:
 
         ``forwarded`` keys came from another worker: they are never sent on again, so stale
         assignment metadata mid-rebalance fails the read instead of bouncing it around.
+        A location found while the assignment is steady is remembered until it changes.
         """
+        # Under one steady assignment a key's location cannot change (the router keeps its
+        # partitions and owners per assignment stamp too), so it is worked out once per
+        # stamp, not once per read: a nested query reads some 150 keys. Stopping,
+        # rebalancing and recovering are still checked on every call, as the router does.
+        membership = self.reader.membership
+        stamp = membership.stamp()  # None while rebalancing or recovering
+        if stamp is not None and not membership.stopping():
+            if stamp != self._stamp:
+                self._located.clear()
+                self._stamp = stamp
+            known = self._located.get((key, tenant, forwarded))
+            if known is not None:
+                return known
         entity_type = self.entity_type(key)
         urn = self.reader.domain.urn(tenant, entity_type, key.id).encode()
         route = self.reader.router.route(entity_type, urn, forwarded=forwarded)
-        return Location(route.partition, route.owner, self._store(key), urn)
+        found = Location(route.partition, route.owner, self._store(key), urn)
+        if stamp is not None and stamp == self._stamp:
+            if len(self._located) >= _LOCATIONS_KEPT:
+                self._located.clear()
+            self._located[(key, tenant, forwarded)] = found
+        return found
 
     def read(self, key: Key, location: Location) -> Any:
         """The value of an owned key: the entity record (or ``None``), or the member ids."""
