@@ -113,7 +113,13 @@ def _state_resolver(name: str) -> Callable[[Record, Any], Any]:
     def resolve(root: Record, info: Any) -> Any:
         return root["state"].get(name)
 
+    # The planned executor reads plain state fields itself (mesh.graphql.plan).
+    resolve.state_field = name  # type: ignore[attr-defined]
     return resolve
+
+
+def _id_resolver(root: Record, info: Any) -> Any:
+    return root["id"]
 
 
 def _withheld_resolver(name: str, scopes: list[str]) -> Callable[[Record, Any], Any]:
@@ -234,7 +240,7 @@ def _plan(info: Any) -> list[_Forward | _Reverse]:
 def _field(name: str, spec: FieldSpec, key: str, types: dict[str, Any]) -> Any:
     if name == key:
         return graphene.Field(
-            graphene.ID, required=True, resolver=lambda root, info: root["id"],
+            graphene.ID, required=True, resolver=_id_resolver,
             description="The entity id, as in its URN.",
         )  # fmt: skip
     if spec.references is not None:

@@ -54,17 +54,19 @@ from graphql.execution.collect_fields import collect_fields, collect_sub_fields
 from graphql.execution.execute import default_field_resolver
 from graphql.pyutils import Path
 
-from mesh.graphql.schema import _Forward, _Reverse, _Root
+from mesh.graphql.schema import _Forward, _id_resolver, _Reverse, _Root
 
 __all__ = [
     "ARGS",
     "BY_ID",
     "FORWARD",
+    "ID",
     "LEAF",
     "LIST",
     "OBJECT",
     "RESOLVE",
     "REVERSE",
+    "STATE",
     "TYPENAME",
     "Completion",
     "FieldPlan",
@@ -75,10 +77,11 @@ __all__ = [
 
 LEAF, OBJECT, LIST = 0, 1, 2
 """The kinds of :class:`Completion`."""
-RESOLVE, ARGS, TYPENAME, FORWARD, REVERSE, BY_ID = range(6)
+RESOLVE, ARGS, TYPENAME, FORWARD, REVERSE, BY_ID, STATE, ID = range(8)
 """How a :class:`FieldPlan` is resolved: by calling its resolver (without arguments, or
-with them), as ``__typename``, or by the executor reading its keys with the round's other
-reads (forward references, reverse relations, root fields by id)."""
+with them), as ``__typename``, by the executor reading its keys with the round's other
+reads (forward references, reverse relations, root fields by id), or as the executor
+reads a plain field of the record (what its resolver would return) or its id."""
 
 _MAX_DOCUMENTS = 1024
 """Documents with plans kept at most (the query cache in front keeps 512)."""
@@ -147,6 +150,8 @@ class FieldPlan:
     """The resolver of a reverse relation: the executor reads its ids, then its members."""
     by_id: _Root | None = None
     """The resolver of a root field by id: the executor reads its key."""
+    state: str = ""
+    """The record's state field a plain field reads (:data:`STATE`)."""
     has_args: bool = False
     same: type = NotPlain
     """A leaf whose values of exactly this type are their own serialization (``str`` for
@@ -350,6 +355,10 @@ class _Compiler:
                 plan.kind, plan.by_id = BY_ID, resolve
             elif plan.has_args:
                 plan.kind = ARGS
+            elif isinstance(state := getattr(resolve, "state_field", None), str):
+                plan.kind, plan.state = STATE, state  # what _state_resolver reads
+            elif resolve is _id_resolver:
+                plan.kind = ID
             plan.completion = completion = self._completion(definition.type, nodes, plan.path)
             if completion.same in (str, bool):  # Int and Float have ranges to check
                 plan.same = completion.same

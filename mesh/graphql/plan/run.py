@@ -44,16 +44,18 @@ from mesh.graphql.plan.compile import (
     ARGS,
     BY_ID,
     FORWARD,
+    ID,
     LEAF,
     OBJECT,
     RESOLVE,
     REVERSE,
+    STATE,
     Completion,
     FieldPlan,
     Plan,
     Selection,
 )
-from mesh.graphql.reads import Key, live
+from mesh.graphql.reads import Key
 from mesh.graphql.schema import _first, _live_first, _present
 
 __all__ = ["Execution"]
@@ -252,24 +254,32 @@ class Execution:
         """The completed fields of one object; :class:`_NullFieldError` when a non-null one
         is null."""
         out: dict[str, Any] = {}
-        infos = self._infos
+        infos, keys, reads = self._infos, self._keys, self._reads
         for f in selection.fields:
             key, kind = f.key, f.kind
             try:
-                if kind == RESOLVE:
+                if kind == STATE:
+                    value = source["state"].get(f.state)  # what its resolver returns
+                elif kind == RESOLVE:
                     value = f.resolve(source, infos[f.index])
+                elif kind == ID:
+                    value = source["id"]
                 elif kind == FORWARD:
                     assert f.forward is not None
                     ref = f.forward.key(source)
                     if ref is not None:
                         out[key] = None  # set when read; placed now to keep the key order
-                        self._ask(_FORWARD, f, ref, out, slot)
+                        at = len(keys)
+                        keys.append(ref)
+                        reads.append((_FORWARD, f, at, at + 1, out, key, slot))
                         continue
                     value = None  # a reference to nothing
                 elif kind == REVERSE:
                     assert f.reverse is not None
                     out[key] = None
-                    self._ask(_IDS, f, f.reverse.key(source), out, slot)
+                    at = len(keys)
+                    keys.append(f.reverse.key(source))
+                    reads.append((_IDS, f, at, at + 1, out, key, slot))
                     continue
                 elif kind in (ARGS, BY_ID):
                     given = self._args[f.index]
@@ -319,12 +329,18 @@ class Execution:
                 if isinstance(value, asyncio.Future):
                     # Read already, so settled: its own keys' error, as its resolver gets.
                     value = value.result()
-            elif what in (_FORWARD, _ROOT):  # _THEN's functions, inlined
-                value = live(found[keys[start]])
-            elif what == _IDS:
+            elif what == _IDS:  # _THEN's functions, inlined (live: present, not deleted)
                 value = found[keys[start]]
+            elif what == _MEMBERS:
+                value = [
+                    r
+                    for k in keys[start:end]
+                    if (r := found[k]) is not None and not r.get("deleted")
+                ]
             else:
-                value = _present([found[k] for k in keys[start:end]])
+                value = found[keys[start]]
+                if value is not None and value.get("deleted"):
+                    value = None
             if what == _ROOT:
                 assert f.by_id is not None
                 value = f.by_id.found(keys[start], value)
@@ -344,9 +360,17 @@ class Execution:
                 self._null(slot)
             return
         try:
-            out[key] = self._complete(f, f.completion, value, out, key, slot)
+            c = f.completion
+            if type(value) is dict and c.selection is not None:
+                # A record for an object field: what _complete would do with it.
+                out[key] = self._object(c.selection, value, (out, key, not c.nonnull, slot))
+            else:
+                out[key] = self._complete(f, c, value, out, key, slot)
         except _NullFieldError:
-            self._null(slot)
+            if f.completion.nonnull:
+                self._null(slot)
+            else:
+                out[key] = None
 
     def _wait(
         self, value: Any, f: FieldPlan, c: Completion, container: Any, key: str | int,
