@@ -43,7 +43,9 @@ look = st.tuples(st.just("look"), st.floats(0, 6), st.just(0.0), st.just(0.0))
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(ask, revoke, look), min_size=1, max_size=40))
-def test_a_lease_counted_on_is_one_the_owner_pushes_to(actions: list[tuple]) -> None:
+def test_a_lease_counted_on_is_one_the_owner_pushes_to(
+    actions: list[tuple[str, float, float, float]],
+) -> None:
     clock = Clock()
     held, granted = HeldLeases(LEASE_S, clock), GrantedLeases(LEASE_S, clock)
     events: list[Event] = []

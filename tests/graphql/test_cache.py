@@ -3,8 +3,9 @@ that starts after a change is written answers the value before it.
 
 Three fleets of real workers: two workers sharing a real Redis (``MESH_REDIS_URL``: whole
 responses in each worker, cross-worker reads in Redis), two workers without Redis (whole
-responses kept valid by the owners' pushes alone) and one worker without Redis. Each change is made by producing its event; once the
-owner's REST API shows it, every worker must answer it at once, with no retry.
+responses kept valid by the owners' pushes alone) and one worker without Redis. Each
+change is made by producing its event; once the owner's REST API shows it, every worker
+must answer it at once, with no retry.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from mesh.domain import DomainConfig
 from mesh.sources.events import Op
@@ -25,7 +26,7 @@ LEASE_S = 1.0
 
 
 async def test_a_stalled_reader_delays_changes_by_a_lease_and_never_answers_them_stale(
-    sample_domain: DomainConfig, tmp_path: os.PathLike[str]
+    sample_domain: DomainConfig, tmp_path: Path
 ) -> None:
     env = {"MESH_CACHE_LEASE_S": str(LEASE_S)}
     names = ["lease-a", "lease-b"]
