@@ -11,7 +11,6 @@ answer. Whatever the plan does not cover goes to graphql-core's own ``execute``.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from graphene.utils.str_converters import to_camel_case
@@ -30,7 +29,9 @@ __all__ = ["Planner", "execute", "planner_of", "root_fields"]
 
 _MAX_VARIABLE_ERRORS = 50
 """As graphql-core's ``execute`` coerces variables."""
-_planners: weakref.WeakKeyDictionary[GraphQLSchema, Planner | None] = weakref.WeakKeyDictionary()
+_planners: dict[int, tuple[GraphQLSchema, Planner | None]] = {}
+"""The planner of each schema that executed a query, by its id (with the schema, so the id
+stays its own): one for a worker's lifetime, whose views build the schema once."""
 
 
 def root_fields(domain: DomainConfig) -> set[str]:
@@ -47,15 +48,14 @@ def root_fields(domain: DomainConfig) -> set[str]:
 def planner_of(schema: GraphQLSchema, loader: Loader) -> Planner | None:
     """The planner of ``schema`` (made at its first request), ``None`` with
     ``MESH_GRAPHQL_PLAN=false``."""
-    try:
-        return _planners[schema]
-    except KeyError:
-        pass
+    known = _planners.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
     reader = loader.reads.reader
     planner = None
     if reader.context.settings.graphql_plan and schema.query_type is not None:
         planner = Planner(schema, root_fields(reader.domain) & set(schema.query_type.fields))
-    _planners[schema] = planner
+    _planners[id(schema)] = (schema, planner)
     return planner
 
 
