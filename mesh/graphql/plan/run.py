@@ -120,7 +120,8 @@ class Execution:
         self._infos: list[GraphQLResolveInfo | None] = []
         self._args: list[dict[str, Any] | Exception | None] = []
         for f in plan.fields:
-            if f.definition is None:  # __typename
+            if f.definition is None or f.kind in (STATE, ID, FORWARD, REVERSE):
+                # Read by the executor itself: no resolver call, no info.
                 self._infos.append(None)
                 self._args.append(None)
                 continue
