@@ -50,6 +50,21 @@ SCENARIOS = [
         "test_a_recreated_kafka_never_answers_from_the_earlier_generations_cache",
         10,
     ),
+    # A reader frozen (SIGSTOP) while its lease holder writes: writes wait a lease, no stale hit.
+    Scenario("cache-leases", "tests/graphql/test_cache_leases.py", 10),
+    # Readers racing a stream of renames, on each cache fleet (Redis, peers' pushes, one worker).
+    Scenario(
+        "cache-races",
+        "tests/graphql/test_cache.py::test_queries_racing_a_stream_of_changes_never_go_back",
+        10,
+    ),
+    # A peer SIGKILLed under GraphQL reads on links.
+    Scenario(
+        "links",
+        "tests/graphql/test_links.py::"
+        "test_graphql_reads_other_workers_on_links_and_survives_one_dying",
+        10,
+    ),
     # Every saga crash point (tests/sagas/test_crashes.py: MESH_SAGA_CRASH_MATRIX=all).
     Scenario("sagas", "tests/sagas/test_crashes.py", 10, (("MESH_SAGA_CRASH_MATRIX", "all"),)),
     Scenario(
